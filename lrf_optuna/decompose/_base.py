@@ -1,0 +1,420 @@
+"""What every LRF method shares: layer description, the method interface, the registry."""
+
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeVar
+
+import keras
+import numpy as np
+
+from lrf_optuna.decompose.layers import FactorizedLayer, Stage
+
+__all__ = [
+    "DecompositionError",
+    "LRFMethod",
+    "LayerInfo",
+    "LayerKind",
+    "UnsupportedLayerError",
+    "available_methods",
+    "describe_layer",
+    "get_method",
+    "layer_weights",
+    "methods_for",
+    "register_method",
+    "validate_weights",
+]
+
+LayerKind = Literal["dense", "conv", "conv_transpose", "depthwise", "separable"]
+
+
+class UnsupportedLayerError(ValueError):
+    """A layer (or a layer/method pair) that cannot be decomposed, with the reason."""
+
+
+class DecompositionError(ValueError):
+    """Bad input to a decomposition: invalid rank, non-finite weights, ..."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Everything an LRF method needs to know about one layer, in plain numbers.
+
+    Shapes exclude the batch axis and are channels-last regardless of ``data_format``
+    (``input_shape[-1]`` is the channel count). ``kernel_size`` is ``()`` for Dense.
+
+    Example:
+        >>> import keras
+        >>> layer = keras.layers.Conv2D(8, 3, name="c")
+        >>> _ = layer.build((None, 10, 10, 4))
+        >>> info = describe_layer(layer, input_shape=(10, 10, 4))
+        >>> info.kind, info.kernel_size, info.in_channels, info.out_channels, info.output_shape
+        ('conv', (3, 3), 4, 8, (8, 8, 8))
+    """
+
+    name: str
+    kind: LayerKind
+    class_name: str
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    dilation_rate: tuple[int, ...] = ()
+    padding: str = "valid"
+    output_padding: tuple[int, ...] | None = None
+    groups: int = 1
+    depth_multiplier: int = 1
+    use_bias: bool = True
+    activation: Any = "linear"
+    data_format: str = "channels_last"
+    input_shape: tuple[int, ...] = ()
+    output_shape: tuple[int, ...] = ()
+    dtype: str = "float32"
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def spatial_rank(self) -> int:
+        return len(self.kernel_size)
+
+    @property
+    def is_pointwise(self) -> bool:
+        """A conv whose kernel is 1 in every spatial dim and not grouped: a matrix."""
+        return (self.kind == "conv" and self.groups == 1
+                and all(k == 1 for k in self.kernel_size))
+
+    @property
+    def is_matrix(self) -> bool:
+        """Dense, 1x1 conv or the pointwise part of a separable conv: FC methods apply."""
+        return self.kind in ("dense", "separable") or self.is_pointwise
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """``(n_in, n_out)`` of the matrix the FC methods factorize."""
+        if self.kind == "separable":
+            return (self.in_channels * self.depth_multiplier, self.out_channels)
+        return (self.in_channels, self.out_channels)
+
+    @property
+    def in_positions(self) -> int:
+        """Number of input rows (spatial positions, or leading axes for Dense)."""
+        return math.prod(self.input_shape[:-1]) if len(self.input_shape) > 1 else 1
+
+    @property
+    def out_positions(self) -> int:
+        """Number of output positions per sample (1 for a Dense on a vector)."""
+        return math.prod(self.output_shape[:-1]) if len(self.output_shape) > 1 else 1
+
+    @property
+    def original_params(self) -> int:
+        """Parameter count of the original layer (weights + bias)."""
+        bias = self.out_channels if self.use_bias else 0
+        k = math.prod(self.kernel_size) if self.kernel_size else 1
+        if self.kind == "dense":
+            return self.in_channels * self.out_channels + bias
+        if self.kind in ("conv", "conv_transpose"):
+            return k * (self.in_channels // self.groups) * self.out_channels + bias
+        if self.kind == "depthwise":
+            return k * self.in_channels * self.depth_multiplier + bias
+        # separable
+        mid = self.in_channels * self.depth_multiplier
+        return k * mid + mid * self.out_channels + bias
+
+    @property
+    def original_macs(self) -> int:
+        """Multiply-accumulates of the original layer for one sample (bias excluded)."""
+        k = math.prod(self.kernel_size) if self.kernel_size else 1
+        if self.kind == "dense":
+            return self.out_positions * self.in_channels * self.out_channels
+        if self.kind == "conv":
+            return self.out_positions * k * (self.in_channels // self.groups) * self.out_channels
+        if self.kind == "conv_transpose":
+            # every input position scatters a k x c_out patch for each input channel
+            return self.in_positions * k * self.in_channels * self.out_channels
+        if self.kind == "depthwise":
+            return self.out_positions * k * self.in_channels * self.depth_multiplier
+        mid = self.in_channels * self.depth_multiplier
+        return self.out_positions * (k * mid + mid * self.out_channels)
+
+
+def _tuple(v: Any) -> tuple[int, ...]:
+    return tuple(int(i) for i in v) if isinstance(v, (list, tuple)) else (int(v),)
+
+
+def _ntuple(v: Any, n: int) -> tuple[int, ...]:
+    t = _tuple(v)
+    return t * n if len(t) == 1 and n > 1 else t
+
+
+def _shape_without_batch(shape: Any) -> tuple[int, ...]:
+    dims = tuple(shape)[1:]
+    if any(d is None for d in dims):
+        raise UnsupportedLayerError(
+            f"its shape {tuple(shape)} has unknown non-batch dimensions; FLOPs and the "
+            "calibration pass need a model built with a fixed input shape")
+    return tuple(int(d) for d in dims)
+
+
+def _to_channels_last(shape: tuple[int, ...], data_format: str) -> tuple[int, ...]:
+    if data_format == "channels_first" and len(shape) > 1:
+        return (*shape[1:], shape[0])
+    return shape
+
+
+_CONV_CLASSES = ("Conv1D", "Conv2D", "Conv3D")
+_TRANSPOSE_CLASSES = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+_DEPTHWISE_CLASSES = ("DepthwiseConv1D", "DepthwiseConv2D")
+_SEPARABLE_CLASSES = ("SeparableConv1D", "SeparableConv2D")
+
+
+def describe_layer(layer: keras.layers.Layer, *, input_shape: Any = None,
+                   output_shape: Any = None) -> LayerInfo:
+    """Describe a decomposable layer, or raise :class:`UnsupportedLayerError` saying why.
+
+    Args:
+        layer: A built Keras layer (Dense, ConvND, ConvNDTranspose, DepthwiseConvND,
+            SeparableConvND).
+        input_shape: Its input shape without the batch axis; taken from the layer's graph
+            node when omitted.
+        output_shape: Its output shape without the batch axis; computed when omitted.
+    """
+    cls = type(layer).__name__
+    if not layer.built:
+        raise UnsupportedLayerError(f"layer {layer.name!r} is not built")
+    if input_shape is None:
+        try:
+            input_shape = _shape_without_batch(layer.input.shape)
+        except (AttributeError, ValueError) as err:
+            raise UnsupportedLayerError(
+                f"layer {layer.name!r}: cannot infer its input shape ({err})") from err
+    input_shape = tuple(int(d) for d in input_shape)
+    if output_shape is None:
+        output_shape = _shape_without_batch(layer.compute_output_shape((1, *input_shape)))
+    output_shape = tuple(int(d) for d in output_shape)
+    cfg = layer.get_config()
+    data_format = cfg.get("data_format") or "channels_last"
+    common = dict(
+        name=layer.name,
+        class_name=cls,
+        use_bias=bool(cfg.get("use_bias", True)),
+        activation=cfg.get("activation", "linear"),
+        data_format=data_format,
+        input_shape=_to_channels_last(input_shape, data_format),
+        output_shape=_to_channels_last(output_shape, data_format),
+        dtype=str(layer.variable_dtype),
+    )
+    if isinstance(layer, keras.layers.Dense):
+        kernel = layer.kernel
+        return LayerInfo(kind="dense", in_channels=int(kernel.shape[0]),
+                         out_channels=int(kernel.shape[1]), **common)
+    if cls in _CONV_CLASSES + _TRANSPOSE_CLASSES + _DEPTHWISE_CLASSES + _SEPARABLE_CLASSES:
+        if cfg.get("lora_rank"):
+            raise UnsupportedLayerError(f"layer {layer.name!r} has LoRA enabled")
+        n = len(_tuple(cfg["kernel_size"]))
+        conv = dict(
+            kernel_size=_ntuple(cfg["kernel_size"], n),
+            strides=_ntuple(cfg["strides"], n),
+            dilation_rate=_ntuple(cfg["dilation_rate"], n),
+            padding=str(cfg["padding"]),
+        )
+        c_in = common["input_shape"][-1]  # type: ignore[index]
+        c_out = common["output_shape"][-1]  # type: ignore[index]
+        if cls in _CONV_CLASSES:
+            return LayerInfo(kind="conv", in_channels=c_in, out_channels=c_out,
+                             groups=int(cfg.get("groups", 1)), **conv, **common)
+        if cls in _TRANSPOSE_CLASSES:
+            op = cfg.get("output_padding")
+            return LayerInfo(kind="conv_transpose", in_channels=c_in, out_channels=c_out,
+                             output_padding=None if op is None else _ntuple(op, n),
+                             **conv, **common)
+        kind: LayerKind = "depthwise" if cls in _DEPTHWISE_CLASSES else "separable"
+        return LayerInfo(kind=kind, in_channels=c_in, out_channels=c_out,
+                         depth_multiplier=int(cfg.get("depth_multiplier", 1)), **conv, **common)
+    raise UnsupportedLayerError(
+        f"layer {layer.name!r} of class {cls} is not a decomposable kind (supported: Dense, "
+        "Conv1D/2D/3D, Conv1D/2D/3DTranspose, DepthwiseConv1D/2D, SeparableConv1D/2D)")
+
+
+def layer_weights(layer: keras.layers.Layer) -> dict[str, np.ndarray]:
+    """The original layer's weights by role: ``kernel`` (or ``depthwise_kernel`` and
+    ``pointwise_kernel``) and ``bias`` when present, as numpy arrays."""
+    out: dict[str, np.ndarray] = {}
+    for role in ("kernel", "depthwise_kernel", "pointwise_kernel", "bias"):
+        var = getattr(layer, role, None)
+        if var is not None and hasattr(var, "shape"):
+            try:
+                out[role] = keras.ops.convert_to_numpy(var)
+            except Exception:  # a non-variable attribute with the same name
+                continue
+    return out
+
+
+class LRFMethod(abc.ABC):
+    """One low-rank factorization technique.
+
+    A subclass declares which layers it applies to, the rank range, closed-form costs,
+    how to factorize weights and which stages compute with the factors. Register it with
+    :func:`register_method` and it is available everywhere (search space, cache, CLI).
+
+    The expensive part is split in two so that a grid of ranks costs one decomposition:
+    :meth:`prepare` runs once per layer (an SVD, a QR ...), :meth:`factorize` cuts the
+    prepared result at one rank.
+    """
+
+    #: Registry name, e.g. ``"tucker2"``.
+    name: ClassVar[str]
+    #: One line for reports and ``--help``.
+    description: ClassVar[str]
+
+    # -- applicability -------------------------------------------------------------------
+    @abc.abstractmethod
+    def unsupported_reason(self, info: LayerInfo) -> str | None:
+        """``None`` when the method applies to the layer, else why it does not."""
+
+    def applies_to(self, info: LayerInfo) -> bool:
+        return self.unsupported_reason(info) is None
+
+    @abc.abstractmethod
+    def max_rank(self, info: LayerInfo) -> int:
+        """Largest meaningful rank; at this rank the factorization is exact."""
+
+    def min_rank(self, info: LayerInfo) -> int:
+        return 1
+
+    # -- costs ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def params(self, info: LayerInfo, rank: int) -> int:
+        """Parameters of the replacement layer at ``rank`` (bias included)."""
+
+    @abc.abstractmethod
+    def macs(self, info: LayerInfo, rank: int) -> int:
+        """Multiply-accumulates of the replacement layer per sample (bias excluded)."""
+
+    # -- factorization -------------------------------------------------------------------
+    @abc.abstractmethod
+    def prepare(self, info: LayerInfo, weights: Mapping[str, np.ndarray]) -> Any:
+        """Per-layer work shared by all ranks (e.g. one SVD). Weights are validated."""
+
+    @abc.abstractmethod
+    def factorize(self, info: LayerInfo, prepared: Any, rank: int) -> list[np.ndarray]:
+        """Factor weights at ``rank`` in stage order (bias not included)."""
+
+    @abc.abstractmethod
+    def stages(self, info: LayerInfo, rank: int) -> list[Stage]:
+        """The stage chain of the replacement layer at ``rank``."""
+
+    # -- helpers shared by every method --------------------------------------------------
+    def check(self, info: LayerInfo, rank: int | None = None) -> None:
+        """Raise a clear error when the method does not apply or ``rank`` is invalid."""
+        reason = self.unsupported_reason(info)
+        if reason is not None:
+            raise UnsupportedLayerError(
+                f"method {self.name!r} does not apply to layer {info.name!r} "
+                f"({info.class_name}): {reason}")
+        if rank is not None:
+            lo, hi = self.min_rank(info), self.max_rank(info)
+            if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not (
+                    lo <= rank <= hi):
+                raise DecompositionError(
+                    f"rank for method {self.name!r} on layer {info.name!r} must be an "
+                    f"integer in [{lo}, {hi}], but got {rank!r}")
+
+    def saves(self, info: LayerInfo, rank: int) -> bool:
+        """Whether ``rank`` saves parameters or multiply-accumulates over the original."""
+        return (self.params(info, rank) < info.original_params
+                or self.macs(info, rank) < info.original_macs)
+
+    def saving_ranks(self, info: LayerInfo) -> list[int]:
+        """All valid ranks that save parameters or FLOPs (empty: "no saving")."""
+        if not self.applies_to(info):
+            return []
+        return [r for r in range(self.min_rank(info), self.max_rank(info) + 1)
+                if self.saves(info, r)]
+
+    def decompose(self, info: LayerInfo, weights: Mapping[str, np.ndarray], rank: int,
+                  *, prepared: Any = None) -> FactorizedLayer:
+        """Build the replacement layer at ``rank``, with factor weights and original bias.
+
+        Args:
+            info: The layer description (:func:`describe_layer`).
+            weights: The original weights (:func:`layer_weights`).
+            rank: The rank knob, in ``[min_rank, max_rank]``.
+            prepared: The result of :meth:`prepare` on the same weights, to reuse it.
+        """
+        self.check(info, rank)
+        if prepared is None:
+            prepared = self.prepare(info, validate_weights(info, weights))
+        factors = self.factorize(info, prepared, int(rank))
+        layer = FactorizedLayer(
+            self.stages(info, int(rank)), method=self.name, rank=int(rank),
+            use_bias=info.use_bias, activation=info.activation, data_format=info.data_format,
+            original_class=info.class_name, name=info.name, dtype=info.dtype)
+        shape = info.input_shape
+        if info.data_format == "channels_first" and len(shape) > 1:
+            shape = (shape[-1], *shape[:-1])
+        layer.build((None, *shape))
+        values = [np.asarray(f, dtype=info.dtype) for f in factors]
+        if info.use_bias:
+            values.append(np.asarray(weights["bias"], dtype=info.dtype))
+        expected = [tuple(w.shape) for w in layer.weights]
+        got = [tuple(v.shape) for v in values]
+        if expected != got:
+            raise AssertionError(
+                f"{self.name}: factor shapes {got} do not match the stages {expected}")
+        layer.set_weights(values)
+        return layer
+
+
+def validate_weights(info: LayerInfo, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Check the weights are present and finite; return them as float64 arrays."""
+    out: dict[str, np.ndarray] = {}
+    for role, value in weights.items():
+        arr = np.asarray(value, dtype=np.float64)
+        if not np.all(np.isfinite(arr)):
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise DecompositionError(
+                f"layer {info.name!r}: its {role} has {bad} NaN or Inf value(s); "
+                "cannot decompose non-finite weights")
+        out[role] = arr
+    return out
+
+
+# -- registry ------------------------------------------------------------------------------
+_REGISTRY: dict[str, LRFMethod] = {}
+M = TypeVar("M", bound=type[LRFMethod])
+
+
+def register_method(cls: M) -> M:
+    """Class decorator adding an :class:`LRFMethod` to the registry under ``cls.name``."""
+    name = cls.name
+    if name in _REGISTRY and type(_REGISTRY[name]) is not cls:
+        raise ValueError(f"an LRF method named {name!r} is already registered")
+    _REGISTRY[name] = cls()
+    return cls
+
+
+def get_method(name: str) -> LRFMethod:
+    """The registered method called ``name``.
+
+    Example:
+        >>> get_method("svd").name
+        'svd'
+    """
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(
+            f"unknown LRF method {name!r}; registered: {sorted(_REGISTRY)}") from None
+
+
+def available_methods() -> list[str]:
+    """Names of all registered methods, in registration order."""
+    return list(_REGISTRY)
+
+
+def methods_for(info: LayerInfo) -> list[LRFMethod]:
+    """The registered methods that apply to a layer."""
+    return [m for m in _REGISTRY.values() if m.applies_to(info)]
+

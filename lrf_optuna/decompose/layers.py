@@ -1,0 +1,254 @@
+"""The replacement layer: one composite Keras 3 layer computing with low-rank factors.
+
+Every LRF method turns one original layer into a short chain of *stages* (1x1 convs,
+small convs, depthwise convs, matrix products, a Tensor-Train contraction ...) followed by
+the original bias and activation. :class:`FactorizedLayer` holds the factors as its own
+weights (``add_weight``), applies the stages with ``keras.ops`` only, and never rebuilds the
+full kernel, so the saved FLOPs are real. It keeps the original layer's name, so the graph
+keeps its shape and plans keep referring to the same names.
+
+A stage is a plain JSON-able ``dict`` with an ``"op"`` key:
+
+============== ==================================================================
+``op``          meaning (channels-last; the layer transposes channels-first input)
+============== ==================================================================
+conv            N-d convolution; ``kernel_shape = (*k, c_in // groups, c_out)``;
+                grouped when the input has more channels than ``kernel_shape[-2]``
+depthwise       per-channel N-d convolution; ``kernel_shape = (*k, c, multiplier)``
+conv_transpose  N-d transposed convolution; ``kernel_shape = (*k, c_out, c_in)``
+dense           matrix product on the channel axis; ``kernel_shape = (n_in, n_out)``
+tt              Tensor-Train matrix product on the channel axis; ``in_modes``,
+                ``out_modes``, ``ranks`` (``ranks[0] == ranks[-1] == 1``)
+subsample       strided slicing of the spatial axes (a strided 1x1 conv's sampling)
+group_sum       sums each run of ``group`` adjacent channels into one
+============== ==================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import keras
+from keras import ops
+
+__all__ = ["FactorizedLayer", "stage_weight_shapes", "stage_output_channels", "tt_matmul"]
+
+Stage = dict[str, Any]
+
+
+def stage_weight_shapes(stage: Stage) -> list[tuple[int, ...]]:
+    """Shapes of the weights a stage holds, in creation order.
+
+    Example:
+        >>> stage_weight_shapes({"op": "dense", "kernel_shape": [8, 2]})
+        [(8, 2)]
+        >>> stage_weight_shapes({"op": "tt", "in_modes": [2, 4], "out_modes": [3, 2],
+        ...                      "ranks": [1, 5, 1]})
+        [(1, 2, 3, 5), (5, 4, 2, 1)]
+    """
+    op = stage["op"]
+    if op in ("conv", "depthwise", "conv_transpose", "dense"):
+        return [tuple(int(s) for s in stage["kernel_shape"])]
+    if op == "tt":
+        m, n, r = stage["in_modes"], stage["out_modes"], stage["ranks"]
+        return [(int(r[k]), int(m[k]), int(n[k]), int(r[k + 1])) for k in range(len(m))]
+    if op in ("subsample", "group_sum"):
+        return []
+    raise ValueError(f"Unknown stage op {op!r}.")
+
+
+def stage_output_channels(stage: Stage, in_channels: int) -> int:
+    """Number of channels a stage outputs for ``in_channels`` input channels."""
+    op = stage["op"]
+    if op in ("conv", "dense"):
+        return int(stage["kernel_shape"][-1])
+    if op == "depthwise":
+        return in_channels * int(stage["kernel_shape"][-1])
+    if op == "conv_transpose":
+        return int(stage["kernel_shape"][-2])
+    if op == "tt":
+        return math.prod(int(n) for n in stage["out_modes"])
+    if op == "group_sum":
+        return in_channels // int(stage["group"])
+    return in_channels
+
+
+def tt_matmul(x: Any, cores: Sequence[Any], in_modes: Sequence[int],
+              out_modes: Sequence[int]) -> Any:
+    """Multiply ``x`` (``(..., prod(in_modes))``) by a TT-matrix given by its cores.
+
+    Core ``k`` has shape ``(r_{k-1}, m_k, n_k, r_k)``; the full matrix ``W`` has
+    ``W[(i_1..i_d), (j_1..j_d)] = G_1[:, i_1, j_1, :] @ ... @ G_d[:, i_d, j_d, :]`` with
+    row-major multi-indices (the convention of ``t3f.full``). The product is contracted
+    core by core, never forming ``W``: core ``k`` costs
+    ``prod(n_<k) * r_{k-1} * m_k * n_k * r_k * prod(m_>k)`` multiply-accumulates per row.
+    """
+    lead = ops.shape(x)[:-1]
+    d = len(cores)
+    n_in = math.prod(in_modes)
+    # state: (P, r_{k-1} * m_k, Q) with P = batch * prod(n_<k), Q = prod(m_>k)
+    state = ops.reshape(x, (-1, 1, n_in))
+    for k, core in enumerate(cores):
+        r0, m, n, r1 = (int(s) for s in core.shape)
+        q = math.prod(in_modes[k + 1:])
+        state = ops.reshape(state, (-1, r0 * m, q))
+        state = ops.transpose(state, (0, 2, 1))                       # (P, Q, r0*m)
+        state = ops.matmul(state, ops.reshape(core, (r0 * m, n * r1)))  # (P, Q, n*r1)
+        state = ops.reshape(state, (-1, q, n, r1))
+        state = ops.transpose(state, (0, 2, 3, 1))                    # (P, n, r1, Q)
+        if k + 1 < d:
+            m_next = int(in_modes[k + 1])
+            state = ops.reshape(state, (-1, r1 * m_next, q // m_next))
+    n_out = math.prod(out_modes)
+    return ops.reshape(state, (*lead, n_out))
+
+
+def _ntuple(v: Any, n: int) -> tuple[int, ...]:
+    if isinstance(v, (list, tuple)):
+        return tuple(int(i) for i in v)
+    return (int(v),) * n
+
+
+def _apply_stage(stage: Stage, x: Any, weights: Sequence[Any]) -> Any:
+    op = stage["op"]
+    if op == "dense":
+        return ops.matmul(x, weights[0])
+    if op == "tt":
+        return tt_matmul(x, weights, stage["in_modes"], stage["out_modes"])
+    if op == "group_sum":
+        g = int(stage["group"])
+        c = int(x.shape[-1])
+        y = ops.reshape(x, (*ops.shape(x)[:-1], c // g, g))
+        return ops.sum(y, axis=-1)
+    n = len(x.shape) - 2
+    strides = _ntuple(stage.get("strides", 1), n)
+    if op == "subsample":
+        index = (slice(None),) + tuple(slice(None, None, s) for s in strides) + (slice(None),)
+        return x[index]
+    dilation = _ntuple(stage.get("dilation_rate", 1), n)
+    padding = stage.get("padding", "valid")
+    kernel = weights[0]
+    if padding == "causal":  # Conv1D only: left-pad, then a valid convolution
+        k = int(kernel.shape[0])
+        x = ops.pad(x, ((0, 0), (dilation[0] * (k - 1), 0), (0, 0)))
+        padding = "valid"
+    if op == "conv":
+        return ops.conv(x, kernel, strides=strides, padding=padding, dilation_rate=dilation)
+    if op == "depthwise":
+        if n <= 2:
+            return ops.depthwise_conv(x, kernel, strides=strides, padding=padding,
+                                      dilation_rate=dilation)
+        # no native 3-D depthwise op: a grouped conv with one input channel per group
+        c, mult = int(kernel.shape[-2]), int(kernel.shape[-1])
+        grouped = ops.reshape(kernel, (*kernel.shape[:-2], 1, c * mult))
+        return ops.conv(x, grouped, strides=strides, padding=padding, dilation_rate=dilation)
+    if op == "conv_transpose":
+        out_pad = stage.get("output_padding")
+        return ops.conv_transpose(x, kernel, strides=strides, padding=padding,
+                                  output_padding=out_pad, dilation_rate=dilation)
+    raise ValueError(f"Unknown stage op {op!r}.")
+
+
+@keras.saving.register_keras_serializable(package="lrf_optuna")
+class FactorizedLayer(keras.layers.Layer):
+    """A conv or dense layer computed through low-rank factors.
+
+    Built by the LRF methods in :mod:`lrf_optuna.decompose`; users rarely construct it by
+    hand. The weights are the stage factors in stage order, then the original bias.
+
+    Args:
+        stages: The chain of operations (see the module docstring).
+        method: Registry name of the LRF method that produced the factors.
+        rank: The rank knob the method was applied with.
+        use_bias: Whether the original layer had a bias (added after the last stage).
+        activation: The original activation (name or serialized config).
+        data_format: ``"channels_last"`` or ``"channels_first"`` (the layer computes
+            channels-last internally and transposes around it).
+        original_class: Class name of the replaced layer, for reports.
+        **kwargs: Base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
+
+    Input shape:
+        That of the replaced layer.
+
+    Output shape:
+        That of the replaced layer.
+
+    Example:
+        >>> import numpy as np
+        >>> layer = FactorizedLayer(
+        ...     [{"op": "dense", "kernel_shape": [8, 2]},
+        ...      {"op": "dense", "kernel_shape": [2, 4]}], method="svd", rank=2)
+        >>> layer(np.ones((3, 8), "float32")).shape
+        (3, 4)
+    """
+
+    def __init__(
+        self,
+        stages: Sequence[Stage],
+        *,
+        method: str,
+        rank: int,
+        use_bias: bool = True,
+        activation: Any = None,
+        data_format: str = "channels_last",
+        original_class: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.stages = [dict(s) for s in stages]
+        self.method = method
+        self.rank = int(rank)
+        self.use_bias = bool(use_bias)
+        self.activation = keras.activations.get(activation)
+        self.data_format = data_format
+        self.original_class = original_class
+        self._stage_weights: list[list[Any]] = []
+        self.bias = None
+
+    def build(self, input_shape: Any) -> None:
+        channel_axis = 1 if self.data_format == "channels_first" else -1
+        channels = int(input_shape[channel_axis])
+        self._stage_weights = []
+        for i, stage in enumerate(self.stages):
+            names = ["kernel"] if stage["op"] != "tt" else [
+                f"core{k}" for k in range(len(stage["in_modes"]))]
+            ws = [
+                self.add_weight(name=f"stage{i}_{nm}", shape=shape,
+                                initializer="glorot_uniform", trainable=True)
+                for nm, shape in zip(names, stage_weight_shapes(stage))
+            ]
+            self._stage_weights.append(ws)
+            channels = stage_output_channels(stage, channels)
+        if self.use_bias:
+            self.bias = self.add_weight(name="bias", shape=(channels,), initializer="zeros",
+                                        trainable=True)
+        self.out_channels = channels
+
+    def call(self, inputs: Any) -> Any:
+        x = inputs
+        channels_first = self.data_format == "channels_first" and len(inputs.shape) > 2
+        if channels_first:
+            x = ops.moveaxis(x, 1, -1)
+        for stage, ws in zip(self.stages, self._stage_weights):
+            x = _apply_stage(stage, x, ws)
+        if self.bias is not None:
+            x = ops.add(x, self.bias)
+        x = self.activation(x)
+        if channels_first:
+            x = ops.moveaxis(x, -1, 1)
+        return x
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            stages=[dict(s) for s in self.stages],
+            method=self.method,
+            rank=self.rank,
+            use_bias=self.use_bias,
+            activation=keras.activations.serialize(self.activation),
+            data_format=self.data_format,
+            original_class=self.original_class,
+        )
+        return config
