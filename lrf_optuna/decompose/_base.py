@@ -267,6 +267,9 @@ class LRFMethod(abc.ABC):
     name: ClassVar[str]
     #: One line for reports and ``--help``.
     description: ClassVar[str]
+    #: Whether the similarity cache stores this method's factors (iterative methods whose
+    #: result is costly or not bit-reproducible); others are recomputed on demand.
+    cache_factors: ClassVar[bool] = False
 
     # -- applicability -------------------------------------------------------------------
     @abc.abstractmethod
@@ -334,7 +337,8 @@ class LRFMethod(abc.ABC):
                 if self.saves(info, r)]
 
     def decompose(self, info: LayerInfo, weights: Mapping[str, np.ndarray], rank: int,
-                  *, prepared: Any = None) -> FactorizedLayer:
+                  *, prepared: Any = None,
+                  factors: list[np.ndarray] | None = None) -> FactorizedLayer:
         """Build the replacement layer at ``rank``, with factor weights and original bias.
 
         Args:
@@ -342,11 +346,13 @@ class LRFMethod(abc.ABC):
             weights: The original weights (:func:`layer_weights`).
             rank: The rank knob, in ``[min_rank, max_rank]``.
             prepared: The result of :meth:`prepare` on the same weights, to reuse it.
+            factors: Ready factors (from :meth:`factorize`, e.g. cached); skips the work.
         """
         self.check(info, rank)
-        if prepared is None:
-            prepared = self.prepare(info, validate_weights(info, weights))
-        factors = self.factorize(info, prepared, int(rank))
+        if factors is None:
+            if prepared is None:
+                prepared = self.prepare(info, validate_weights(info, weights))
+            factors = self.factorize(info, prepared, int(rank))
         layer = FactorizedLayer(
             self.stages(info, int(rank)), method=self.name, rank=int(rank),
             use_bias=info.use_bias, activation=info.activation, data_format=info.data_format,

@@ -1,0 +1,163 @@
+"""Model rewriting: Sequential, Functional with branches/skips, nested, shared, errors."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from conftest import randomize_weights, rel_err
+
+from lrf_optuna.decompose import DecompositionError, FactorizedLayer, UnsupportedLayerError
+from lrf_optuna.rewrite import find_layers, iter_layers, rewrite_model
+
+L = keras.layers
+
+
+def _branchy_model() -> keras.Model:
+    inner_in = keras.Input((8, 8, 16))
+    h = L.Conv2D(16, 3, padding="same", activation="relu", name="ic")(inner_in)
+    inner = keras.Model(inner_in, h, name="block")
+    x_in = keras.Input((8, 8, 3))
+    a = L.Conv2D(16, 3, padding="same", name="c1")(x_in)
+    a = L.BatchNormalization(name="bn")(a)
+    left = inner(a)
+    right = L.Conv2D(16, 1, name="side")(a)
+    c = L.Add(name="add")([a, left, right])
+    c = L.Conv2D(8, 3, strides=2, padding="same", name="down")(c)
+    f = L.GlobalAveragePooling2D()(c)
+    out = L.Dense(10, name="fc")(f)
+    return keras.Model(x_in, out, name="branchy")
+
+
+def test_find_layers_lists_paths_and_methods() -> None:
+    found = find_layers(_branchy_model())
+    assert sorted(found) == ["block/ic", "c1", "down", "fc", "side"]
+    assert "svd" in found["fc"].methods and "tucker2" not in found["fc"].methods
+    assert "channel_svd" in found["c1"].methods and "svd" not in found["c1"].methods
+    assert "svd" in found["side"].methods  # a 1x1 conv is a matrix
+
+
+def test_rewrite_full_rank_reproduces_branchy_model(rng) -> None:
+    model = _branchy_model()
+    randomize_weights(model, rng)
+    x = rng.standard_normal((4, 8, 8, 3)).astype("float32")
+    y = model.predict(x, verbose=0)
+    plan = {"c1": ("channel_svd", 16), "block/ic": ("channel_svd", 16),
+            "side": ("svd", 16), "down": ("channel_svd", 8), "fc": ("svd", 8)}
+    new = rewrite_model(model, plan)
+    assert rel_err(new.predict(x, verbose=0), y) < 1e-4
+    # names kept, graph shape kept, replacements where planned
+    assert [lay.name for lay in new.layers] == [lay.name for lay in model.layers]
+    replaced = {p for p, lay in iter_layers(new) if isinstance(lay, FactorizedLayer)}
+    assert replaced == set(plan)
+
+
+def test_rewrite_keeps_other_weights_identical_and_unshared(rng) -> None:
+    model = _branchy_model()
+    randomize_weights(model, rng)
+    new = rewrite_model(model, {"fc": ("svd", 3)})
+    old_layers, new_layers = dict(iter_layers(model)), dict(iter_layers(new))
+    for path, layer in old_layers.items():
+        if path == "fc":
+            continue
+        for a, b in zip(layer.get_weights(), new_layers[path].get_weights()):
+            np.testing.assert_array_equal(a, b)
+    old_ids = {id(v) for v in model.weights}
+    assert not old_ids & {id(v) for v in new.weights}
+    # training the new model leaves the original untouched
+    before = [w.copy() for w in model.get_weights()]
+    new.compile("sgd", "mse")
+    new.fit(rng.standard_normal((8, 8, 8, 3)), rng.standard_normal((8, 10)), verbose=0)
+    for a, b in zip(before, model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_rewrite_low_rank_changes_output_and_params(rng) -> None:
+    model = _branchy_model()
+    randomize_weights(model, rng)
+    new = rewrite_model(model, {"c1": ("channel_svd", 2)})
+    x = rng.standard_normal((2, 8, 8, 3)).astype("float32")
+    assert rel_err(new.predict(x, verbose=0), model.predict(x, verbose=0)) > 1e-3
+    assert new.count_params() < model.count_params()
+
+
+def test_sequential_and_shared_layer(rng) -> None:
+    seq = keras.Sequential([keras.Input((6,)), L.Dense(5, name="d1"), L.Dense(3, name="d2")])
+    new = rewrite_model(seq, {"d1": ("svd", 5), "d2": None})
+    assert isinstance(new, keras.Sequential)
+    assert isinstance(new.get_layer("d1"), FactorizedLayer)
+    assert isinstance(new.get_layer("d2"), L.Dense)
+    x = rng.standard_normal((3, 6)).astype("float32")
+    assert rel_err(new(x), seq(x)) < 1e-5
+
+    shared = L.Dense(4, name="shared")
+    a, b = keras.Input((4,)), keras.Input((4,))
+    model = keras.Model([a, b], L.Add()([shared(a), shared(b)]))
+    new = rewrite_model(model, {"shared": ("svd", 4)})
+    xa, xb = rng.standard_normal((2, 4)), rng.standard_normal((2, 4))
+    assert rel_err(new([xa, xb]), model([xa, xb])) < 1e-5
+    factorized = [lay for lay in new.layers if isinstance(lay, FactorizedLayer)]
+    assert len(factorized) == 1  # still one shared layer
+
+
+def test_nested_sequential_model(rng) -> None:
+    inner = keras.Sequential([keras.Input((10,)), L.Dense(8, activation="relu", name="h")],
+                             name="inner")
+    x_in = keras.Input((10,))
+    model = keras.Model(x_in, L.Dense(2, name="out")(inner(x_in)))
+    assert sorted(find_layers(model)) == ["inner/h", "out"]
+    new = rewrite_model(model, {"inner/h": ("qr", 8)})
+    x = rng.standard_normal((3, 10)).astype("float32")
+    assert rel_err(new(x), model(x)) < 1e-5
+
+
+def test_subclassed_model_is_rejected_clearly() -> None:
+    class Net(keras.Model):
+        def __init__(self) -> None:
+            super().__init__()
+            self.d = L.Dense(3)
+
+        def call(self, x):
+            return self.d(x)
+
+    net = Net()
+    net(np.zeros((1, 4), "float32"))
+    with pytest.raises(TypeError, match="subclassed.*Functional"):
+        find_layers(net)
+    with pytest.raises(TypeError, match="subclassed"):
+        rewrite_model(net, {})
+
+
+def test_bad_plans_name_the_layer() -> None:
+    model = _branchy_model()
+    with pytest.raises(KeyError, match="nope"):
+        rewrite_model(model, {"nope": ("svd", 2)})
+    with pytest.raises(UnsupportedLayerError, match="'c1'"):
+        rewrite_model(model, {"c1": ("svd", 2)})
+    with pytest.raises(DecompositionError, match="'fc'.*\\[1, 8\\]"):
+        rewrite_model(model, {"fc": ("svd", 99)})
+    with pytest.raises(KeyError, match="unknown LRF method 'magic'"):
+        rewrite_model(model, {"fc": ("magic", 2)})
+
+
+def test_nonfinite_weights_rejected_with_layer_name() -> None:
+    model = _branchy_model()
+    fc = model.get_layer("fc")
+    k = fc.kernel.numpy()
+    k[0, 0] = np.nan
+    fc.kernel.assign(k)
+    with pytest.raises(DecompositionError, match="'fc'.*NaN"):
+        rewrite_model(model, {"fc": ("svd", 2)})
+
+
+def test_rewritten_model_roundtrips_safe_mode(tmp_path, rng) -> None:
+    model = _branchy_model()
+    randomize_weights(model, rng)
+    new = rewrite_model(model, {"c1": ("channel_svd", 5), "fc": ("svd", 3)})
+    path = tmp_path / "m.keras"
+    new.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    x = rng.standard_normal((2, 8, 8, 3)).astype("float32")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), new.predict(x, verbose=0),
+                               rtol=1e-5, atol=1e-6)
+    assert isinstance(loaded.get_layer("c1"), FactorizedLayer)
