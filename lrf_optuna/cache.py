@@ -1,0 +1,488 @@
+"""The similarity cache: every (layer, method, rank) candidate scored once, on disk.
+
+Building it runs the calibration pass (:mod:`lrf_optuna.calibration`), then for each
+target layer and each applicable method: one :meth:`~LRFMethod.prepare` (an SVD, a QR ...),
+and for each rank of the grid a factorization, the replacement layer run alone on the
+cached inputs, and its outputs compared with the original's (:mod:`lrf_optuna.similarity`).
+Everything later (strategies, the Optuna objective, reports) only reads the cache.
+
+On disk (safe formats only, each file written atomically)::
+
+    <cache_dir>/<fingerprint[:16]>/
+        manifest.json                  fingerprint inputs, metric, grid, versions, layers
+        layers/<NNN>-<path>.json       one file per finished layer: its candidates
+        factors/<path>--<method>.npz   factors of methods flagged ``cache_factors`` (CP,
+                                       Tucker-2: iterative, so not recomputed bit-exactly)
+
+The fingerprint hashes the model architecture and weights, the calibration inputs, the
+metrics, the grid and the library versions: change any of them and a new cache is built.
+A build killed halfway keeps the layers it finished and continues from there.
+
+Example:
+    >>> cache = SimilarityCache.build(model, x_cal, cache_dir=".lrf_cache")  # doctest: +SKIP
+    >>> cache.layer("fc1").best("svd", min_similarity=0.95)  # doctest: +SKIP
+    Candidate(method='svd', rank=37, params=..., macs=..., scores={'cosine': 0.951}, ...)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from lrf_optuna.similarity import DEFAULT_METRIC, METRICS
+
+if TYPE_CHECKING:  # keep `load` free of TensorFlow imports
+    import keras
+
+    from lrf_optuna.decompose import LayerInfo, LRFMethod
+
+__all__ = ["CACHE_FORMAT", "Candidate", "GridConfig", "LayerTable", "SimilarityCache",
+           "fingerprint"]
+
+logger = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1
+#: CKA costs ``n^2 x features``; it is computed on at most this many samples.
+CKA_MAX_SAMPLES = 256
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored (method, rank) choice for a layer."""
+
+    method: str
+    rank: int
+    params: int
+    macs: int
+    scores: Mapping[str, float]
+    seconds: float = 0.0
+
+    def score(self, metric: str) -> float:
+        return float(self.scores[metric])
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """Which ranks are scored per (layer, method).
+
+    For each method, the ranks that save parameters or FLOPs over the original layer
+    (:meth:`LRFMethod.saving_ranks`), thinned to at most ``points`` log-spaced values
+    (denser at small ranks, where similarity changes fastest); ``1`` and the largest
+    saving rank are always included. ``methods`` restricts the methods scored.
+
+    Example:
+        >>> GridConfig(points=6).thin(list(range(1, 101)))
+        [1, 3, 6, 16, 40, 100]
+    """
+
+    points: int = 16
+    methods: tuple[str, ...] | None = None
+
+    def thin(self, ranks: Sequence[int]) -> list[int]:
+        ranks = sorted(set(int(r) for r in ranks))
+        if len(ranks) <= self.points:
+            return ranks
+        targets = np.geomspace(ranks[0], ranks[-1], self.points)
+        arr = np.asarray(ranks)
+        picked = {int(arr[np.argmin(np.abs(np.log(arr) - np.log(t)))]) for t in targets}
+        return sorted(picked | {ranks[0], ranks[-1]})
+
+    def ranks(self, method: LRFMethod, info: LayerInfo) -> list[int]:
+        return self.thin(method.saving_ranks(info))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"points": self.points,
+                "methods": None if self.methods is None else list(self.methods)}
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """All scored candidates of one layer, plus what the original layer costs."""
+
+    path: str
+    class_name: str
+    original_params: int
+    original_macs: int
+    candidates: tuple[Candidate, ...]
+    samples: int
+    prepare_seconds: Mapping[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def methods(self) -> list[str]:
+        return list(dict.fromkeys(c.method for c in self.candidates))
+
+    def for_method(self, method: str) -> list[Candidate]:
+        return [c for c in self.candidates if c.method == method]
+
+    def lookup(self, method: str, rank: int) -> Candidate:
+        """The candidate for ``(method, rank)``; a rank off the grid maps to the nearest
+        scored rank at or below it (or the smallest one)."""
+        options = self.for_method(method)
+        if not options:
+            raise KeyError(f"layer {self.path!r} has no candidates for method {method!r}; "
+                           f"it has {self.methods}")
+        below = [c for c in options if c.rank <= rank]
+        return max(below, key=lambda c: c.rank) if below else options[0]
+
+    def best(self, method: str | None = None, *, metric: str, min_similarity: float,
+             cost: str = "params") -> Candidate | None:
+        """The cheapest candidate (by ``cost``) whose similarity reaches the threshold."""
+        pool = self.candidates if method is None else tuple(self.for_method(method))
+        ok = [c for c in pool if c.score(metric) >= min_similarity]
+        if not ok:
+            return None
+        return min(ok, key=lambda c: (getattr(c, cost), -c.score(metric)))
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["candidates"] = [dataclasses.asdict(c) for c in self.candidates]
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> LayerTable:
+        cands = tuple(Candidate(**c) for c in d["candidates"])
+        return cls(**{**d, "candidates": cands})
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("lrf-optuna", "tensorflow-cpu", "tensorflow", "keras", "tensorly", "t3f",
+                "numpy", "scipy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    out["cache_format"] = str(CACHE_FORMAT)
+    return out
+
+
+def fingerprint(model: keras.Model, x: np.ndarray, *, metrics: Sequence[str],
+                grid: GridConfig, layers: Sequence[str]) -> str:
+    """SHA-256 over architecture, weights, calibration data, metrics, grid and versions."""
+    h = hashlib.sha256()
+    h.update(model.to_json().encode())
+    for w in model.weights:
+        h.update(w.path.encode())
+        h.update(np.ascontiguousarray(np.asarray(w.numpy())).tobytes())
+    xa = np.ascontiguousarray(np.asarray(x, dtype="float32"))
+    h.update(str(xa.shape).encode())
+    h.update(xa.tobytes())
+    h.update(json.dumps({"metrics": list(metrics), "grid": grid.to_json(),
+                         "layers": list(layers), "versions": _versions()},
+                        sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def _safe(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class SimilarityCache:
+    """Scored candidates for every target layer of one model (see module docstring).
+
+    Build with :meth:`build` (resumes a partial build), reopen with :meth:`load` (no
+    TensorFlow import, JSON only), read with :meth:`layer` / :attr:`tables`, and turn a plan
+    into a Keras model with :meth:`build_model`.
+    """
+
+    def __init__(self, directory: Path, manifest: Mapping[str, Any],
+                 tables: Mapping[str, LayerTable]) -> None:
+        self.directory = Path(directory)
+        self.manifest = dict(manifest)
+        self.tables = dict(tables)
+
+    # -- reading -------------------------------------------------------------------------
+    @property
+    def metric(self) -> str:
+        return str(self.manifest["metric"])
+
+    @property
+    def metrics(self) -> list[str]:
+        return list(self.manifest["metrics"])
+
+    @property
+    def fingerprint(self) -> str:
+        return str(self.manifest["fingerprint"])
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.manifest["layers"])
+
+    @property
+    def complete(self) -> bool:
+        return all(p in self.tables for p in self.layers)
+
+    def layer(self, path: str) -> LayerTable:
+        try:
+            return self.tables[path]
+        except KeyError:
+            raise KeyError(f"the cache has no layer {path!r}; it has {sorted(self.tables)}"
+                           ) from None
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> SimilarityCache:
+        """Open a built (or partially built) cache directory."""
+        directory = Path(directory)
+        manifest_path = directory / "manifest.json"
+        if not manifest_path.exists():
+            raise FileNotFoundError(f"no similarity cache at {directory} (no manifest.json)")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != CACHE_FORMAT:
+            raise ValueError(f"cache {directory} has format {manifest.get('format')!r}, "
+                             f"this lrf_optuna reads format {CACHE_FORMAT}; rebuild it")
+        tables = {}
+        for f in sorted((directory / "layers").glob("*.json")):
+            t = LayerTable.from_json(json.loads(f.read_text()))
+            tables[t.path] = t
+        return cls(directory, manifest, tables)
+
+    def factors(self, path: str, method: str, rank: int) -> list[np.ndarray] | None:
+        """Cached factors of ``(path, method, rank)``, when the method caches them."""
+        f = self.directory / "factors" / f"{_safe(path)}--{method}.npz"
+        if not f.exists():
+            return None
+        with np.load(f, allow_pickle=False) as z:
+            keys = sorted((k for k in z.files if k.startswith(f"r{rank}_")),
+                          key=lambda k: int(k.split("_")[1]))
+            return [z[k] for k in keys] or None
+
+    def build_model(self, model: keras.Model, plan: Mapping[str, Any]) -> keras.Model:
+        """The compressed model for ``plan``, reusing cached factors where stored.
+
+        ``model`` must be the model the cache was built from (checked by fingerprint of
+        its architecture and weights is costly, so only the layer names are checked).
+        """
+        from lrf_optuna.rewrite import rewrite_model
+
+        factors = {}
+        for path, choice in plan.items():
+            if choice is None or choice[0] == "keep":
+                continue
+            cached = self.factors(path, choice[0], int(choice[1]))
+            if cached is not None:
+                factors[(path, choice[0], int(choice[1]))] = cached
+        return rewrite_model(model, plan, factors=factors)
+
+    # -- building ------------------------------------------------------------------------
+    @classmethod
+    def build(
+        cls,
+        model: keras.Model,
+        calibration_x: np.ndarray,
+        *,
+        cache_dir: str | os.PathLike[str] = ".lrf_cache",
+        metric: str = DEFAULT_METRIC,
+        extra_metrics: Iterable[str] = (),
+        grid: GridConfig | None = None,
+        layers: Iterable[str] | None = None,
+        batch_size: int = 64,
+        max_bytes_per_layer: int | None = None,
+        workers: int | None = None,
+        progress: bool = True,
+    ) -> SimilarityCache:
+        """Build (or resume, or just open) the cache for ``model`` on ``calibration_x``.
+
+        Args:
+            model: The trained original model (Sequential or Functional).
+            calibration_x: Calibration inputs drawn from training data, never test data.
+            cache_dir: Parent directory; the cache lives in a fingerprint subdirectory.
+            metric: The similarity metric the search uses (``cosine``, ``cka``, ``nmse``).
+            extra_metrics: More metrics to store beside it (for comparisons).
+            grid: Rank grid; :class:`GridConfig` defaults when omitted.
+            layers: Restrict to these layer paths (default: every decomposable layer).
+            batch_size: Batch size of the calibration pass and candidate evaluation.
+            max_bytes_per_layer: Activation memory budget per layer.
+            workers: Threads scoring layers in parallel (default: CPU count, at most 4).
+            progress: Show a progress bar.
+        """
+        from lrf_optuna.calibration import DEFAULT_MAX_BYTES_PER_LAYER, capture_activations
+        from lrf_optuna.decompose import get_method
+        from lrf_optuna.rewrite import find_layers
+
+        grid = grid or GridConfig()
+        metrics = list(dict.fromkeys([metric, *extra_metrics]))
+        for m in metrics:
+            if m not in METRICS:
+                raise ValueError(f"unknown similarity metric {m!r}; choose from "
+                                 f"{sorted(METRICS)}")
+        if grid.methods is not None:
+            for name in grid.methods:
+                get_method(name)  # raises with the registered names
+        found = find_layers(model)
+        if layers is None:
+            targets = list(found)
+        else:
+            targets = list(dict.fromkeys(layers))
+            unknown = [p for p in targets if p not in found]
+            if unknown:
+                raise KeyError(f"not decomposable layers of {model.name!r}: {unknown}; "
+                               f"decomposable: {sorted(found)}")
+        x = np.asarray(calibration_x, dtype="float32")
+        fp = fingerprint(model, x, metrics=metrics, grid=grid, layers=targets)
+        directory = Path(cache_dir) / fp[:16]
+        manifest = {"format": CACHE_FORMAT, "fingerprint": fp, "model": model.name,
+                    "metric": metric, "metrics": metrics, "grid": grid.to_json(),
+                    "layers": targets, "calibration_samples": len(x),
+                    "versions": _versions()}
+        if not (directory / "manifest.json").exists():
+            _atomic_write(directory / "manifest.json",
+                          json.dumps(manifest, indent=1).encode())
+        cache = cls.load(directory)
+        todo = [p for p in targets if p not in cache.tables]
+        if not todo:
+            logger.info("similarity cache %s is complete (%d layers)", directory,
+                        len(targets))
+            return cache
+        logger.info("scoring %d layer(s) (%d already cached) into %s", len(todo),
+                    len(targets) - len(todo), directory)
+        acts = capture_activations(
+            model, x, todo, batch_size=batch_size,
+            max_bytes_per_layer=max_bytes_per_layer or DEFAULT_MAX_BYTES_PER_LAYER)
+        plans = {p: cls._layer_grid(found[p].info, grid) for p in todo}
+        total = sum(len(r) for per in plans.values() for r in per.values())
+        bar = _progress(total, progress)
+        order = {p: targets.index(p) for p in todo}
+
+        def score_layer(path: str) -> None:
+            info = found[path].info
+            assert info is not None
+            table, factor_store = _score_layer(
+                path, info, found[path].layer, acts[path], plans[path], metrics,
+                batch_size, bar)
+            if factor_store:
+                for method, arrays in factor_store.items():
+                    f = directory / "factors" / f"{_safe(path)}--{method}.npz"
+                    f.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = f.with_name(f".{f.stem}.tmp.npz")
+                    np.savez(tmp, **arrays)
+                    os.replace(tmp, f)
+            out = directory / "layers" / f"{order[path]:03d}-{_safe(path)}.json"
+            _atomic_write(out, json.dumps(table.to_json()).encode())
+            cache.tables[path] = table
+
+        n_workers = workers or min(4, os.cpu_count() or 1)
+        try:
+            if n_workers <= 1 or len(todo) == 1:
+                for path in todo:
+                    score_layer(path)
+            else:
+                from concurrent.futures import ThreadPoolExecutor
+
+                with ThreadPoolExecutor(n_workers) as pool:
+                    for fut in [pool.submit(score_layer, p) for p in todo]:
+                        fut.result()
+        finally:
+            bar.close()
+        return cache
+
+    @staticmethod
+    def _layer_grid(info: LayerInfo, grid: GridConfig) -> dict[str, list[int]]:
+        from lrf_optuna.decompose import methods_for
+
+        out = {}
+        for method in methods_for(info):
+            if grid.methods is not None and method.name not in grid.methods:
+                continue
+            ranks = grid.ranks(method, info)
+            if ranks:
+                out[method.name] = ranks
+        return out
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        return None
+
+    def set_postfix_str(self, s: str) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+def _progress(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="scoring candidates", unit="cand")
+
+
+def _score_layer(path: str, info: LayerInfo, layer: Any, acts: Any,
+                 ranks: Mapping[str, list[int]], metrics: Sequence[str], batch_size: int,
+                 bar: Any) -> tuple[LayerTable, dict[str, dict[str, np.ndarray]]]:
+    import keras
+
+    from lrf_optuna.decompose import get_method, layer_weights, validate_weights
+    from lrf_optuna.similarity import METRICS
+
+    t_layer = time.perf_counter()
+    weights = validate_weights(info, layer_weights(layer))
+    x_in = acts.inputs
+    y_ref = acts.outputs
+    cands: list[Candidate] = []
+    prep_secs: dict[str, float] = {}
+    stored: dict[str, dict[str, np.ndarray]] = {}
+    for name, method_ranks in ranks.items():
+        method = get_method(name)
+        t0 = time.perf_counter()
+        prepared = method.prepare(info, weights)
+        prep_secs[name] = time.perf_counter() - t0
+        for rank in method_ranks:
+            t1 = time.perf_counter()
+            factors = method.factorize(info, prepared, rank)
+            small = method.decompose(info, weights, rank, factors=factors)
+            secs = time.perf_counter() - t1
+            outs = [keras.ops.convert_to_numpy(small(x_in[i:i + batch_size]))
+                    for i in range(0, len(x_in), batch_size)]
+            y_hat = np.concatenate(outs)
+            scores = {}
+            for m in metrics:
+                if m == "cka" and len(y_ref) > CKA_MAX_SAMPLES:
+                    idx = np.linspace(0, len(y_ref) - 1, CKA_MAX_SAMPLES).round().astype(int)
+                    scores[m] = float(METRICS[m](y_ref[idx], y_hat[idx]))
+                else:
+                    scores[m] = float(METRICS[m](y_ref, y_hat))
+            cands.append(Candidate(name, int(rank), method.params(info, rank),
+                                   method.macs(info, rank), scores, round(secs, 6)))
+            if getattr(method, "cache_factors", False):
+                store = stored.setdefault(name, {})
+                for i, f in enumerate(factors):
+                    store[f"r{rank}_{i}"] = np.asarray(f, dtype="float32")
+            bar.update(1)
+        bar.set_postfix_str(f"{path}:{name}")
+    table = LayerTable(path=path, class_name=info.class_name,
+                       original_params=info.original_params, original_macs=info.original_macs,
+                       candidates=tuple(cands), samples=len(x_in), prepare_seconds=prep_secs,
+                       seconds=round(time.perf_counter() - t_layer, 3))
+    return table, stored

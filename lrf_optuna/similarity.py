@@ -1,0 +1,96 @@
+"""Feature-map similarity metrics: how close a decomposed layer's outputs stay.
+
+Every metric compares a reference batch ``y`` (the original layer's outputs, after its
+activation) with a candidate batch ``y_hat`` of the same shape, sample by sample along the
+first axis, and returns a score where **1 means identical** and lower is worse:
+
+* ``cosine``: cosine similarity of each sample's flattened feature map, averaged.
+* ``cka``: linear CKA (Kornblith et al., 2019) between the two ``samples x features``
+  matrices; invariant to orthogonal transforms and isotropic scaling of the features.
+* ``nmse``: ``1 - ||y_hat - y||^2 / ||y||^2`` over the whole batch (can go below 0).
+
+The default is chosen by measurement (``benchmarks/metric_correlation.py``, see
+``benchmarks/RESULTS.md``): the metric whose aggregated score ranks random plans most like
+their real accuracy.
+
+Example:
+    >>> import numpy as np
+    >>> y = np.arange(12, dtype="float32").reshape(3, 4)
+    >>> round(similarity("cosine", y, y), 6), round(similarity("nmse", y, 0 * y), 6)
+    (1.0, 0.0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["DEFAULT_METRIC", "METRICS", "cka", "cosine", "nmse", "similarity"]
+
+_EPS = 1e-12
+
+
+def _flat(y: np.ndarray) -> np.ndarray:
+    return np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+
+
+def cosine(y: np.ndarray, y_hat: np.ndarray) -> float:
+    """Mean over samples of the cosine similarity of flattened feature maps."""
+    a, b = _flat(y), _flat(y_hat)
+    num = np.sum(a * b, axis=1)
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    both_zero = den < _EPS
+    per = np.where(both_zero, np.where(np.linalg.norm(a - b, axis=1) < _EPS, 1.0, 0.0),
+                   num / np.maximum(den, _EPS))
+    return float(np.mean(per))
+
+
+def cka(y: np.ndarray, y_hat: np.ndarray) -> float:
+    """Linear centered kernel alignment between the two batches of feature maps.
+
+    Uses the feature-space form ``||B^T A||_F^2 / (||A^T A||_F ||B^T B||_F)`` with
+    column-centred ``A``, ``B`` when features exceed samples, computed through the
+    ``n x n`` Gram matrices (cheaper for wide feature maps).
+    """
+    a, b = _flat(y), _flat(y_hat)
+    a = a - a.mean(axis=0)
+    b = b - b.mean(axis=0)
+    ka, kb = a @ a.T, b @ b.T
+    num = float(np.sum(ka * kb))
+    den = float(np.linalg.norm(ka) * np.linalg.norm(kb))
+    if den < _EPS:
+        return 1.0 if np.allclose(a, b) else 0.0
+    return num / den
+
+
+def nmse(y: np.ndarray, y_hat: np.ndarray) -> float:
+    """One minus the normalised mean squared error of the whole batch."""
+    a, b = _flat(y), _flat(y_hat)
+    ref = float(np.sum(a * a))
+    err = float(np.sum((a - b) ** 2))
+    if ref < _EPS:
+        return 1.0 if err < _EPS else 0.0
+    return 1.0 - err / ref
+
+
+METRICS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {
+    "cosine": cosine,
+    "cka": cka,
+    "nmse": nmse,
+}
+
+#: Chosen by the rank-correlation benchmark (see module docstring).
+DEFAULT_METRIC = "cosine"
+
+
+def similarity(metric: str, y: np.ndarray, y_hat: np.ndarray) -> float:
+    """Score ``y_hat`` against the reference ``y`` with the named metric."""
+    try:
+        fn = METRICS[metric]
+    except KeyError:
+        raise ValueError(f"unknown similarity metric {metric!r}; choose one of "
+                         f"{sorted(METRICS)}") from None
+    if np.shape(y) != np.shape(y_hat):
+        raise ValueError(f"shapes differ: reference {np.shape(y)} vs {np.shape(y_hat)}")
+    return fn(y, y_hat)
