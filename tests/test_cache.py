@@ -1,0 +1,182 @@
+"""Calibration capture, the on-disk similarity cache (fingerprint, resume, fast load)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from conftest import randomize_weights
+
+import lrf_optuna.cache as cache_mod
+from lrf_optuna.cache import GridConfig, SimilarityCache, fingerprint
+from lrf_optuna.calibration import capture_activations, sample_index
+from lrf_optuna.decompose import get_method
+from lrf_optuna.rewrite import find_layers, rewrite_model
+from lrf_optuna.similarity import similarity
+
+L = keras.layers
+
+
+def _model(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inner = keras.Sequential([keras.Input((6, 6, 8)),
+                              L.Conv2D(8, 3, padding="same", activation="relu", name="ic")],
+                             name="inner")
+    x_in = keras.Input((8, 8, 3))
+    x = L.Conv2D(8, 3, activation="relu", name="c1")(x_in)
+    x = inner(x)
+    x = L.Flatten()(x)
+    x = L.Dense(24, activation="relu", name="fc1")(x)
+    out = L.Dense(5, name="fc2")(x)
+    return keras.Model(x_in, out, name="tiny")
+
+
+@pytest.fixture
+def data(rng) -> np.ndarray:
+    return rng.uniform(0, 1, (48, 8, 8, 3)).astype("float32")
+
+
+def test_capture_matches_submodels(data) -> None:
+    model = _model()
+    acts = capture_activations(model, data, ["c1", "inner/ic", "fc2"], batch_size=16)
+    c1 = model.get_layer("c1")
+    np.testing.assert_allclose(acts["c1"].outputs, c1(data), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(acts["fc2"].outputs, model(data), rtol=1e-5, atol=1e-6)
+    ic = model.get_layer("inner").get_layer("ic")
+    np.testing.assert_allclose(acts["inner/ic"].outputs, ic(acts["inner/ic"].inputs),
+                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(acts["inner/ic"].inputs, c1(data), rtol=1e-5, atol=1e-6)
+
+
+def test_capture_budget_keeps_evenly_spaced_samples(data) -> None:
+    model = _model()
+    per_sample = 4 * (8 * 8 * 3 + 6 * 6 * 8)
+    acts = capture_activations(model, data, ["c1", "fc2"], max_bytes_per_layer=20 * per_sample,
+                               min_samples=4)
+    assert len(acts["c1"].inputs) == 20 == len(acts["c1"].outputs)
+    assert len(acts["fc2"].inputs) == 48  # small maps: every sample fits
+    np.testing.assert_array_equal(acts["c1"].sample_index, sample_index(48, 20))
+    np.testing.assert_allclose(acts["c1"].inputs, data[sample_index(48, 20)])
+    assert acts["c1"].nbytes <= 20 * per_sample
+
+
+def test_build_scores_every_candidate(tmp_path, data) -> None:
+    model = _model()
+    cache = SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(points=5),
+                                  extra_metrics=("nmse",), progress=False)
+    assert cache.complete and set(cache.layers) == set(find_layers(model))
+    info = find_layers(model)["fc1"].info
+    for table in cache.tables.values():
+        assert table.candidates and table.samples == len(data)
+        for cand in table.candidates:
+            assert set(cand.scores) == {"cosine", "nmse"}
+            assert -1 <= cand.scores["cosine"] <= 1 + 1e-9
+    fc1 = cache.layer("fc1")
+    assert {"svd", "qr", "tt"} <= set(fc1.methods)
+    for cand in fc1.candidates:
+        method = get_method(cand.method)
+        assert (cand.params, cand.macs) == (method.params(info, cand.rank),
+                                            method.macs(info, cand.rank))
+        assert method.saves(info, cand.rank)
+    # the last layer's similarity is the whole model's output similarity: check it directly
+    for cand in cache.layer("fc2").candidates:
+        small = rewrite_model(model, {"fc2": (cand.method, cand.rank)})
+        expected = similarity("cosine", model.predict(data, verbose=0),
+                              small.predict(data, verbose=0))
+        assert cand.scores["cosine"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_fingerprint_tracks_inputs(data) -> None:
+    model = _model()
+    grid = GridConfig()
+    base = fingerprint(model, data, metrics=["cosine"], grid=grid, layers=["c1"])
+    assert base == fingerprint(model, data.copy(), metrics=["cosine"], grid=grid,
+                               layers=["c1"])
+    assert base != fingerprint(model, data[:-1], metrics=["cosine"], grid=grid, layers=["c1"])
+    assert base != fingerprint(model, data, metrics=["cka"], grid=grid, layers=["c1"])
+    assert base != fingerprint(model, data, metrics=["cosine"], grid=GridConfig(points=3),
+                               layers=["c1"])
+    w = model.get_layer("c1").kernel
+    w.assign(w.numpy() * 1.001)
+    assert base != fingerprint(model, data, metrics=["cosine"], grid=grid, layers=["c1"])
+
+
+def test_resume_after_interrupted_build(tmp_path, data, monkeypatch) -> None:
+    model = _model()
+    real = cache_mod._score_layer
+    calls: list[str] = []
+
+    def flaky(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(cache_mod, "_score_layer", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(points=4),
+                              workers=1, progress=False)
+    done = set(calls[:2])
+    partial = SimilarityCache.load(next(tmp_path.iterdir()))
+    assert set(partial.tables) == done and not partial.complete
+    calls.clear()
+    monkeypatch.setattr(cache_mod, "_score_layer", real)
+    monkeypatch.setattr(cache_mod, "_score_layer",
+                        lambda path, *a, **k: (calls.append(path), real(path, *a, **k))[1])
+    full = SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(points=4),
+                                 workers=1, progress=False)
+    assert full.complete and not done & set(calls)
+    calls.clear()
+    SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(points=4),
+                          progress=False)
+    assert calls == []  # complete: nothing recomputed
+
+
+def test_safe_files_and_fast_load_without_tensorflow(tmp_path, data) -> None:
+    model = _model()
+    cache = SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(points=4),
+                                  progress=False)
+    files = [p for p in cache.directory.rglob("*") if p.is_file()]
+    assert files and all(p.suffix in (".json", ".npz") for p in files)
+    for p in files:
+        if p.suffix == ".npz":
+            np.load(p, allow_pickle=False).files  # noqa: B018
+        else:
+            json.loads(p.read_text())
+    code = ("import sys, time; t = time.perf_counter(); "
+            "from lrf_optuna.cache import SimilarityCache; "
+            f"c = SimilarityCache.load({str(cache.directory)!r}); "
+            "print(time.perf_counter() - t, len(c.tables), 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert float(out[0]) < 1.0 and int(out[1]) == len(cache.layers) and out[2] == "False"
+
+
+def test_build_model_from_cache_matches_direct_rewrite(tmp_path, data, rng) -> None:
+    model = _model()
+    randomize_weights(model, rng, scale=0.3)
+    cache = SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(points=4),
+                                  progress=False)
+    plan = {}
+    for path, table in cache.tables.items():
+        cand = table.candidates[len(table.candidates) // 2]
+        plan[path] = (cand.method, cand.rank)
+    a = cache.build_model(model, plan).predict(data, verbose=0)
+    b = rewrite_model(model, plan).predict(data, verbose=0)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_bad_arguments(tmp_path, data) -> None:
+    model = _model()
+    with pytest.raises(ValueError, match="unknown similarity metric 'l1'"):
+        SimilarityCache.build(model, data, cache_dir=tmp_path, metric="l1")
+    with pytest.raises(KeyError, match="not decomposable layers.*'nope'"):
+        SimilarityCache.build(model, data, cache_dir=tmp_path, layers=["nope"])
+    with pytest.raises(KeyError, match="unknown LRF method"):
+        SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(methods=("x",)))
+    with pytest.raises(FileNotFoundError, match="no similarity cache"):
+        SimilarityCache.load(tmp_path / "missing")
