@@ -29,7 +29,7 @@ import keras
 import numpy as np
 
 from lrf_optuna.decompose import FactorizedLayer, UnsupportedLayerError, describe_layer
-from lrf_optuna.decompose.layers import Stage, stage_output_channels
+from lrf_optuna.decompose.layers import Stage, conv_output_length, stage_output_channels
 
 __all__ = ["LayerCost", "ModelCost", "conv_output_length", "factorized_macs", "layer_costs",
            "model_costs", "stage_macs"]
@@ -74,27 +74,6 @@ class ModelCost:
 
     def by_path(self) -> dict[str, LayerCost]:
         return {c.path: c for c in self.layers}
-
-
-def conv_output_length(n: int, k: int, *, stride: int = 1, dilation: int = 1,
-                       padding: str = "valid", transpose: bool = False,
-                       output_padding: int | None = None) -> int:
-    """Output length of a (transposed) convolution along one axis, as Keras computes it.
-
-    Example:
-        >>> conv_output_length(28, 5, padding="valid"), conv_output_length(28, 3, stride=2,
-        ...                                                               padding="same")
-        (24, 14)
-    """
-    k_eff = (k - 1) * dilation + 1
-    if transpose:
-        if output_padding is None:
-            return n * stride if padding == "same" else n * stride + max(k_eff - stride, 0)
-        pad = (k_eff // 2) if padding == "same" else 0
-        return (n - 1) * stride + k_eff - 2 * pad + output_padding
-    if padding in ("same", "causal"):
-        return -(-n // stride)
-    return -(-(n - k_eff + 1) // stride)
 
 
 def stage_macs(stage: Stage, in_shape: Sequence[int]) -> tuple[int, tuple[int, ...]]:

@@ -72,7 +72,7 @@ def test_nested_model_costs_are_flattened() -> None:
 
 
 @pytest.mark.parametrize("n,k,s,d,padding", [
-    (28, 5, 1, 1, "valid"), (28, 3, 2, 1, "same"), (15, 3, 2, 2, "valid"),
+    (28, 5, 1, 1, "valid"), (28, 3, 2, 1, "same"), (15, 3, 1, 2, "valid"), (15, 3, 2, 1, "valid"),
     (9, 4, 3, 1, "same"), (7, 3, 1, 3, "causal"),
 ])
 def test_conv_output_length_matches_keras(n, k, s, d, padding) -> None:

@@ -44,13 +44,10 @@ from lrf_optuna.decompose._base import (
 )
 from lrf_optuna.decompose.layers import FactorizedLayer
 
+# Registration order is the order methods are listed everywhere (search space, reports).
 for _module in ("conv_tucker2", "conv_cp", "conv_channel_svd", "conv_spatial_svd",
                 "fc_svd", "fc_qr", "fc_tensor_train"):
-    try:
-        importlib.import_module(f"lrf_optuna.decompose.{_module}")
-    except ModuleNotFoundError as _err:  # pragma: no cover - during development only
-        if _err.name != f"lrf_optuna.decompose.{_module}":
-            raise
+    importlib.import_module(f"lrf_optuna.decompose.{_module}")
 
 __all__ = [
     "DecompositionError",

@@ -195,7 +195,7 @@ def describe_layer(layer: keras.layers.Layer, *, input_shape: Any = None,
     output_shape = tuple(int(d) for d in output_shape)
     cfg = layer.get_config()
     data_format = cfg.get("data_format") or "channels_last"
-    common = dict(
+    common: dict[str, Any] = dict(
         name=layer.name,
         class_name=cls,
         use_bias=bool(cfg.get("use_bias", True)),
@@ -213,14 +213,14 @@ def describe_layer(layer: keras.layers.Layer, *, input_shape: Any = None,
         if cfg.get("lora_rank"):
             raise UnsupportedLayerError(f"layer {layer.name!r} has LoRA enabled")
         n = len(_tuple(cfg["kernel_size"]))
-        conv = dict(
+        conv: dict[str, Any] = dict(
             kernel_size=_ntuple(cfg["kernel_size"], n),
             strides=_ntuple(cfg["strides"], n),
             dilation_rate=_ntuple(cfg["dilation_rate"], n),
             padding=str(cfg["padding"]),
         )
-        c_in = common["input_shape"][-1]  # type: ignore[index]
-        c_out = common["output_shape"][-1]  # type: ignore[index]
+        c_in = common["input_shape"][-1]
+        c_out = common["output_shape"][-1]
         if cls in _CONV_CLASSES:
             return LayerInfo(kind="conv", in_channels=c_in, out_channels=c_out,
                              groups=int(cfg.get("groups", 1)), **conv, **common)
@@ -348,10 +348,14 @@ class LRFMethod(abc.ABC):
             prepared: The result of :meth:`prepare` on the same weights, to reuse it.
             factors: Ready factors (from :meth:`factorize`, e.g. cached); skips the work.
         """
+        if rank is None:
+            raise DecompositionError(
+                f"method {self.name!r} on layer {info.name!r} needs a rank, but got None")
         self.check(info, rank)
+        weights = validate_weights(info, weights)  # cheap, and guards the bias too
         if factors is None:
             if prepared is None:
-                prepared = self.prepare(info, validate_weights(info, weights))
+                prepared = self.prepare(info, weights)
             factors = self.factorize(info, prepared, int(rank))
         layer = FactorizedLayer(
             self.stages(info, int(rank)), method=self.name, rank=int(rank),

@@ -9,9 +9,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from lrf_optuna.decompose._base import LayerInfo
-from lrf_optuna.decompose.layers import Stage
+from lrf_optuna.decompose.layers import Stage, conv_output_length
 
-__all__ = ["concat_groups", "group_kernels", "kxk", "spatial_stage"]
+__all__ = ["axiswise_positions", "concat_groups", "conv_output_length", "group_kernels", "kxk",
+           "spatial_stage"]
 
 
 def kxk(info: LayerInfo) -> int:
@@ -57,3 +58,21 @@ def concat_groups(per_group: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]
     The result is the block-diagonal factor a grouped conv with the same number of groups
     computes."""
     return [np.concatenate(parts, axis=-1) for parts in zip(*per_group)]
+
+
+def axiswise_positions(info: LayerInfo) -> list[int]:
+    """Spatial positions after each stage of a per-axis (spatially separable) chain.
+
+    Entry ``a`` is the number of positions once the stages convolving along axes
+    ``0..a`` (each with the original stride / padding / dilation on its own axis) have
+    run: axes ``<= a`` have their output length, the others still their input length.
+    The last entry equals ``info.out_positions`` for a (non-transposed) conv.
+    """
+    lengths = list(info.input_shape[:-1])
+    out: list[int] = []
+    for a in range(info.spatial_rank):
+        lengths[a] = conv_output_length(lengths[a], info.kernel_size[a],
+                                        stride=info.strides[a],
+                                        dilation=info.dilation_rate[a], padding=info.padding)
+        out.append(math.prod(lengths))
+    return out

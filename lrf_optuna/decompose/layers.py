@@ -33,7 +33,8 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["FactorizedLayer", "stage_weight_shapes", "stage_output_channels", "tt_matmul"]
+__all__ = ["FactorizedLayer", "conv_output_length", "stage_output_channels", "stage_weight_shapes",
+           "tt_matmul"]
 
 Stage = dict[str, Any]
 
@@ -73,6 +74,29 @@ def stage_output_channels(stage: Stage, in_channels: int) -> int:
     if op == "group_sum":
         return in_channels // int(stage["group"])
     return in_channels
+
+
+def conv_output_length(n: int, k: int, *, stride: int = 1, dilation: int = 1,
+                       padding: str = "valid", transpose: bool = False,
+                       output_padding: int | None = None) -> int:
+    """Output length of a (transposed) convolution along one axis, as Keras computes it.
+
+    Example:
+        >>> conv_output_length(28, 5, padding="valid"), conv_output_length(28, 3, stride=2,
+        ...                                                               padding="same")
+        (24, 14)
+    """
+    k_eff = (k - 1) * dilation + 1
+    if padding not in ("valid", "same", "causal"):
+        raise ValueError(f"unknown padding {padding!r}")
+    if transpose:
+        if output_padding is None:
+            return n * stride if padding == "same" else n * stride + max(k_eff - stride, 0)
+        pad = (k_eff // 2) if padding == "same" else 0
+        return (n - 1) * stride + k_eff - 2 * pad + output_padding
+    if padding in ("same", "causal"):
+        return -(-n // stride)
+    return max(-(-(n - k_eff + 1) // stride), 0)
 
 
 def tt_matmul(x: Any, cores: Sequence[Any], in_modes: Sequence[int],
@@ -125,7 +149,7 @@ def _apply_stage(stage: Stage, x: Any, weights: Sequence[Any]) -> Any:
     n = len(x.shape) - 2
     strides = _ntuple(stage.get("strides", 1), n)
     if op == "subsample":
-        index = (slice(None),) + tuple(slice(None, None, s) for s in strides) + (slice(None),)
+        index = (slice(None), *(slice(None, None, s) for s in strides), slice(None))
         return x[index]
     dilation = _ntuple(stage.get("dilation_rate", 1), n)
     padding = stage.get("padding", "valid")
@@ -180,7 +204,7 @@ class FactorizedLayer(keras.layers.Layer):
         >>> layer = FactorizedLayer(
         ...     [{"op": "dense", "kernel_shape": [8, 2]},
         ...      {"op": "dense", "kernel_shape": [2, 4]}], method="svd", rank=2)
-        >>> layer(np.ones((3, 8), "float32")).shape
+        >>> tuple(layer(np.ones((3, 8), "float32")).shape)
         (3, 4)
     """
 
