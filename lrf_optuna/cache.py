@@ -368,7 +368,8 @@ class SimilarityCache:
         acts = capture_activations(
             model, x, todo, batch_size=batch_size,
             max_bytes_per_layer=max_bytes_per_layer or DEFAULT_MAX_BYTES_PER_LAYER)
-        plans = {p: cls._layer_grid(found[p].info, grid) for p in todo}
+        infos = {p: found[p].info for p in todo}
+        plans = {p: cls._layer_grid(info, grid) for p, info in infos.items() if info}
         total = sum(len(r) for per in plans.values() for r in per.values())
         bar = _progress(total, progress)
         order = {p: targets.index(p) for p in todo}
@@ -384,7 +385,7 @@ class SimilarityCache:
                     f = directory / "factors" / f"{_safe(path)}--{method}.npz"
                     f.parent.mkdir(parents=True, exist_ok=True)
                     tmp = f.with_name(f".{f.stem}.tmp.npz")
-                    np.savez(tmp, **arrays)
+                    np.savez(tmp, allow_pickle=False, **arrays)
                     os.replace(tmp, f)
             out = directory / "layers" / f"{order[path]:03d}-{_safe(path)}.json"
             _atomic_write(out, json.dumps(table.to_json()).encode())
@@ -398,7 +399,11 @@ class SimilarityCache:
             else:
                 from concurrent.futures import ThreadPoolExecutor
 
-                with ThreadPoolExecutor(n_workers) as pool:
+                from threadpoolctl import threadpool_limits
+
+                # one BLAS thread per worker: oversubscribed BLAS runs 10x slower here
+                with threadpool_limits(limits=1, user_api="blas"), \
+                        ThreadPoolExecutor(n_workers) as pool:
                     for fut in [pool.submit(score_layer, p) for p in todo]:
                         fut.result()
         finally:

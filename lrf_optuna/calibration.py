@@ -15,6 +15,7 @@ import logging
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -48,7 +49,7 @@ def sample_index(n: int, keep: int) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, keep).round().astype(np.int64))
 
 
-def _single(inputs: list[object]) -> object:
+def _single(inputs: list[Any]) -> Any:
     if len(inputs) != 1:
         raise ValueError(f"the calibration pass supports single-input models; this one has "
                          f"{len(inputs)} inputs")
@@ -56,10 +57,10 @@ def _single(inputs: list[object]) -> object:
 
 
 def _extractor(model: keras.Model, targets: set[str], prefix: str = ""
-               ) -> tuple[list[str], list[object]]:
+               ) -> tuple[list[str], list[Any]]:
     """Symbolic ``(keys, tensors)`` in ``model``'s graph for the targets' inputs/outputs."""
     keys: list[str] = []
-    tensors: list[object] = []
+    tensors: list[Any] = []
     for layer in model.layers:
         path = f"{prefix}{layer.name}"
         if isinstance(layer, keras.Model):

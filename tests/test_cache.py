@@ -174,7 +174,7 @@ def test_bad_arguments(tmp_path, data) -> None:
     model = _model()
     with pytest.raises(ValueError, match="unknown similarity metric 'l1'"):
         SimilarityCache.build(model, data, cache_dir=tmp_path, metric="l1")
-    with pytest.raises(KeyError, match="not decomposable layers.*'nope'"):
+    with pytest.raises(KeyError, match=r"not decomposable layers.*'nope'"):
         SimilarityCache.build(model, data, cache_dir=tmp_path, layers=["nope"])
     with pytest.raises(KeyError, match="unknown LRF method"):
         SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(methods=("x",)))

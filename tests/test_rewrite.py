@@ -122,7 +122,7 @@ def test_subclassed_model_is_rejected_clearly() -> None:
 
     net = Net()
     net(np.zeros((1, 4), "float32"))
-    with pytest.raises(TypeError, match="subclassed.*Functional"):
+    with pytest.raises(TypeError, match=r"subclassed.*Functional"):
         find_layers(net)
     with pytest.raises(TypeError, match="subclassed"):
         rewrite_model(net, {})
@@ -134,7 +134,7 @@ def test_bad_plans_name_the_layer() -> None:
         rewrite_model(model, {"nope": ("svd", 2)})
     with pytest.raises(UnsupportedLayerError, match="'c1'"):
         rewrite_model(model, {"c1": ("svd", 2)})
-    with pytest.raises(DecompositionError, match="'fc'.*\\[1, 8\\]"):
+    with pytest.raises(DecompositionError, match=r"'fc'.*\[1, 8\]"):
         rewrite_model(model, {"fc": ("svd", 99)})
     with pytest.raises(KeyError, match="unknown LRF method 'magic'"):
         rewrite_model(model, {"fc": ("magic", 2)})
@@ -146,7 +146,7 @@ def test_nonfinite_weights_rejected_with_layer_name() -> None:
     k = fc.kernel.numpy()
     k[0, 0] = np.nan
     fc.kernel.assign(k)
-    with pytest.raises(DecompositionError, match="'fc'.*NaN"):
+    with pytest.raises(DecompositionError, match=r"'fc'.*NaN"):
         rewrite_model(model, {"fc": ("svd", 2)})
 
 
