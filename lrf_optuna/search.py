@@ -36,7 +36,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import optuna
@@ -78,7 +78,8 @@ AGGREGATIONS: dict[str, Callable[[Sequence[float]], float]] = {
 #: Chosen by ``benchmarks/metric_correlation.py`` (see ``benchmarks/RESULTS.md``).
 DEFAULT_AGGREGATION = "mean"
 
-_OBJECTIVES = {"params": "minimize", "bytes": "minimize", "flops": "minimize",
+Direction = Literal["minimize", "maximize"]
+_OBJECTIVES: dict[str, Direction] = {"params": "minimize", "bytes": "minimize", "flops": "minimize",
                "macs": "minimize", "proxy": "maximize"}
 
 
@@ -248,7 +249,7 @@ class LRFObjective:
 
     # -- Optuna's side -------------------------------------------------------------------
     @property
-    def directions(self) -> list[str]:
+    def directions(self) -> list[Direction]:
         """Optimisation directions, for ``optuna.create_study(directions=...)``."""
         return [_OBJECTIVES[o] for o in self.objectives]
 
@@ -391,8 +392,8 @@ class LRFObjective:
                 with other layers, methods or grid would mix incomparable trials).
         """
         space = json.loads(json.dumps({
-            name: dist.choices if isinstance(dist, optuna.distributions.CategoricalDistribution)
-            else [dist.low, dist.high] for name, dist in self.search_space().items()}))
+            name: optuna.distributions.distribution_to_json(dist)
+            for name, dist in self.search_space().items()}))
         recorded = study.user_attrs.get("lrf_optuna:space")
         if recorded is not None and json.loads(json.dumps(recorded)) != space:
             raise ValueError(

@@ -197,7 +197,7 @@ def test_resume_from_sqlite_continues_without_rework(setup, tmp_path, monkeypatc
     real = cache_mod._score_layer
     monkeypatch.setattr(cache_mod, "_score_layer",
                         lambda p, *a, **k: (calls.append(p), real(p, *a, **k))[1])
-    study2, objective = create_lrf_study(model, x, n_trials=40, **kwargs)
+    study2, _ = create_lrf_study(model, x, n_trials=40, **kwargs)
     assert calls == []  # the cache was reused
     assert finished_trials(study2) == 40
     for number, values in first.items():
