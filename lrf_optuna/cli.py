@@ -14,9 +14,10 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lrf_optuna.workspace import PROBLEM_ATTR, ProblemError, ProblemSpec
 
 __all__ = ["main"]
 
@@ -25,15 +26,6 @@ logger = logging.getLogger("lrf_optuna")
 
 class CLIError(Exception):
     """A user error: printed as one clear line, exit status 2."""
-
-
-@dataclass
-class Problem:
-    """What a command works on: the model and the data splits."""
-
-    model: Any
-    splits: Any
-    model_name: str
 
 
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
@@ -62,42 +54,11 @@ def _add_study_args(p: argparse.ArgumentParser, *, need_name: bool = False) -> N
                         "postgresql://... for many workers)")
 
 
-def _load_dataset(args: argparse.Namespace) -> Any:
-    from lrf_optuna import data
-
-    if args.dataset in ("fashion-mnist", "fashion_mnist"):
-        return data.load_fashion_mnist(args.data_dir)
-    path = Path(args.dataset)
-    if path.suffix != ".npz" or not path.exists():
-        raise CLIError(f"--dataset must be 'fashion-mnist' or an existing .npz file, but got "
-                       f"{args.dataset!r}")
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as z:
-        missing = {"x_train", "y_train", "x_test", "y_test"} - set(z.files)
-        if missing:
-            raise CLIError(f"{path} lacks arrays {sorted(missing)} (has {z.files})")
-        return data.from_arrays(z["x_train"], z["y_train"], z["x_test"], z["y_test"],
-                                name=path.stem)
-
-
-def load_problem(args: argparse.Namespace) -> Problem:
-    """Model and splits from the common command-line arguments."""
-    from lrf_optuna.data import prepare_splits
-    from lrf_optuna.models import REFERENCE_MODELS, train_or_load
-
-    dataset = _load_dataset(args)
-    splits = prepare_splits(dataset, calibration_size=args.calibration_size, seed=args.seed)
-    if args.model in REFERENCE_MODELS:
-        result = train_or_load(args.model, dataset, seed=args.seed, verbose=True)
-        return Problem(result.model, splits, args.model)
-    path = Path(args.model)
-    if not path.exists():
-        raise CLIError(f"--model {args.model!r} is neither a reference model "
-                       f"({', '.join(sorted(REFERENCE_MODELS))}) nor an existing file")
-    import keras
-
-    return Problem(keras.saving.load_model(path, safe_mode=True), splits, path.stem)
+def spec_from_args(args: argparse.Namespace) -> ProblemSpec:
+    """The problem the common arguments describe."""
+    return ProblemSpec(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+                       seed=args.seed, calibration_size=args.calibration_size,
+                       cache_dir=getattr(args, "cache_dir", ".lrf_cache"))
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -117,8 +78,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise CLIError(f"unknown --methods {unknown}; choose from {available_methods()}")
     if args.n_trials < 0:
         raise CLIError(f"--n-trials must be >= 0, but got {args.n_trials}")
-    problem = load_problem(args)
-    study_name = args.study_name or problem.model_name
+    spec = spec_from_args(args)
+    problem = spec.load()
+    study_name = args.study_name or problem.name
     storage = args.storage or default_storage(study_name)
     objective = LRFObjective(
         problem.model, problem.splits.x_cal, cache_dir=args.cache_dir, metric=args.metric,
@@ -130,6 +92,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
         directions=objective.directions,
         sampler=optuna.samplers.NSGAIISampler(seed=args.seed,
                                               population_size=args.population_size))
+    if PROBLEM_ATTR not in study.user_attrs:
+        study.set_user_attr(PROBLEM_ATTR, spec.to_json())
     added = objective.seed_study(study)
     done = finished_trials(study)
     print(f"study {study_name!r} in {storage}: {done} finished trial(s), {added} strategy "
@@ -261,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return int(args.func(args))
-    except CLIError as err:
+    except (CLIError, ProblemError) as err:
         print(f"lrf-optuna {args.command}: error: {err}", file=sys.stderr)
         return 2
     except (FileNotFoundError, KeyError, ValueError) as err:

@@ -288,6 +288,7 @@ class LRFObjective:
                             round(1 - score.macs / max(self.original_macs, 1), 4))
         trial.set_user_attr("plan", {p: describe_choice(score.plan.get(p))
                                      for p in self.spaces})
+        trial.set_user_attr("lrf_plan", {p: list(c) for p, c in score.plan.items()})
         if self.max_params is not None:
             trial.set_constraint("max_params", score.params - self.max_params)
         if self.max_flops is not None:

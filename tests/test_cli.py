@@ -61,7 +61,7 @@ def test_clear_errors(files, capsys) -> None:
                  "-q"]) == 2
     assert "neither a reference model" in capsys.readouterr().err
     assert main(["search", "--model", "lenet5", "--dataset", "data.csv", "-q"]) == 2
-    assert "--dataset must be" in capsys.readouterr().err
+    assert "dataset must be 'fashion-mnist' or an existing .npz" in capsys.readouterr().err
     assert main(["show", "--study-name", "x", "--storage",
                  f"sqlite:///{files / 'missing.db'}"]) == 2
     assert "no study database" in capsys.readouterr().err
