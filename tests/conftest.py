@@ -28,3 +28,48 @@ def randomize_weights(model_or_layer, rng: np.random.Generator, scale: float = 0
 def rel_err(a, b) -> float:
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory):
+    """A study made by ``lrf-optuna search`` on a tiny CNN and a tiny random dataset.
+
+    Returns a dict with ``storage`` (SQLite URL), ``study_name``, ``dir`` (the folder with
+    ``net.keras``, ``data.npz``, the cache and the database) and ``argv`` (the search
+    command's arguments, to run more trials).
+    """
+    import keras
+
+    from lrf_optuna.cli import main
+
+    d = tmp_path_factory.mktemp("tiny_study")
+    rng = np.random.default_rng(0)
+    # learnable toy data: the class decides which quadrant is bright
+    n = 400
+    y = np.arange(n) % 4
+    x = rng.uniform(0, 60, (n, 16, 16)).astype(np.uint8)
+    for i, c in enumerate(y):
+        r, q = divmod(int(c), 2)
+        x[i, r * 8:(r + 1) * 8, q * 8:(q + 1) * 8] += 150
+    np.savez(d / "data.npz", x_train=x[:320], y_train=y[:320], x_test=x[320:],
+             y_test=y[320:])
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((16, 16, 1)),
+        keras.layers.Conv2D(8, 3, activation="relu", name="conv1"),
+        keras.layers.MaxPooling2D(name="pool"),
+        keras.layers.Conv2D(12, 3, activation="relu", name="conv2"),
+        keras.layers.Flatten(name="flat"),
+        keras.layers.Dense(32, activation="relu", name="fc1"),
+        keras.layers.Dense(4, name="fc2"),
+    ], name="tiny")
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                  metrics=["accuracy"])
+    model.fit(x[:320, ..., None] / 255.0, y[:320], epochs=3, batch_size=32, verbose=0)
+    model.save(d / "net.keras")
+    storage = f"sqlite:///{d / 'study.db'}"
+    argv = ["search", "--model", str(d / "net.keras"), "--dataset", str(d / "data.npz"),
+            "--calibration-size", "64", "--storage", storage, "--study-name", "tiny",
+            "--cache-dir", str(d / "cache"), "--population-size", "10", "-q"]
+    assert main([*argv, "--n-trials", "40"]) == 0
+    return {"storage": storage, "study_name": "tiny", "dir": d, "argv": argv}
