@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lrf_optuna.workspace import PROBLEM_ATTR, ProblemError, ProblemSpec
+from lrf_optuna.workspace import ProblemError, ProblemSpec, record_problem
 
 __all__ = ["main"]
 
@@ -92,8 +92,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         directions=objective.directions,
         sampler=optuna.samplers.NSGAIISampler(seed=args.seed,
                                               population_size=args.population_size))
-    if PROBLEM_ATTR not in study.user_attrs:
-        study.set_user_attr(PROBLEM_ATTR, spec.to_json())
+    record_problem(study, spec)
     added = objective.seed_study(study)
     done = finished_trials(study)
     print(f"study {study_name!r} in {storage}: {done} finished trial(s), {added} strategy "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PROBLEM_ATTR", "Problem", "ProblemSpec", "spec_of_study"]
+__all__ = ["PROBLEM_ATTR", "Problem", "ProblemSpec", "record_problem", "spec_of_study"]
 
 PROBLEM_ATTR = "lrf_optuna:problem"
 
@@ -125,3 +125,9 @@ def spec_of_study(study: Any) -> ProblemSpec:
                            "it was not created by `lrf-optuna search` (pass the model and "
                            "dataset explicitly)")
     return ProblemSpec.from_json(raw)
+
+
+def record_problem(study: Any, spec: ProblemSpec) -> None:
+    """Store ``spec`` in the study (once), so later commands can rebuild the problem."""
+    if PROBLEM_ATTR not in study.user_attrs:
+        study.set_user_attr(PROBLEM_ATTR, spec.to_json())

@@ -1,0 +1,43 @@
+"""Compress the VGG-style net trained on Fashion-MNIST: a study written the way a user would.
+
+Run from the repository root (rerun the same command to continue the study)::
+
+    python studies/vgg_small_fashion_mnist.py --n-trials 400
+
+Then: `lrf-optuna show --study-name vgg_small`, `lrf-optuna finetune --study-name vgg_small`,
+`lrf-optuna dashboard --study-name vgg_small`.
+"""
+
+from __future__ import annotations
+
+import optuna
+from _common import parse_args
+
+import lrf_optuna
+from lrf_optuna.cli import pareto_table
+from lrf_optuna.data import load_fashion_mnist, prepare_splits
+from lrf_optuna.models import train_reference_model
+from lrf_optuna.search import run_remaining
+from lrf_optuna.workspace import ProblemSpec, record_problem
+
+
+def main() -> None:
+    args = parse_args("vgg_small", n_trials=400)
+    dataset = load_fashion_mnist()
+    splits = prepare_splits(dataset, calibration_size=512, seed=args.seed)
+    model = train_reference_model("vgg_small", dataset, seed=args.seed)
+
+    objective = lrf_optuna.LRFObjective(model, splits.x_cal, cache_dir=args.cache_dir)
+    study = optuna.create_study(
+        study_name="vgg_small", storage=args.storage, load_if_exists=True,
+        directions=objective.directions,
+        sampler=optuna.samplers.NSGAIISampler(seed=args.seed))
+    record_problem(study, ProblemSpec(model="vgg_small", seed=args.seed,
+                                      cache_dir=args.cache_dir))
+    objective.seed_study(study)  # the rank-selection strategies' plans go first
+    run_remaining(study, objective, args.n_trials)  # --n-trials is the total: resumable
+    print(pareto_table(study, top=15))
+
+
+if __name__ == "__main__":
+    main()
