@@ -69,6 +69,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         LRFObjective,
         default_storage,
         finished_trials,
+        open_storage,
         run_remaining,
     )
 
@@ -88,7 +89,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         methods=args.methods, max_params=args.max_params, max_flops=args.max_flops,
         min_proxy=args.min_proxy)
     study = optuna.create_study(
-        study_name=study_name, storage=storage, load_if_exists=True,
+        study_name=study_name, storage=open_storage(storage), load_if_exists=True,
         directions=objective.directions,
         sampler=optuna.samplers.NSGAIISampler(seed=args.seed,
                                               population_size=args.population_size))
@@ -142,7 +143,7 @@ def pareto_table(study: Any, *, top: int | None = None) -> str:
 def _cmd_show(args: argparse.Namespace) -> int:
     import optuna
 
-    from lrf_optuna.search import default_storage
+    from lrf_optuna.search import default_storage, open_storage
 
     storage = args.storage or default_storage(args.study_name)
     if storage.startswith("sqlite:///"):
@@ -151,7 +152,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
             raise CLIError(f"no study database at {db}; run `lrf-optuna search` first or "
                            "pass --storage")
     try:
-        study = optuna.load_study(study_name=args.study_name, storage=storage)
+        study = optuna.load_study(study_name=args.study_name, storage=open_storage(storage))
     except KeyError as err:
         names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
         raise CLIError(f"no study {args.study_name!r} in {storage}; it has {names}") from err

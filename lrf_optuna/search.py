@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from lrf_optuna.strategies import Strategy
 
 __all__ = ["AGGREGATIONS", "DEFAULT_AGGREGATION", "LRFObjective", "PlanScore",
-           "create_lrf_study", "describe_choice"]
+           "create_lrf_study", "default_storage", "describe_choice", "open_storage",
+           "run_remaining"]
 
 logger = logging.getLogger(__name__)
 
@@ -420,6 +421,44 @@ def _trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
 
 
+def open_storage(url: str | optuna.storages.BaseStorage, *, heartbeat_interval: int | None = None
+                 ) -> optuna.storages.BaseStorage | str:
+    """An Optuna storage for ``url``, tuned for many small trials.
+
+    SQLite: the database is switched to write-ahead logging with ``synchronous=NORMAL``
+    (a trial makes ~25 small commits; this cut the per-trial time ~5x here, see
+    ``benchmarks/RESULTS.md``). WAL stays safe against process crashes; only a power
+    loss can drop the last committed trials. Other URLs (PostgreSQL ...) get an RDB
+    storage, with a heartbeat when ``heartbeat_interval`` is given so that trials of a
+    killed worker are failed and retried (``RetryHeartbeatStaleTrialCallback``). A storage
+    object is returned as it is.
+    """
+    if not isinstance(url, str):
+        return url
+    kwargs: dict[str, Any] = {}
+    if heartbeat_interval is not None:
+        kwargs = dict(heartbeat_interval=heartbeat_interval, grace_period=3 * heartbeat_interval,
+                      heartbeat_stale_trial_callback=(
+                          optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)))
+    if url.startswith("sqlite:"):
+        from sqlalchemy import event
+
+        storage = optuna.storages.RDBStorage(url, **kwargs)
+
+        @event.listens_for(storage.engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        storage.engine.dispose()  # reconnect with the pragmas
+        return storage
+    if url.startswith(("postgresql", "mysql")):
+        return optuna.storages.RDBStorage(url, **kwargs)
+    return url
+
+
 def default_storage(study_name: str, directory: str | os.PathLike[str] = "studies") -> str:
     """``sqlite:///studies/<study_name>.db`` (the directory is created)."""
     Path(directory).mkdir(parents=True, exist_ok=True)
@@ -450,7 +489,7 @@ def create_lrf_study(
     """
     objective = LRFObjective(model, calibration_data, **objective_kwargs)
     study = optuna.create_study(
-        study_name=study_name, storage=storage or default_storage(study_name),
+        study_name=study_name, storage=open_storage(storage or default_storage(study_name)),
         load_if_exists=True, directions=objective.directions,
         sampler=optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size))
     objective.seed_study(study)

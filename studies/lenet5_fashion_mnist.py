@@ -17,7 +17,7 @@ import lrf_optuna
 from lrf_optuna.cli import pareto_table
 from lrf_optuna.data import load_fashion_mnist, prepare_splits
 from lrf_optuna.models import train_reference_model
-from lrf_optuna.search import run_remaining
+from lrf_optuna.search import open_storage, run_remaining
 from lrf_optuna.workspace import ProblemSpec, record_problem
 
 
@@ -29,7 +29,7 @@ def main() -> None:
 
     objective = lrf_optuna.LRFObjective(model, splits.x_cal, cache_dir=args.cache_dir)
     study = optuna.create_study(
-        study_name="lenet5", storage=args.storage, load_if_exists=True,
+        study_name="lenet5", storage=open_storage(args.storage), load_if_exists=True,
         directions=objective.directions,
         sampler=optuna.samplers.NSGAIISampler(seed=args.seed))
     record_problem(study, ProblemSpec(model="lenet5", seed=args.seed,

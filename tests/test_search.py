@@ -232,3 +232,19 @@ def test_interrupt_leaves_consistent_study(setup, tmp_path) -> None:
     resumed = _study(objective, storage)
     assert run_remaining(resumed, objective, 20, show_progress_bar=False) == 13
     assert finished_trials(resumed) == 20
+
+
+def test_open_storage_uses_wal_for_sqlite(tmp_path) -> None:
+    import sqlite3
+
+    from lrf_optuna.search import open_storage
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    storage = open_storage(url)
+    study = optuna.create_study(storage=storage, study_name="w")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    with sqlite3.connect(tmp_path / "w.db") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert len(optuna.load_study(study_name="w", storage=url).trials) == 3
+    assert open_storage(storage) is storage
+    assert open_storage("not-a-db-url") == "not-a-db-url"
