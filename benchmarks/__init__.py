@@ -1,0 +1,1 @@
+"""Benchmarks for lrf_optuna (run from the repository root: ``python -m benchmarks.<name>``)."""

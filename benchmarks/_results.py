@@ -1,0 +1,177 @@
+"""Shared helpers of the benchmark scripts: ``RESULTS.md`` sections, tables, timing.
+
+* :func:`write_section` replaces (or appends) one ``## heading`` section of
+  ``benchmarks/RESULTS.md`` and keeps every other section as it is.
+* :func:`markdown_table` renders a GitHub-flavoured Markdown table.
+* :func:`median_time` is the median wall-clock time of a callable over repeats.
+
+Example:
+    >>> print(markdown_table(["method", "time (s)"], [["svd", 1.5], ["qr", 0.25]]))
+    | method | time (s) |
+    |--------|---------:|
+    | svd    |      1.5 |
+    | qr     |     0.25 |
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import statistics
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["RESULTS_PATH", "markdown_table", "median_time", "replace_section", "write_section"]
+
+#: The results document all benchmarks write to.
+RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+#: Title a new results document starts with.
+DOCUMENT_TITLE = "# Benchmark results"
+
+_FENCE = re.compile(r"^\s{0,3}(```|~~~)")
+
+
+def _heading_text(heading: str) -> str:
+    """``"Decomposition speed"`` from either ``"Decomposition speed"`` or ``"## ..."``."""
+    text = heading.strip()
+    if text.startswith("## "):
+        text = text[3:].strip()
+    if not text or "\n" in text:
+        raise ValueError(f"a section heading must be one non-empty line, got {heading!r}")
+    return text
+
+
+def _section_starts(lines: Sequence[str]) -> list[int]:
+    """Indices of the lines starting a ``## `` section, outside fenced code blocks."""
+    starts, fenced = [], False
+    for i, line in enumerate(lines):
+        if _FENCE.match(line):
+            fenced = not fenced
+        elif not fenced and line.startswith("## "):
+            starts.append(i)
+    return starts
+
+
+def replace_section(document: str, heading: str, body: str) -> str:
+    """``document`` with its ``## heading`` section replaced by ``body`` (or appended).
+
+    A section runs from its heading line up to the next ``## `` heading (``###`` and
+    deeper headings, and ``## `` lines inside fenced code blocks, belong to it) or the end.
+    Other sections are kept byte for byte; an empty document gets a title first.
+
+    Example:
+        >>> replace_section("# R\\n\\n## A\\nold\\n\\n## B\\nb\\n", "A", "new")
+        '# R\\n\\n## A\\n\\nnew\\n\\n## B\\nb\\n'
+    """
+    title = _heading_text(heading)
+    block = f"## {title}\n\n{body.strip()}\n"
+    lines = document.splitlines(keepends=True)
+    starts = _section_starts(lines)
+    for n, start in enumerate(starts):
+        if lines[start].rstrip() == f"## {title}":
+            end = starts[n + 1] if n + 1 < len(starts) else len(lines)
+            before, after = "".join(lines[:start]), "".join(lines[end:])
+            if after:
+                return before + block + "\n" + after
+            return before + block
+    if not document.strip():
+        return f"{DOCUMENT_TITLE}\n\n{block}"
+    return document.rstrip("\n") + "\n\n" + block
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[IO[str]]:
+    """The file opened for update under an exclusive ``flock`` (where available), so that
+    two benchmarks finishing together do not lose each other's section."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+", encoding="utf-8") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            fcntl = None  # type: ignore[assignment]
+        if fcntl is not None:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield handle
+        finally:
+            if fcntl is not None:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def write_section(heading: str, body: str, path: str | os.PathLike[str] = RESULTS_PATH) -> Path:
+    """Replace the ``## heading`` section of the results file by ``body``, or append it.
+
+    Args:
+        heading: The section title, with or without the leading ``"## "``.
+        body: The section's Markdown content (surrounding blank lines are stripped).
+        path: The document; created (with a ``# Benchmark results`` title) if missing.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    with _locked(path) as handle:
+        handle.seek(0)
+        old = handle.read()
+        new = replace_section(old, heading, body)
+        if new != old:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(new)
+            handle.flush()
+            os.fsync(handle.fileno())
+    return path
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _is_number(text: str) -> bool:
+    text = text.strip().replace(",", "").rstrip("%x").strip()
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def markdown_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A Markdown table, columns padded; columns whose cells are all numbers (``-`` counts
+    as missing) are right-aligned.
+
+    Raises:
+        ValueError: if a row has a different number of cells than ``headers``.
+    """
+    head = [_cell(h) for h in headers]
+    body = [[_cell(c) for c in row] for row in rows]
+    for i, row in enumerate(body):
+        if len(row) != len(head):
+            raise ValueError(f"row {i} has {len(row)} cells, but there are {len(head)} headers")
+    widths = [max([len(h), 3, *(len(r[j]) for r in body)]) for j, h in enumerate(head)]
+    numeric = [bool(body) and all(_is_number(r[j]) or r[j].strip() in ("", "-") for r in body)
+               and any(_is_number(r[j]) for r in body) for j in range(len(head))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if num else c.ljust(w)
+                                 for c, w, num in zip(cells, widths, numeric)) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else "-" * (w + 2)
+                          for w, num in zip(widths, numeric)) + "|"
+    header = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
+    return "\n".join([header, rule, *(line(r) for r in body)])
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall-clock seconds (``time.perf_counter``) of ``repeats`` calls of ``fn``."""
+    if isinstance(repeats, bool) or int(repeats) < 1:
+        raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+    durations = []
+    for _ in range(int(repeats)):
+        start = time.perf_counter()
+        fn()
+        durations.append(time.perf_counter() - start)
+    return float(statistics.median(durations))
