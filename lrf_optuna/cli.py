@@ -1,10 +1,12 @@
-"""The ``lrf-optuna`` command line: search, show (and more as the pipeline grows).
+"""The ``lrf-optuna`` command line: search, show, finetune, export, report, dashboard.
 
 Examples::
 
     lrf-optuna search --model vgg_small --n-trials 300          # sqlite:///studies/vgg_small.db
     lrf-optuna search --model my_net.keras --dataset data.npz --methods svd tucker2 tt
     lrf-optuna show --study-name vgg_small                      # the Pareto front as a table
+    lrf-optuna report --study-name vgg_small                    # reports/vgg_small/report.html
+    lrf-optuna dashboard --study-name vgg_small                 # optuna-dashboard on 127.0.0.1
 """
 
 from __future__ import annotations
@@ -210,6 +212,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top", type=int, default=None, help="at most this many rows, spread "
                    "along the front")
     p.set_defaults(func=_cmd_show)
+
+    from lrf_optuna.dashboard import add_dashboard_parser
+    from lrf_optuna.report import add_report_parser
+
+    add_dashboard_parser(sub)
+    add_report_parser(sub)
     return parser
 
 
