@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup data demo test lint unit bench clean
+.PHONY: setup data test-deps demo test lint unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ setup: $(STAMP) data
 data:
 	@bash scripts/ensure_data.sh
 
+# Chromium + chromedriver (dashboard test) and PostgreSQL (multi-worker test), via apt.
+test-deps:
+	@bash scripts/ensure_test_deps.sh
+
 demo: setup
 	$(PY) -m lrf_optuna.demo
 
@@ -28,9 +32,9 @@ lint: $(STAMP)
 	$(PY) -m mypy
 
 unit: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
-test: setup lint unit
+test: setup test-deps lint unit
 
 bench: setup
 	$(PY) -m benchmarks.run
