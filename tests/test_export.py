@@ -1,0 +1,140 @@
+"""TFLite export of factorized models, latency helpers and export_trial."""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+import keras
+import numpy as np
+import optuna
+import pytest
+
+from lrf_optuna.decompose import FactorizedLayer
+from lrf_optuna.export import (
+    add_export_parser,
+    export_trial,
+    keras_latency_ms,
+    save_keras,
+    tflite_latency_ms,
+    tflite_predict,
+    to_tflite,
+)
+from lrf_optuna.rewrite import rewrite_model
+
+L = keras.layers
+
+#: One layer per method kind: conv tucker2 / cp / spatial_svd / channel_svd, dense (and
+#: 1x1 conv) svd / tt / qr.
+PLAN = {"c1": ("tucker2", 4), "c2": ("cp", 6), "c3": ("spatial_svd", 4),
+        "c4": ("channel_svd", 4), "c5": ("svd", 4), "d1": ("svd", 8), "d2": ("tt", 4),
+        "d3": ("qr", 8)}
+
+
+@pytest.fixture(scope="module")
+def factorized():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((12, 12, 3)),
+        L.Conv2D(16, 3, padding="same", activation="relu", name="c1"),
+        L.Conv2D(16, 3, padding="same", activation="relu", name="c2"),
+        L.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="c3"),
+        L.Conv2D(16, 3, padding="valid", activation="relu", name="c4"),
+        L.Conv2D(16, 1, name="c5"),
+        L.GlobalAveragePooling2D(name="gap"),
+        L.Dense(64, activation="relu", name="d1"),
+        L.Dense(64, activation="relu", name="d2"),
+        L.Dense(10, name="d3"),
+    ], name="all_methods")
+    small = rewrite_model(model, PLAN)
+    kinds = {layer.name: layer.method for layer in small.layers
+             if isinstance(layer, FactorizedLayer)}
+    assert kinds == {k: m for k, (m, _) in PLAN.items()}
+    return small
+
+
+def test_tflite_matches_keras_for_every_method(factorized, tmp_path) -> None:
+    path = to_tflite(factorized, tmp_path / "m.tflite")
+    assert path.exists() and path.stat().st_size > 0
+    x = np.random.default_rng(1).standard_normal((7, 12, 12, 3)).astype("float32")
+    want = np.asarray(factorized(x, training=False))
+    got = tflite_predict(path, x, batch_size=3)  # 3 + 3 + 1: resizes the input tensor
+    assert got.shape == want.shape == (7, 10)
+    assert np.max(np.abs(got - want)) < 1e-4
+
+
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+def test_tflite_is_float32_without_quantization(factorized, tmp_path) -> None:
+    import tensorflow as tf
+
+    path = to_tflite(factorized, tmp_path / "m.tflite")
+    interp = tf.lite.Interpreter(model_path=str(path))
+    assert interp.get_input_details()[0]["dtype"] == np.float32
+    assert all(d["dtype"] in (np.float32, np.int32) for d in interp.get_tensor_details())
+    # the factors are stored as they are: the file is about 4 bytes per parameter
+    assert path.stat().st_size < 4 * factorized.count_params() + 40_000
+
+
+def test_latency_helpers_return_positive_medians(factorized, tmp_path) -> None:
+    path = to_tflite(factorized, tmp_path / "m.tflite")
+    k = keras_latency_ms(factorized, (12, 12, 3), repeats=5, warmup=1)
+    t = tflite_latency_ms(path, repeats=5, warmup=1)
+    assert 0 < k < 1000 and 0 < t < 1000
+    assert keras_latency_ms(factorized, repeats=3, warmup=0) > 0  # default input shape
+    with pytest.raises(ValueError):
+        tflite_latency_ms(path, repeats=0)
+
+
+def test_save_keras_drops_the_optimizer_and_reloads(factorized, tmp_path) -> None:
+    model = keras.models.clone_model(factorized)
+    model.set_weights(factorized.get_weights())
+    model.compile("adam", "mse")
+    x = np.random.default_rng(2).standard_normal((4, 12, 12, 3)).astype("float32")
+    model.fit(x, np.zeros((4, 10)), epochs=1, verbose=0)  # creates Adam's slots
+    model.save(tmp_path / "with_opt.keras")
+    path = save_keras(model, tmp_path / "m.keras")
+    assert path.stat().st_size < (tmp_path / "with_opt.keras").stat().st_size
+    back = keras.saving.load_model(path)
+    np.testing.assert_allclose(back(x), model(x), atol=1e-6)
+    with pytest.raises(ValueError, match=r"\.keras"):
+        save_keras(model, tmp_path / "m.h5")
+
+
+def test_export_trial_without_finetuning_warns_and_writes_both(tiny_study, tmp_path) -> None:
+    # a private copy of the database: other tests fine-tune the shared one
+    shutil.copy(tiny_study["dir"] / "study.db", tmp_path / "study.db")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    trial = next(t for t in study.best_trials if t.user_attrs.get("lrf_plan"))
+    with pytest.warns(UserWarning, match="WITHOUT fine-tuning"):
+        keras_path, tflite_path = export_trial(study, trial.number, tmp_path / "out")
+    assert keras_path.name == f"tiny_trial{trial.number}.keras"
+    assert keras_path.exists() and tflite_path.exists()
+    model = keras.saving.load_model(keras_path)
+    assert model.count_params() == trial.user_attrs["params"]
+    x = np.random.default_rng(0).random((5, 16, 16, 1)).astype("float32")
+    assert np.max(np.abs(tflite_predict(tflite_path, x) - np.asarray(model(x)))) < 1e-4
+
+
+def test_export_cli_and_clear_errors(tiny_study, tmp_path, capsys) -> None:
+    shutil.copy(tiny_study["dir"] / "study.db", tmp_path / "study.db")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    parser = argparse.ArgumentParser()
+    add_export_parser(parser.add_subparsers(dest="command"))
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    number = next(t.number for t in study.best_trials if t.user_attrs.get("lrf_plan"))
+    args = parser.parse_args(["export", "--study-name", "tiny", "--storage", storage,
+                              "--trial", str(number), "--out", str(tmp_path / "cli")])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "WITHOUT fine-tuning" in out and f"tiny_trial{number}.tflite" in out
+    args = parser.parse_args(["export", "--study-name", "tiny", "--storage", storage,
+                              "--trial", "999", "--out", str(tmp_path / "cli")])
+    with pytest.raises(KeyError, match="study 'tiny' has no trial 999"):
+        args.func(args)
+    from lrf_optuna.cli import CLIError
+
+    args = parser.parse_args(["export", "--study-name", "nope", "--storage", storage,
+                              "--trial", "1", "--out", str(tmp_path)])
+    with pytest.raises(CLIError, match="no study 'nope'"):
+        args.func(args)
