@@ -4,7 +4,8 @@ The pipeline, one module each: :mod:`~lrf_optuna.data` -> :mod:`~lrf_optuna.mode
 :mod:`~lrf_optuna.decompose` (the LRF methods) -> :mod:`~lrf_optuna.rewrite` /
 :mod:`~lrf_optuna.costs` -> :mod:`~lrf_optuna.calibration` / :mod:`~lrf_optuna.cache`
 (feature-map similarity) -> :mod:`~lrf_optuna.strategies` -> :mod:`~lrf_optuna.search`
-(the Optuna objective).
+(the Optuna objective) -> :mod:`~lrf_optuna.finetune` / :mod:`~lrf_optuna.export` ->
+:mod:`~lrf_optuna.report` / :mod:`~lrf_optuna.dashboard`.
 
 Attributes are imported lazily, so ``import lrf_optuna.cache`` does not load TensorFlow.
 
@@ -35,9 +36,14 @@ _EXPORTS = {
     "get_method": "lrf_optuna.decompose",
     "available_methods": "lrf_optuna.decompose",
     "FactorizedLayer": "lrf_optuna.decompose",
+    "finetune_study": "lrf_optuna.finetune",
+    "FinetuneConfig": "lrf_optuna.finetune",
+    "export_trial": "lrf_optuna.export",
+    "to_tflite": "lrf_optuna.export",
 }
 _SUBMODULES = {"data", "models", "decompose", "rewrite", "costs", "calibration", "cache",
-               "similarity", "strategies", "search", "vbmf", "cli"}
+               "similarity", "strategies", "search", "vbmf", "cli", "finetune", "export",
+               "report", "dashboard", "workspace"}
 
 __all__ = ["__version__", *sorted(_EXPORTS), *sorted(_SUBMODULES)]
 

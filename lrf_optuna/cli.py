@@ -214,10 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_show)
 
     from lrf_optuna.dashboard import add_dashboard_parser
+    from lrf_optuna.export import add_export_parser
+    from lrf_optuna.finetune import add_finetune_parser
     from lrf_optuna.report import add_report_parser
 
-    add_dashboard_parser(sub)
+    add_finetune_parser(sub)
+    add_export_parser(sub)
     add_report_parser(sub)
+    add_dashboard_parser(sub)
     return parser
 
 

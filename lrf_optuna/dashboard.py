@@ -29,15 +29,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-__all__ = ["FINETUNE_SUFFIX", "StudyLookupError", "add_dashboard_parser", "add_study_notes",
-           "artifact_dir_for", "finetune_study_name", "load_finetune_study", "load_study",
+from lrf_optuna.finetune import FINETUNE_SUFFIX, existing_finetune_study
+from lrf_optuna.search import artifact_dir_for, sqlite_path
+
+__all__ = ["StudyLookupError", "add_dashboard_parser", "add_study_notes", "load_study",
            "recorded_artifact_dir", "resolve_storage", "run_dashboard", "search_study_names",
            "study_note"]
 
-#: The fine-tuning jobs of search study ``S`` live in study ``S + FINETUNE_SUFFIX``.
-FINETUNE_SUFFIX = ":finetune"
 _NOTE_TAG = "lrf-optuna note"
 
 
@@ -46,35 +45,6 @@ class StudyLookupError(ValueError):
 
 
 # -- storage, studies ------------------------------------------------------------------------
-def _sqlite_path(storage_url: str) -> Path | None:
-    """The database file of a ``sqlite:///...`` URL (``None`` for other URLs / in-memory)."""
-    if not storage_url.startswith("sqlite:///"):
-        return None
-    path = urlsplit(storage_url[len("sqlite:///"):]).path  # drop ?timeout=... options
-    if not path or path == ":memory:":
-        return None
-    return Path(path)
-
-
-def artifact_dir_for(storage_url: str) -> Path:
-    """Default artifact directory for a storage URL.
-
-    ``sqlite:///dir/name.db`` -> ``dir/name_artifacts`` (beside the database, so a study
-    folder can be copied as a whole); any other storage (PostgreSQL, MySQL, in-memory
-    SQLite) -> ``studies/artifacts`` (relative to the working directory).
-
-    Example:
-        >>> artifact_dir_for("sqlite:///studies/vgg_small.db").as_posix()
-        'studies/vgg_small_artifacts'
-        >>> artifact_dir_for("postgresql://user@host/lrf").as_posix()
-        'studies/artifacts'
-    """
-    db = _sqlite_path(str(storage_url))
-    if db is None:
-        return Path("studies") / "artifacts"
-    return db.with_name(f"{db.stem}_artifacts")
-
-
 def resolve_storage(study_name: str | None, storage: str | None) -> str:
     """``storage``, or ``sqlite:///studies/<study_name>.db`` like ``lrf-optuna search``.
 
@@ -85,7 +55,7 @@ def resolve_storage(study_name: str | None, storage: str | None) -> str:
         if not study_name:
             raise StudyLookupError("pass --study-name or --storage")
         storage = f"sqlite:///{Path('studies') / f'{study_name}.db'}"
-    db = _sqlite_path(storage)
+    db = sqlite_path(storage)
     if db is not None and not db.exists():
         raise StudyLookupError(f"no study database at {db}; run `lrf-optuna search` first or "
                                "pass --storage")
@@ -120,22 +90,6 @@ def load_study(study_name: str | None, storage: str | None) -> Any:
     if study_name not in names:
         raise StudyLookupError(f"no study {study_name!r} in {url}; it has {names}")
     return optuna.load_study(study_name=study_name, storage=url)
-
-
-def finetune_study_name(study_name: str) -> str:
-    """``"<study_name>:finetune"``: where the fine-tuning jobs of a search study live."""
-    return f"{study_name}{FINETUNE_SUFFIX}"
-
-
-def load_finetune_study(study: Any) -> Any | None:
-    """The fine-tuning study beside ``study`` in the same storage, or ``None``."""
-    import optuna
-
-    storage = study._storage  # optuna has no public accessor; optuna-dashboard does the same
-    name = finetune_study_name(study.study_name)
-    if name not in optuna.get_all_study_names(storage):
-        return None
-    return optuna.load_study(study_name=name, storage=storage)
 
 
 # -- the study note --------------------------------------------------------------------------
@@ -225,7 +179,7 @@ def study_note(study: Any, *, storage_url: str | None = None) -> str:
         f"| similarity metric / aggregation | {metric} / {aggregation} |",
         f"| similarity cache | `{original.get('cache', 'n/a')}` |",
     ]
-    finetune = load_finetune_study(study)
+    finetune = existing_finetune_study(study)
     if finetune is not None:
         base = finetune.user_attrs.get("original") or {}
         rows = [("test accuracy", base.get("test_acc"), ".4f"),
@@ -331,7 +285,7 @@ def recorded_artifact_dir(studies: Sequence[Any]) -> Path | None:
     warning: the dashboard serves one artifact store)."""
     found: list[str] = []
     for study in studies:
-        finetune = load_finetune_study(study)
+        finetune = existing_finetune_study(study)
         recorded = finetune.user_attrs.get("artifact_dir") if finetune is not None else None
         if recorded and recorded not in found:
             found.append(str(recorded))

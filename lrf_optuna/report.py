@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from lrf_optuna.cache import SimilarityCache
-from lrf_optuna.dashboard import FINETUNE_SUFFIX, load_finetune_study, load_study
+from lrf_optuna.dashboard import load_study
+from lrf_optuna.finetune import FINETUNE_SUFFIX, existing_finetune_study
 from lrf_optuna.report_table import markdown_table
 
 __all__ = ["ReportError", "add_report_parser", "collect", "write_report"]
@@ -161,7 +162,7 @@ def collect(study: Any, *, cache_dir: str | os.PathLike[str] | None = None) -> R
         aggregation=str(original.get("aggregation", "mean")), n_trials=len(trials),
         complete=complete, front=front, cache=cache, layers=layers,
         finetune_name=study.study_name + FINETUNE_SUFFIX, finetune_exists=False)
-    finetune = load_finetune_study(study)
+    finetune = existing_finetune_study(study)
     if finetune is None:
         return data
     data.finetune_exists = True

@@ -49,9 +49,19 @@ if TYPE_CHECKING:
 
     from lrf_optuna.strategies import Strategy
 
-__all__ = ["AGGREGATIONS", "DEFAULT_AGGREGATION", "LRFObjective", "PlanScore",
-           "create_lrf_study", "default_storage", "describe_choice", "open_storage",
-           "run_remaining"]
+__all__ = [
+    "AGGREGATIONS",
+    "DEFAULT_AGGREGATION",
+    "LRFObjective",
+    "PlanScore",
+    "artifact_dir_for",
+    "create_lrf_study",
+    "default_storage",
+    "describe_choice",
+    "open_storage",
+    "run_remaining",
+    "sqlite_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -457,6 +467,42 @@ def open_storage(url: str | optuna.storages.BaseStorage, *, heartbeat_interval: 
     if url.startswith(("postgresql", "mysql")):
         return optuna.storages.RDBStorage(url, **kwargs)
     return url
+
+
+def sqlite_path(storage_url: str) -> Path | None:
+    """The database file of a ``sqlite:///...`` URL (``None`` for other URLs / in-memory).
+
+    Example:
+        >>> sqlite_path("sqlite:///studies/vgg.db?timeout=30").as_posix()
+        'studies/vgg.db'
+    """
+    from urllib.parse import urlsplit
+
+    if not storage_url.startswith("sqlite:///"):
+        return None
+    path = urlsplit(storage_url[len("sqlite:///"):]).path  # drop ?timeout=... options
+    if not path or path == ":memory:":
+        return None
+    return Path(path)
+
+
+def artifact_dir_for(storage_url: str) -> Path:
+    """Default artifact directory for a storage URL.
+
+    ``sqlite:///dir/name.db`` -> ``dir/name_artifacts`` (beside the database, so a study
+    folder can be copied as a whole); any other storage (PostgreSQL, MySQL, in-memory
+    SQLite) -> ``studies/artifacts`` (relative to the working directory).
+
+    Example:
+        >>> artifact_dir_for("sqlite:///studies/vgg_small.db").as_posix()
+        'studies/vgg_small_artifacts'
+        >>> artifact_dir_for("postgresql://user@host/lrf").as_posix()
+        'studies/artifacts'
+    """
+    db = sqlite_path(str(storage_url))
+    if db is None:
+        return Path("studies") / "artifacts"
+    return db.with_name(f"{db.stem}_artifacts")
 
 
 def default_storage(study_name: str, directory: str | os.PathLike[str] = "studies") -> str:

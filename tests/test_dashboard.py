@@ -17,10 +17,10 @@ from lrf_optuna.dashboard import (
     StudyLookupError,
     add_dashboard_parser,
     add_study_notes,
-    artifact_dir_for,
     load_study,
     resolve_storage,
 )
+from lrf_optuna.search import artifact_dir_for
 
 
 @pytest.mark.parametrize(("url", "expected"), [
