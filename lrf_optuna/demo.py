@@ -1,10 +1,20 @@
-"""End-to-end demo: load Fashion-MNIST and train (or load) the reference models.
+"""The main job (``make demo``): the whole pipeline on Fashion-MNIST, end to end.
 
-Run with ``python -m lrf_optuna.demo`` (or ``make demo``). Trained models are cached
-(see :mod:`lrf_optuna.models.training`), so the second run only loads them.
+1. **Baselines**: load Fashion-MNIST (offline Debian copy first), train or load LeNet-5 and
+   the VGG-style net (cached under ``~/.cache/lrf_optuna``), print accuracy and size.
+2. **Search**: for each searched model, build the similarity cache, enqueue the
+   rank-selection strategies' plans and run NSGA-II in a resumable SQLite study
+   (``studies/demo_<model>.db``); print the Pareto front.
+3. **Fine-tune**: fine-tune K trials spread along the front, once each; measure test
+   accuracy, size, FLOPs and CPU latency (Keras and TFLite); print the results table.
+4. **Report**: write ``reports/demo_<model>/report.html`` and print the command that opens
+   the dashboard.
+
+Rerunning resumes everything: cached models, cache, finished trials, fine-tuned jobs.
 
 Example:
-    $ python -m lrf_optuna.demo --models lenet5 vgg_small
+    $ python -m lrf_optuna.demo                       # baselines, search, fine-tune, report
+    $ python -m lrf_optuna.demo --search lenet5 --n-trials 200 --finetune-k 2
 """
 
 from __future__ import annotations
@@ -13,32 +23,16 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["DEMO_MODELS", "format_table", "main"]
+__all__ = ["DEMO_MODELS", "main"]
 
 logger = logging.getLogger("lrf_optuna.demo")
 
-#: Reference models trained by default.
+#: Reference models trained (or loaded) by default.
 DEMO_MODELS: tuple[str, ...] = ("lenet5", "vgg_small")
-
-
-def format_table(rows: Sequence[Sequence[str]], headers: Sequence[str]) -> str:
-    """Render rows as a Markdown table with aligned columns.
-
-    Example:
-        >>> print(format_table([["lenet5", "61,706"]], ["model", "params"]))
-        | model  | params |
-        |--------|--------|
-        | lenet5 | 61,706 |
-    """
-    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows, strict=False)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
 
 
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -46,73 +40,130 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(
         prog="python -m lrf_optuna.demo",
-        description="Train (or load from cache) reference CNNs on Fashion-MNIST.",
-    )
-    parser.add_argument(
-        "--models",
-        nargs="+",
-        default=list(DEMO_MODELS),
-        choices=sorted(REFERENCE_MODELS),
-        help="reference models to train or load (default: %(default)s)",
-    )
-    parser.add_argument("--data", default=None, help="directory with the Fashion-MNIST idx files")
-    parser.add_argument(
-        "--cache-dir",
-        default=None,
-        help="cache root (default: $LRF_OPTUNA_CACHE or ~/.cache/lrf_optuna)",
-    )
-    parser.add_argument(
-        "--epochs", type=int, default=None, help="override the per-model default epochs"
-    )
+        description="The whole lrf_optuna pipeline on Fashion-MNIST: baselines, similarity "
+                    "cache, NSGA-II search, fine-tuning of the chosen trials, report.")
+    parser.add_argument("--models", nargs="+", default=list(DEMO_MODELS),
+                        choices=sorted(REFERENCE_MODELS),
+                        help="reference models to train or load (default: %(default)s)")
+    parser.add_argument("--search", nargs="*", default=["vgg_small"],
+                        choices=sorted(REFERENCE_MODELS),
+                        help="models to compress (default: %(default)s; none: stop after "
+                             "the baselines)")
+    parser.add_argument("--n-trials", type=int, default=300,
+                        help="finished trials per study (default: %(default)s)")
+    parser.add_argument("--finetune-k", type=int, default=3,
+                        help="trials to fine-tune per study (default: %(default)s; 0: none)")
+    parser.add_argument("--finetune-epochs", type=int, default=None,
+                        help="override the fine-tuning epochs")
+    parser.add_argument("--data", default=None, help="directory with the Fashion-MNIST idx "
+                        "files")
+    parser.add_argument("--studies-dir", default="studies",
+                        help="where the SQLite studies go (default: %(default)s)")
+    parser.add_argument("--cache-dir", default=".lrf_cache",
+                        help="similarity cache directory (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only print the table")
+    parser.add_argument("-q", "--quiet", action="store_true", help="less logging")
     return parser.parse_args(argv)
 
 
+def _heading(text: str) -> None:
+    print(f"\n=== {text} ===", flush=True)
+
+
+def _baselines(args: argparse.Namespace, dataset: Any) -> None:
+    from lrf_optuna.models.training import train_or_load
+    from lrf_optuna.report_table import format_table
+
+    rows = []
+    for name in dict.fromkeys([*args.models, *args.search]):
+        result = train_or_load(name, dataset, seed=args.seed, verbose=not args.quiet)
+        rec = result.record
+        when = "cached" if result.cached else f"trained in {rec.train_seconds:.0f} s"
+        rows.append([name, f"{rec.params:,}", f"{rec.test_accuracy:.4f}", rec.epochs, when])
+    print(format_table(["model", "params", "test accuracy", "epochs", "train time"], rows),
+          flush=True)
+
+
+def _compress(args: argparse.Namespace, name: str) -> None:
+    import optuna
+
+    from lrf_optuna.cli import pareto_table
+    from lrf_optuna.search import LRFObjective, open_storage, run_remaining
+    from lrf_optuna.workspace import ProblemSpec, record_problem
+
+    spec = ProblemSpec(model=name, data_dir=args.data, seed=args.seed,
+                       cache_dir=args.cache_dir)
+    problem = spec.load(verbose=not args.quiet)
+    study_name = f"demo_{name}"
+    os.makedirs(args.studies_dir, exist_ok=True)
+    storage = f"sqlite:///{args.studies_dir}/{study_name}.db"
+
+    _heading(f"{name}: similarity cache")
+    t0 = time.perf_counter()
+    objective = LRFObjective(problem.model, problem.splits.x_cal, cache_dir=args.cache_dir,
+                             progress=not args.quiet)
+    n_cands = sum(len(t.candidates) for t in objective.cache.tables.values())
+    print(f"{len(objective.spaces)} layers, {n_cands} scored candidates in "
+          f"{objective.cache.directory} ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    _heading(f"{name}: NSGA-II search ({args.n_trials} trials, {storage})")
+    study = optuna.create_study(
+        study_name=study_name, storage=open_storage(storage), load_if_exists=True,
+        directions=objective.directions,
+        sampler=optuna.samplers.NSGAIISampler(seed=args.seed))
+    record_problem(study, spec)
+    objective.seed_study(study)
+    t0 = time.perf_counter()
+    ran = run_remaining(study, objective, args.n_trials, show_progress_bar=not args.quiet)
+    print(f"{ran} new trial(s) in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(pareto_table(study, top=12), flush=True)
+
+    if args.finetune_k > 0:
+        from lrf_optuna.finetune import FinetuneConfig, finetune_study, results_table
+
+        _heading(f"{name}: fine-tuning {args.finetune_k} trial(s) spread along the front")
+        config = FinetuneConfig()
+        if args.finetune_epochs is not None:
+            config = FinetuneConfig(epochs=args.finetune_epochs)
+        t0 = time.perf_counter()
+        finetune_study(study, args.finetune_k, config=config, problem=problem)
+        print(f"fine-tuning done in {time.perf_counter() - t0:.0f} s", flush=True)
+        print(results_table(study), flush=True)
+
+    from lrf_optuna.report import write_report
+
+    html, _md = write_report(study, f"reports/{study_name}")
+    _heading(f"{name}: what next")
+    print(f"report:     {html}")
+    print(f"dashboard:  lrf-optuna dashboard --storage {storage}   "
+          "(then open http://127.0.0.1:8080)")
+    print(f"export:     lrf-optuna export --storage {storage} --trial N --out exported/")
+    print(f"more trials: rerun with --n-trials {args.n_trials + 200} (the study resumes)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Load Fashion-MNIST, train or load the demo models, print a summary table.
-
-    Args:
-        argv: Command-line arguments (``None``: ``sys.argv[1:]``).
-
-    Returns:
-        Process exit code: 0 on success, 2 if the dataset could not be found.
-    """
+    """Run the pipeline; returns the exit code (2 when the dataset cannot be found)."""
     args = _parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-    from lrf_optuna.data import DataNotFoundError, load_fashion_mnist
-    from lrf_optuna.models.training import train_or_load
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    import optuna
 
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from lrf_optuna.data import DataNotFoundError, load_fashion_mnist
+
+    start = time.perf_counter()
     try:
         dataset = load_fashion_mnist(args.data)
     except DataNotFoundError as exc:
         logger.error("%s", exc)
         return 2
-    logger.info("Dataset: %r", dataset)
-
-    rows = []
-    for name in args.models:
-        result = train_or_load(
-            name,
-            dataset,
-            epochs=args.epochs,
-            seed=args.seed,
-            cache_dir=args.cache_dir,
-            verbose=not args.quiet,
-        )
-        rec = result.record
-        if result.cached:
-            when = "cached"
-        else:
-            when = f"{rec.train_seconds:.0f} s" if rec.train_seconds is not None else "?"
-        rows.append([name, f"{rec.params:,}", f"{rec.test_accuracy:.4f}", str(rec.epochs), when])
-    print()
-    print(format_table(rows, ["model", "params", "test accuracy", "epochs", "train time"]))
+    _heading("Baselines (Fashion-MNIST test set)")
+    _baselines(args, dataset)
+    for name in args.search:
+        _compress(args, name)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s", flush=True)
     return 0
 
 
