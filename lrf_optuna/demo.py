@@ -137,7 +137,8 @@ def _compress(args: argparse.Namespace, name: str) -> None:
     print(f"report:     {html}")
     print(f"dashboard:  lrf-optuna dashboard --storage {storage}   "
           "(then open http://127.0.0.1:8080)")
-    print(f"export:     lrf-optuna export --storage {storage} --trial N --out exported/")
+    print(f"export:     lrf-optuna export --study-name {study_name} --storage {storage} "
+          "--trial N --out exported/")
     print(f"more trials: rerun with --n-trials {args.n_trials + 200} (the study resumes)")
 
 

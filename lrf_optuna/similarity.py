@@ -9,9 +9,10 @@ first axis, and returns a score where **1 means identical** and lower is worse:
   matrices; invariant to orthogonal transforms and isotropic scaling of the features.
 * ``nmse``: ``1 - ||y_hat - y||^2 / ||y||^2`` over the whole batch (can go below 0).
 
-The default is chosen by measurement (``benchmarks/metric_correlation.py``, see
-``benchmarks/RESULTS.md``): the metric whose aggregated score ranks random plans most like
-their real accuracy.
+The default, ``cosine``, is chosen by measurement (``benchmarks/similarity_metrics.py``,
+see ``benchmarks/RESULTS.md``): over 60 random plans on each of LeNet-5 and the VGG-style
+net, its aggregated score ranked the assembled models most like their real validation
+accuracy (mean Spearman 0.929 with the product aggregation; 1 - NMSE 0.923, CKA 0.83).
 
 Example:
     >>> import numpy as np
