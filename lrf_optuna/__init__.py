@@ -9,13 +9,14 @@ The pipeline, one module each: :mod:`~lrf_optuna.data` -> :mod:`~lrf_optuna.mode
 
 Attributes are imported lazily, so ``import lrf_optuna.cache`` does not load TensorFlow.
 
-Example:
-    >>> import optuna, lrf_optuna  # doctest: +SKIP
-    >>> objective = lrf_optuna.LRFObjective(model, x_cal, cache_dir=".lrf_cache")
-    >>> study = optuna.create_study(directions=objective.directions,
-    ...                             sampler=optuna.samplers.NSGAIISampler(seed=0))
-    >>> objective.seed_study(study)
-    >>> study.optimize(objective, n_trials=500, show_progress_bar=True)
+Example (``model`` trained, ``x_cal`` calibration images)::
+
+    import optuna, lrf_optuna
+    objective = lrf_optuna.LRFObjective(model, x_cal, cache_dir=".lrf_cache")
+    study = optuna.create_study(directions=objective.directions,
+                                sampler=optuna.samplers.NSGAIISampler(seed=0))
+    objective.seed_study(study)
+    study.optimize(objective, n_trials=500, show_progress_bar=True)
 """
 
 from __future__ import annotations

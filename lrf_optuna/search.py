@@ -185,14 +185,15 @@ class LRFObjective:
             build compressed models).
         progress: Show the cache-building progress bar.
 
-    Example:
-        >>> import optuna, lrf_optuna  # doctest: +SKIP
-        >>> objective = lrf_optuna.LRFObjective(model, x_cal, cache_dir=".lrf_cache")
-        >>> study = optuna.create_study(directions=objective.directions,
-        ...                             sampler=optuna.samplers.NSGAIISampler(seed=0))
-        >>> objective.seed_study(study)
-        >>> study.optimize(objective, n_trials=500, show_progress_bar=True)
-        >>> compressed = objective.build_model(study.best_trials[0])
+    Example (``model`` trained, ``x_cal`` calibration images)::
+
+        import optuna, lrf_optuna
+        objective = lrf_optuna.LRFObjective(model, x_cal, cache_dir=".lrf_cache")
+        study = optuna.create_study(directions=objective.directions,
+                                    sampler=optuna.samplers.NSGAIISampler(seed=0))
+        objective.seed_study(study)
+        study.optimize(objective, n_trials=500, show_progress_bar=True)
+        compressed = objective.build_model(study.best_trials[0])
     """
 
     def __init__(
