@@ -23,7 +23,7 @@ import optuna
 from benchmarks import _problem
 from benchmarks._results import markdown_table, median_time, write_section
 from lrf_optuna.models import evaluate
-from lrf_optuna.search import LRFObjective
+from lrf_optuna.search import LRFObjective, open_storage
 
 SECTION = "Proxy trial vs end-to-end evaluation (issue 5)"
 
@@ -51,16 +51,20 @@ def run(model_name: str, n_plans: int, n_calls: int) -> str:
         evaluate(objective.build_model(t), x_val, y_val)
         e2e.append(time.perf_counter() - t0)
     per_trial_e2e = statistics.median(e2e)
-    with tempfile.TemporaryDirectory() as tmp:
-        sql = optuna.create_study(storage=f"sqlite:///{tmp}/s.db",
-                                  directions=objective.directions,
-                                  sampler=optuna.samplers.NSGAIISampler(seed=0))
-        t0 = time.perf_counter()
-        sql.optimize(objective, n_trials=200)
-        per_trial_sqlite = (time.perf_counter() - t0) / 200
+    stored = {}
+    for label, wal in (("plain SQLite URL", False), ("open_storage: SQLite in WAL mode", True)):
+        with tempfile.TemporaryDirectory() as tmp:
+            url = f"sqlite:///{tmp}/s.db"
+            sql = optuna.create_study(storage=open_storage(url) if wal else url,
+                                      directions=objective.directions,
+                                      sampler=optuna.samplers.NSGAIISampler(seed=0))
+            t0 = time.perf_counter()
+            sql.optimize(objective, n_trials=200)
+            stored[label] = (time.perf_counter() - t0) / 200
+    per_trial_sqlite = stored["open_storage: SQLite in WAL mode"]
     rows = [["proxy trial (objective call, no storage)", f"{1000 * per_trial_proxy:.3f}", "1"],
-            ["study.optimize per trial, SQLite storage + NSGA-II",
-             f"{1000 * per_trial_sqlite:.1f}", f"{per_trial_sqlite / per_trial_proxy:.0f}"],
+            *[[f"study.optimize per trial, NSGA-II, {label}", f"{1000 * sec:.1f}",
+               f"{sec / per_trial_proxy:.0f}"] for label, sec in stored.items()],
             [f"end to end: build + evaluate {len(x_val)} validation images",
              f"{1000 * per_trial_e2e:.0f}", f"{per_trial_e2e / per_trial_proxy:.0f}"]]
     return "\n\n".join([
@@ -71,7 +75,8 @@ def run(model_name: str, n_plans: int, n_calls: int) -> str:
         "plans (the same plans).",
         markdown_table(["what", "ms per plan", "x proxy"], rows),
         f"**End to end costs {per_trial_e2e / per_trial_proxy:,.0f}x a proxy trial** "
-        f"({per_trial_e2e / per_trial_sqlite:,.0f}x a stored SQLite trial).",
+        f"({per_trial_e2e / per_trial_sqlite:,.0f}x a trial stored in WAL-mode SQLite, 200 trials "
+        "from an empty study).",
     ])
 
 
