@@ -14,11 +14,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from lrf_optuna.decompose._base import LayerInfo
+from lrf_optuna.decompose._base import LayerInfo, LRFMethod
 from lrf_optuna.decompose.layers import Stage
 
-__all__ = ["matrix_of", "matrix_unsupported_reason", "prefix_cost", "prefix_factors",
-           "prefix_stages"]
+__all__ = ["TwoFactorMatrixMethod", "matrix_of", "matrix_unsupported_reason", "prefix_cost",
+           "prefix_factors", "prefix_stages"]
 
 
 def matrix_unsupported_reason(info: LayerInfo) -> str | None:
@@ -60,3 +60,34 @@ def prefix_cost(info: LayerInfo) -> tuple[int, int]:
         return 0, 0
     n = math.prod(info.kernel_size) * info.in_channels * info.depth_multiplier
     return n, info.out_positions * n
+
+
+class TwoFactorMatrixMethod(LRFMethod):
+    """``W ~ A B`` with ``A`` (``n_in x r``) and ``B`` (``r x n_out``): a Dense ``n_in -> r``
+    without bias, then a Dense ``r -> n_out`` with the original bias and activation.
+
+    Shared by SVD and QR (they differ only in how ``A`` and ``B`` are computed):
+    parameters ``r (n_in + n_out)`` (+ bias + prefix), MACs per position
+    ``r (n_in + n_out)`` (+ prefix), exact at ``r = min(n_in, n_out)``.
+    """
+
+    def unsupported_reason(self, info: LayerInfo) -> str | None:
+        return matrix_unsupported_reason(info)
+
+    def max_rank(self, info: LayerInfo) -> int:
+        return min(info.matrix_shape)
+
+    def params(self, info: LayerInfo, rank: int) -> int:
+        n_in, n_out = info.matrix_shape
+        return prefix_cost(info)[0] + rank * (n_in + n_out) + (
+            info.out_channels if info.use_bias else 0)
+
+    def macs(self, info: LayerInfo, rank: int) -> int:
+        n_in, n_out = info.matrix_shape
+        return prefix_cost(info)[1] + info.out_positions * rank * (n_in + n_out)
+
+    def stages(self, info: LayerInfo, rank: int) -> list[Stage]:
+        n_in, n_out = info.matrix_shape
+        return [*prefix_stages(info),
+                {"op": "dense", "kernel_shape": [n_in, rank]},
+                {"op": "dense", "kernel_shape": [rank, n_out]}]

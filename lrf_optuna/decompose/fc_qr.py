@@ -16,13 +16,13 @@ Parameters: ``r (n_in + n_out)`` (+ bias); MACs per position: ``r (n_in + n_out)
 For separable convolutions the original depthwise kernel is kept in front (its parameters
 and MACs are added); a strided 1x1 convolution first subsamples its input (no MACs).
 
-Why QR: a pivoted QR costs ``O(n_in n_out min(n_in, n_out))`` like an SVD but with a much
-smaller constant (one Householder sweep, no iterative bidiagonal solve): on a 4096 x 1024
-kernel we measured 0.8 s against 4.3 s for ``numpy.linalg.svd`` (2 idle cores; 2.1 s against
-3.0 s single-threaded on a busy machine). It is not optimal: for a given rank its
-error is at least the SVD's (Eckart-Young). Column pivoting makes the QR rank-revealing,
-so in practice its error stays within a modest factor of the SVD's (there is no tight
-worst-case guarantee).
+Why QR: a pivoted QR costs ``O(n_in n_out min(n_in, n_out))`` like an SVD, and its first
+factor is orthonormal as the SVD's is, but it keeps actual columns of ``W`` in pivot order
+(a rank-revealing choice rather than an optimal one). Its time is comparable to the SVD's
+here (``benchmarks/RESULTS.md``, "Decomposition speed": single-threaded on 4096 x 1024,
+1.6 s against 1.4 s; faster only when a multi-threaded SVD contends for the cores). It is
+not optimal: for a given rank its error is at least the SVD's (Eckart-Young), measured
+1.2-1.5x the SVD's error there.
 """
 
 from __future__ import annotations
@@ -34,14 +34,13 @@ import numpy as np
 import scipy.linalg
 
 from lrf_optuna.decompose import _matrix
-from lrf_optuna.decompose._base import LayerInfo, LRFMethod, register_method
-from lrf_optuna.decompose.layers import Stage
+from lrf_optuna.decompose._base import LayerInfo, register_method
 
 __all__ = ["QR"]
 
 
 @register_method
-class QR(LRFMethod):
+class QR(_matrix.TwoFactorMatrixMethod):
     """Truncated column-pivoted QR of a Dense / 1x1-conv / pointwise matrix.
 
     Example:
@@ -57,21 +56,6 @@ class QR(LRFMethod):
     name = "qr"
     description = "FC: truncated pivoted QR, Dense n_in->r then Dense r->n_out"
 
-    def unsupported_reason(self, info: LayerInfo) -> str | None:
-        return _matrix.matrix_unsupported_reason(info)
-
-    def max_rank(self, info: LayerInfo) -> int:
-        return min(info.matrix_shape)
-
-    def params(self, info: LayerInfo, rank: int) -> int:
-        n_in, n_out = info.matrix_shape
-        return _matrix.prefix_cost(info)[0] + rank * (n_in + n_out) + (
-            info.out_channels if info.use_bias else 0)
-
-    def macs(self, info: LayerInfo, rank: int) -> int:
-        n_in, n_out = info.matrix_shape
-        return _matrix.prefix_cost(info)[1] + info.out_positions * rank * (n_in + n_out)
-
     def prepare(self, info: LayerInfo, weights: Mapping[str, np.ndarray]) -> Any:
         w = _matrix.matrix_of(info, weights)
         q, r, piv = scipy.linalg.qr(w, pivoting=True, mode="economic")
@@ -86,9 +70,3 @@ class QR(LRFMethod):
         norms = np.linalg.norm(rows, axis=1)
         scale = np.sqrt(np.where(norms > 0, norms, 1.0))
         return [*prefix, q[:, :rank] * scale, rows / scale[:, None]]
-
-    def stages(self, info: LayerInfo, rank: int) -> list[Stage]:
-        n_in, n_out = info.matrix_shape
-        return [*_matrix.prefix_stages(info),
-                {"op": "dense", "kernel_shape": [n_in, rank]},
-                {"op": "dense", "kernel_shape": [rank, n_out]}]

@@ -15,31 +15,15 @@ from typing import Any
 import numpy as np
 
 from lrf_optuna.decompose import _matrix
-from lrf_optuna.decompose._base import LayerInfo, LRFMethod, register_method
-from lrf_optuna.decompose.layers import Stage
+from lrf_optuna.decompose._base import LayerInfo, register_method
 
 
 @register_method
-class SVD(LRFMethod):
+class SVD(_matrix.TwoFactorMatrixMethod):
     """Truncated SVD of a Dense / 1x1-conv / pointwise matrix."""
 
     name = "svd"
     description = "FC: truncated SVD, Dense n_in->r then Dense r->n_out"
-
-    def unsupported_reason(self, info: LayerInfo) -> str | None:
-        return _matrix.matrix_unsupported_reason(info)
-
-    def max_rank(self, info: LayerInfo) -> int:
-        return min(info.matrix_shape)
-
-    def params(self, info: LayerInfo, rank: int) -> int:
-        n_in, n_out = info.matrix_shape
-        return _matrix.prefix_cost(info)[0] + rank * (n_in + n_out) + (
-            info.out_channels if info.use_bias else 0)
-
-    def macs(self, info: LayerInfo, rank: int) -> int:
-        n_in, n_out = info.matrix_shape
-        return _matrix.prefix_cost(info)[1] + info.out_positions * rank * (n_in + n_out)
 
     def prepare(self, info: LayerInfo, weights: Mapping[str, np.ndarray]) -> Any:
         u, s, vt = np.linalg.svd(_matrix.matrix_of(info, weights), full_matrices=False)
@@ -49,9 +33,3 @@ class SVD(LRFMethod):
         prefix, u, s, vt = prepared
         root = np.sqrt(s[:rank])
         return [*prefix, u[:, :rank] * root, root[:, None] * vt[:rank]]
-
-    def stages(self, info: LayerInfo, rank: int) -> list[Stage]:
-        n_in, n_out = info.matrix_shape
-        return [*_matrix.prefix_stages(info),
-                {"op": "dense", "kernel_shape": [n_in, rank]},
-                {"op": "dense", "kernel_shape": [rank, n_out]}]
