@@ -55,10 +55,17 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="trials to fine-tune per study (default: %(default)s; 0: none)")
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="override the fine-tuning epochs")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override the baseline training epochs (default: per model)")
+    parser.add_argument("--model-cache", default=None,
+                        help="trained-model cache root (default: $LRF_OPTUNA_CACHE or "
+                             "~/.cache/lrf_optuna)")
     parser.add_argument("--data", default=None, help="directory with the Fashion-MNIST idx "
                         "files")
     parser.add_argument("--studies-dir", default="studies",
                         help="where the SQLite studies go (default: %(default)s)")
+    parser.add_argument("--reports-dir", default="reports",
+                        help="where the reports go (default: %(default)s)")
     parser.add_argument("--cache-dir", default=".lrf_cache",
                         help="similarity cache directory (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -76,7 +83,8 @@ def _baselines(args: argparse.Namespace, dataset: Any) -> None:
 
     rows = []
     for name in dict.fromkeys([*args.models, *args.search]):
-        result = train_or_load(name, dataset, seed=args.seed, verbose=not args.quiet)
+        result = train_or_load(name, dataset, seed=args.seed, epochs=args.epochs,
+                               cache_dir=args.model_cache, verbose=not args.quiet)
         rec = result.record
         when = "cached" if result.cached else f"trained in {rec.train_seconds:.0f} s"
         rows.append([name, f"{rec.params:,}", f"{rec.test_accuracy:.4f}", rec.epochs, when])
@@ -92,7 +100,7 @@ def _compress(args: argparse.Namespace, name: str) -> None:
     from lrf_optuna.workspace import ProblemSpec, record_problem
 
     spec = ProblemSpec(model=name, data_dir=args.data, seed=args.seed,
-                       cache_dir=args.cache_dir)
+                       cache_dir=args.cache_dir, epochs=args.epochs)
     problem = spec.load(verbose=not args.quiet)
     study_name = f"demo_{name}"
     os.makedirs(args.studies_dir, exist_ok=True)
@@ -132,7 +140,7 @@ def _compress(args: argparse.Namespace, name: str) -> None:
 
     from lrf_optuna.report import write_report
 
-    html, _md = write_report(study, f"reports/{study_name}")
+    html, _md = write_report(study, os.path.join(args.reports_dir, study_name))
     _heading(f"{name}: what next")
     print(f"report:     {html}")
     print(f"dashboard:  lrf-optuna dashboard --storage {storage}   "
@@ -146,6 +154,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the pipeline; returns the exit code (2 when the dataset cannot be found)."""
     args = _parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.model_cache is not None:  # one model cache for every step (and later commands)
+        os.environ["LRF_OPTUNA_CACHE"] = str(args.model_cache)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")

@@ -49,6 +49,7 @@ class ProblemSpec:
         calibration_size: Calibration images (stratified, from the training split).
         val_fraction: Validation fraction held out of the training data.
         cache_dir: The similarity cache directory.
+        epochs: Training epochs of a reference model (``None``: its default).
     """
 
     model: str
@@ -58,6 +59,7 @@ class ProblemSpec:
     calibration_size: int = 512
     val_fraction: float = 0.1
     cache_dir: str = ".lrf_cache"
+    epochs: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -108,7 +110,7 @@ class ProblemSpec:
         splits = prepare_splits(dataset, val_fraction=self.val_fraction,
                                 calibration_size=self.calibration_size, seed=self.seed)
         if self.model in REFERENCE_MODELS:
-            result = train_or_load(self.model, dataset, seed=self.seed,
+            result = train_or_load(self.model, dataset, seed=self.seed, epochs=self.epochs,
                                    val_fraction=self.val_fraction, verbose=verbose)
             return Problem(result.model, splits, self.name, self)
         import keras

@@ -173,17 +173,3 @@ def test_evaluate_and_argument_errors(tiny: Dataset, tmp_path: Path) -> None:
         train_or_load("nope", tiny, epochs=1, cache_dir=tmp_path, verbose=False)
     with pytest.raises(TypeError, match="Dataset or Splits"):
         train_or_load("lenet5", (tiny.x_train, tiny.y_train), cache_dir=tmp_path)  # type: ignore[arg-type]
-
-
-def test_demo_trains_then_reports_cached(
-    tiny: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
-) -> None:
-    from lrf_optuna import data, demo
-
-    monkeypatch.setattr(data, "load_fashion_mnist", lambda path=None: tiny)
-    args = ["--models", "lenet5", "--epochs", "1", "--cache-dir", str(tmp_path), "-q"]
-    assert demo.main(args) == 0
-    first = capsys.readouterr().out
-    assert "| lenet5" in first and "test accuracy" in first and " s " in first
-    assert demo.main(args) == 0
-    assert "cached" in capsys.readouterr().out
