@@ -16,13 +16,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) data
 
-# Installs the offline Fashion-MNIST Debian package when it can (root or sudo).
-data:
-	@bash scripts/ensure_data.sh
+# Debian packages, installed with apt when we can (root or password-less sudo); otherwise
+# the script says what to run and the build goes on.
+ENSURE_APT = bash scripts/ensure_apt_packages.sh
 
-# Chromium + chromedriver (dashboard test) and PostgreSQL (multi-worker test), via apt.
+# The offline Fashion-MNIST copy.
+data:
+	@$(ENSURE_APT) --otherwise "the loader will try keras' downloader or LRF_OPTUNA_DATA" \
+		dataset-fashion-mnist
+
+# Also Chromium + chromedriver (dashboard test) and PostgreSQL (multi-worker test).
 test-deps:
-	@bash scripts/ensure_test_deps.sh
+	@$(ENSURE_APT) --otherwise "the tests needing them will skip" \
+		dataset-fashion-mnist chromium chromium-driver postgresql
 
 demo: setup
 	$(PY) -m lrf_optuna.demo

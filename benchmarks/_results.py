@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from lrf_optuna import report_table
+
 __all__ = ["RESULTS_PATH", "markdown_table", "median_time", "replace_section", "write_section"]
 
 #: The results document all benchmarks write to.
@@ -126,43 +128,14 @@ def write_section(heading: str, body: str, path: str | os.PathLike[str] = RESULT
     return path
 
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _is_number(text: str) -> bool:
-    text = text.strip().replace(",", "").rstrip("%x").strip()
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
-
-
 def markdown_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
-    """A Markdown table, columns padded; columns whose cells are all numbers (``-`` counts
-    as missing) are right-aligned.
+    """:func:`lrf_optuna.report_table.markdown_table` with ``align=True``: columns padded,
+    all-number columns (``-`` counts as missing) right-aligned.
 
     Raises:
         ValueError: if a row has a different number of cells than ``headers``.
     """
-    head = [_cell(h) for h in headers]
-    body = [[_cell(c) for c in row] for row in rows]
-    for i, row in enumerate(body):
-        if len(row) != len(head):
-            raise ValueError(f"row {i} has {len(row)} cells, but there are {len(head)} headers")
-    widths = [max([len(h), 3, *(len(r[j]) for r in body)]) for j, h in enumerate(head)]
-    numeric = [bool(body) and all(_is_number(r[j]) or r[j].strip() in ("", "-") for r in body)
-               and any(_is_number(r[j]) for r in body) for j in range(len(head))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.rjust(w) if num else c.ljust(w)
-                                 for c, w, num in zip(cells, widths, numeric)) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else "-" * (w + 2)
-                          for w, num in zip(widths, numeric)) + "|"
-    header = "| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |"
-    return "\n".join([header, rule, *(line(r) for r in body)])
+    return report_table.markdown_table(headers, rows, align=True)
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:

@@ -397,29 +397,41 @@ def train_or_load(
     path = model_dir / f"{key}.keras"
     record_path = path.with_suffix(".json")
 
+    def make_record(
+        trained: keras.Model,
+        *,
+        train_seconds: float | None,
+        history: dict[str, list[float]],
+    ) -> TrainingRecord:
+        """This run's record for ``trained``: the settings above, accuracies measured now."""
+        return TrainingRecord(
+            model_name=name,
+            key=key,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+            val_fraction=frac,
+            params=int(trained.count_params()),
+            test_accuracy=evaluate(trained, x_te, y_te),
+            val_accuracy=evaluate(trained, x_val, y_val) if len(x_val) else None,
+            train_seconds=train_seconds,
+            data_fingerprint=data_fp,
+            test_fingerprint=test_fp,
+            architecture_fingerprint=arch_fp,
+            history=history,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+
     if use_cache:
         cached = _try_load(path)
         if cached is not None:
             record = _read_record(record_path) if record_path.is_file() else None
             if record is None or record.test_fingerprint != test_fp:
                 logger.log(log_level, "Re-evaluating cached %s on the given test set", name)
-                record = _make_record(
+                record = make_record(
                     cached,
-                    name,
-                    key,
-                    input_shape,
-                    num_classes,
-                    epochs,
-                    batch_size,
-                    seed,
-                    frac,
-                    data_fp,
-                    test_fp,
-                    arch_fp,
-                    x_val,
-                    y_val,
-                    x_te,
-                    y_te,
                     train_seconds=record.train_seconds if record else None,
                     history=record.history if record else {},
                 )
@@ -460,23 +472,8 @@ def train_or_load(
     )
     train_seconds = time.perf_counter() - start
     history = {k: [float(v) for v in vals] for k, vals in hist.history.items()}
-    record = _make_record(
+    record = make_record(
         model,
-        name,
-        key,
-        input_shape,
-        num_classes,
-        epochs,
-        batch_size,
-        seed,
-        frac,
-        data_fp,
-        test_fp,
-        arch_fp,
-        x_val,
-        y_val,
-        x_te,
-        y_te,
         train_seconds=train_seconds,
         history=history,
     )
@@ -492,48 +489,6 @@ def train_or_load(
         path,
     )
     return TrainingResult(model, record, cached=False, path=path)
-
-
-def _make_record(
-    model: keras.Model,
-    name: str,
-    key: str,
-    input_shape: tuple[int, ...],
-    num_classes: int,
-    epochs: int,
-    batch_size: int,
-    seed: int,
-    val_fraction: float,
-    data_fp: str,
-    test_fp: str,
-    arch_fp: str,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
-    x_te: np.ndarray,
-    y_te: np.ndarray,
-    *,
-    train_seconds: float | None,
-    history: dict[str, list[float]],
-) -> TrainingRecord:
-    return TrainingRecord(
-        model_name=name,
-        key=key,
-        input_shape=input_shape,
-        num_classes=num_classes,
-        epochs=epochs,
-        batch_size=batch_size,
-        seed=seed,
-        val_fraction=val_fraction,
-        params=int(model.count_params()),
-        test_accuracy=evaluate(model, x_te, y_te),
-        val_accuracy=evaluate(model, x_val, y_val) if len(x_val) else None,
-        train_seconds=train_seconds,
-        data_fingerprint=data_fp,
-        test_fingerprint=test_fp,
-        architecture_fingerprint=arch_fp,
-        history=history,
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
 
 
 def train_reference_model(

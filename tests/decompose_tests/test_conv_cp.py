@@ -1,4 +1,5 @@
-"""The conv method contract for ``cp``, plus its ALS / exact-construction specifics."""
+"""``cp`` specifics: the stage chain, the exact construction, ALS against tensorly and its
+budgets (the method contract is checked in ``test_contract.py``)."""
 
 from __future__ import annotations
 
@@ -18,96 +19,13 @@ from lrf_optuna.decompose.conv_cp import (
     svd_init,
 )
 
-from .test_conv_tucker2 import (
-    NAME,
-    ConvCase,
-    build,
-    case_ids,
-    check_bad_ranks,
-    check_error_non_increasing,
-    check_exact_at_max_rank,
-    check_macs,
-    check_non_finite_weights,
-    check_params,
-    check_save_load,
-    check_unsupported,
-    rel_err,
-)
+from .contract import CONV_NAME, CP_CASES, build, rel_err
 
 L = keras.layers
 METHOD = "cp"
-
-CASES = [
-    ConvCase("conv2d_s2_same_relu",
-             lambda: L.Conv2D(5, 3, strides=2, padding="same", activation="relu", name=NAME),
-             (9, 9, 4)),
-    ConvCase("conv2d_rect_d2_valid_nobias_cin_gt_cout",
-             lambda: L.Conv2D(3, (3, 2), dilation_rate=(2, 1), use_bias=False, name=NAME),
-             (10, 9, 5)),
-    ConvCase("conv2d_s2x1_valid_channels_first",
-             lambda: L.Conv2D(4, 3, strides=(2, 1), data_format="channels_first", name=NAME),
-             (3, 9, 8)),
-    ConvCase("conv1d_causal_d2",
-             lambda: L.Conv1D(6, 3, padding="causal", dilation_rate=2, name=NAME), (12, 5)),
-    ConvCase("conv1d_s2_same", lambda: L.Conv1D(4, 5, strides=2, padding="same", name=NAME),
-             (11, 6)),
-    ConvCase("conv1d_s3_valid", lambda: L.Conv1D(5, 3, strides=3, name=NAME), (13, 4)),
-    ConvCase("conv3d_s121_same_relu",
-             lambda: L.Conv3D(4, (3, 2, 3), strides=(1, 2, 1), padding="same",
-                              activation="relu", name=NAME), (5, 5, 4, 3)),
-    ConvCase("conv3d_valid_d2", lambda: L.Conv3D(3, 2, dilation_rate=2, name=NAME),
-             (5, 5, 5, 2)),
-]
-CASE_IDS = case_ids(CASES)
+CASES = CP_CASES
 
 
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_exact_at_max_rank(case: ConvCase) -> None:
-    check_exact_at_max_rank(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_error_non_increasing_in_rank(case: ConvCase) -> None:
-    # ALS finds a local optimum per rank: allow a little slack between neighbouring ranks
-    check_error_non_increasing(METHOD, case, slack=0.05, abs_slack=1e-3)
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_params_match_count_params(case: ConvCase) -> None:
-    check_params(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_macs_match_brute_force(case: ConvCase) -> None:
-    check_macs(METHOD, case)
-
-
-@pytest.mark.parametrize("case", [CASES[0], CASES[3]], ids=[CASE_IDS[0], CASE_IDS[3]])
-def test_bad_ranks(case: ConvCase) -> None:
-    check_bad_ranks(METHOD, case)
-
-
-@pytest.mark.parametrize("case", [CASES[0], CASES[6]], ids=[CASE_IDS[0], CASE_IDS[6]])
-def test_non_finite_weights(case: ConvCase) -> None:
-    check_non_finite_weights(METHOD, case)
-
-
-def test_unsupported_layers() -> None:
-    check_unsupported(METHOD, [
-        (L.Conv2D(8, 1, name="pointwise"), (5, 5, 4), "FC method"),
-        (L.Conv2D(8, 3, groups=2, name="grouped"), (5, 5, 4), "grouped"),
-        (L.Conv2DTranspose(8, 3, name="transposed"), (5, 5, 4), "transposed"),
-        (L.DepthwiseConv2D(3, name="dw"), (5, 5, 4), "not DepthwiseConv2D"),
-        (L.Dense(8, name="fc"), (4,), "not Dense"),
-    ])
-
-
-@pytest.mark.parametrize("case", [CASES[1], CASES[6]], ids=[CASE_IDS[1], CASE_IDS[6]])
-def test_save_load_round_trip(case: ConvCase, tmp_path: object) -> None:
-    check_save_load(METHOD, case, tmp_path)
-
-
-# -- cp specifics --------------------------------------------------------------------------
 def test_stage_chain_shape() -> None:
     """1x1, one depthwise per axis with that axis' stride / dilation only, 1x1."""
     b = build(CASES[2])                                     # strides (2, 1)
@@ -185,7 +103,7 @@ def test_deterministic() -> None:
 @pytest.mark.slow
 def test_time_budget_bounds_a_big_kernel() -> None:
     """A 3x3x128x128 kernel at rank 256: the ALS stops on the wall-clock budget."""
-    layer = L.Conv2D(128, 3, padding="same", name=NAME)
+    layer = L.Conv2D(128, 3, padding="same", name=CONV_NAME)
     layer.build((None, 8, 8, 128))
     info = describe_layer(layer, input_shape=(8, 8, 128))
     w = np.random.default_rng(0).standard_normal((3, 3, 128, 128))

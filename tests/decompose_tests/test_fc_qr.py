@@ -1,4 +1,5 @@
-"""The ``qr`` method: the FC contract (shared with svd) plus QR-specific properties."""
+"""``qr`` specifics: the weight error is R's trailing block, zero matrices, closeness to
+SVD (the method contract is checked in ``test_contract.py``)."""
 
 from __future__ import annotations
 
@@ -9,75 +10,19 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from lrf_optuna.decompose import describe_layer, get_method, layer_weights, validate_weights
+from lrf_optuna.decompose import describe_layer, get_method, layer_weights
 
-from .test_fc_svd import (
-    CASE_IDS,
-    CASES,
-    Case,
-    build,
-    check_bad_ranks,
-    check_error_non_increasing,
-    check_exact_at_max_rank,
-    check_macs,
-    check_non_finite_weights,
-    check_params,
-    check_save_load,
-    check_unsupported,
-)
+from .contract import FC_CASES, FC_NAME, build, dense_info
 
 METHOD = "qr"
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_exact_at_max_rank(case: Case) -> None:
-    check_exact_at_max_rank(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_error_non_increasing_in_rank(case: Case) -> None:
-    check_error_non_increasing(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_params_match_count_params(case: Case) -> None:
-    check_params(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_macs_match_brute_force(case: Case) -> None:
-    check_macs(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES[:1] + CASES[-1:], ids=[CASE_IDS[0], CASE_IDS[-1]])
-def test_bad_ranks(case: Case) -> None:
-    check_bad_ranks(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES[:1] + CASES[-2:-1], ids=[CASE_IDS[0], CASE_IDS[-2]])
-def test_non_finite_weights(case: Case) -> None:
-    check_non_finite_weights(METHOD, case)
-
-
-def test_unsupported_layers() -> None:
-    check_unsupported(METHOD)
-
-
-@pytest.mark.parametrize("case", [CASES[1], CASES[6]], ids=[CASE_IDS[1], CASE_IDS[6]])
-def test_save_load_round_trip(case: Case, tmp_path: object) -> None:
-    check_save_load(METHOD, case, tmp_path)
+CASES = FC_CASES
 
 
 @pytest.mark.parametrize("shape", [(24, 12), (6, 20)], ids=["tall", "wide"])
 def test_weight_error_is_the_trailing_block_of_r(shape: tuple[int, int]) -> None:
     """||W - A_r B_r||_F = ||R[r:, r:]||_F: non-increasing, >= SVD's, 0 at full rank."""
     n_in, n_out = shape
-    dense = keras.layers.Dense(n_out, name="fc_case")
-    dense.build((None, n_in))
-    rng = np.random.default_rng(1)
-    dense.kernel.assign(rng.standard_normal(shape).astype("float32"))
-    info = describe_layer(dense, input_shape=(n_in,))
-    weights = validate_weights(info, layer_weights(dense))
+    info, weights = dense_info(n_in, n_out, seed=1)
     w = weights["kernel"]
     _, r_mat, _ = scipy.linalg.qr(w, pivoting=True, mode="economic")
     s = np.linalg.svd(w, compute_uv=False)
@@ -98,7 +43,7 @@ def test_weight_error_is_the_trailing_block_of_r(shape: tuple[int, int]) -> None
 
 
 def test_zero_matrix_does_not_divide_by_zero() -> None:
-    dense = keras.layers.Dense(4, name="fc_case")
+    dense = keras.layers.Dense(4, name=FC_NAME)
     dense.build((None, 6))
     dense.kernel.assign(np.zeros((6, 4), "float32"))
     info = describe_layer(dense, input_shape=(6,))

@@ -1,5 +1,6 @@
-"""The ``tt`` method: the FC contract (shared with svd), index conventions against t3f,
-the mode factorisation rule, degenerate sizes, and that the TT layer trains."""
+"""``tt`` specifics: index conventions against t3f, the mode factorisation rule, degenerate
+sizes, and that the TT layer trains (the method contract is checked in
+``test_contract.py``)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,8 @@ import pytest
 
 from lrf_optuna.decompose import (
     DecompositionError,
-    LayerInfo,
-    describe_layer,
     fc_tensor_train,
     get_method,
-    layer_weights,
-    validate_weights,
 )
 from lrf_optuna.decompose.fc_tensor_train import (
     TensorTrain,
@@ -30,23 +27,10 @@ from lrf_optuna.decompose.fc_tensor_train import (
 from lrf_optuna.decompose.layers import tt_matmul
 
 from .brute_force import brute_force_macs
-from .test_fc_svd import (
-    CASE_IDS,
-    CASES,
-    Case,
-    build,
-    check_bad_ranks,
-    check_error_non_increasing,
-    check_exact_at_max_rank,
-    check_macs,
-    check_non_finite_weights,
-    check_params,
-    check_save_load,
-    check_unsupported,
-    rel_err,
-)
+from .contract import FC_CASES, build, dense_info, rel_err
 
 METHOD = "tt"
+CASES = FC_CASES
 
 
 def tt_method() -> TensorTrain:
@@ -63,55 +47,6 @@ def tt_full(cores: list[np.ndarray]) -> np.ndarray:
         _, m, n, r1 = g.shape
         res = np.einsum("IJa,aijb->IiJjb", res, g).reshape(rows * m, cols * n, r1)
     return res[:, :, 0]
-
-
-def dense_info(n_in: int, n_out: int, seed: int = 0) -> tuple[LayerInfo, dict[str, np.ndarray]]:
-    dense = keras.layers.Dense(n_out, name="fc_case")
-    dense.build((None, n_in))
-    rng = np.random.default_rng(seed)
-    dense.kernel.assign(rng.standard_normal((n_in, n_out)).astype("float32"))
-    info = describe_layer(dense, input_shape=(n_in,))
-    return info, validate_weights(info, layer_weights(dense))
-
-
-# -- the FC contract ------------------------------------------------------------------------
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_exact_at_max_rank(case: Case) -> None:
-    check_exact_at_max_rank(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_error_non_increasing_in_rank(case: Case) -> None:
-    check_error_non_increasing(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_params_match_count_params(case: Case) -> None:
-    check_params(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
-def test_macs_match_brute_force(case: Case) -> None:
-    check_macs(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES[:1] + CASES[-1:], ids=[CASE_IDS[0], CASE_IDS[-1]])
-def test_bad_ranks(case: Case) -> None:
-    check_bad_ranks(METHOD, case)
-
-
-@pytest.mark.parametrize("case", CASES[:1] + CASES[-2:-1], ids=[CASE_IDS[0], CASE_IDS[-2]])
-def test_non_finite_weights(case: Case) -> None:
-    check_non_finite_weights(METHOD, case)
-
-
-def test_unsupported_layers() -> None:
-    check_unsupported(METHOD)
-
-
-@pytest.mark.parametrize("case", [CASES[1], CASES[6]], ids=[CASE_IDS[1], CASE_IDS[6]])
-def test_save_load_round_trip(case: Case, tmp_path: object) -> None:
-    check_save_load(METHOD, case, tmp_path)
 
 
 # -- conventions ----------------------------------------------------------------------------
