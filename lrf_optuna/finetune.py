@@ -30,11 +30,12 @@ Any number of workers (processes, machines for a server database) may run
 * **No job runs twice.** Optuna pops an enqueued trial by setting it RUNNING; on
   PostgreSQL/MySQL that update is row-locked (``SELECT ... FOR UPDATE``), but SQLite ignores
   ``FOR UPDATE`` and two processes *can* pop the same trial (observed with Optuna 5.0). So
-  for ``sqlite:///`` storages every pop (and every enqueue and stale-job check) holds an
-  exclusive ``fcntl`` lock on ``<db>.finetune.lock`` beside the database. In addition a
-  worker drops a popped job when another job of the same source trial is already COMPLETE
-  or started earlier and still RUNNING (closes the enqueue race on server databases); the
-  dropped job is marked FAIL with user attribute ``skipped``.
+  every pop, enqueue and stale-job check holds :func:`lrf_optuna._locks.study_lock`: an
+  exclusive ``fcntl`` lock on ``<db>.finetune.lock`` beside a SQLite database, a
+  PostgreSQL advisory lock on a server database (two ``finetune`` commands started together
+  would otherwise enqueue the same jobs twice). In addition a worker drops a popped job when
+  another job of the same source trial is already COMPLETE or started earlier and still
+  RUNNING; the dropped job is marked FAIL with user attribute ``skipped``.
 * **A COMPLETE job is never redone**, and :func:`enqueue_finetune` adds nothing for a
   source trial with a COMPLETE, WAITING or RUNNING job (so enqueueing twice adds nothing).
 * **Killed workers** (SIGKILL, power loss): for RDB storages the worker opens its own
@@ -74,7 +75,7 @@ import tempfile
 import threading
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -83,6 +84,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lrf_optuna._locks import rdb_of, study_lock
 from lrf_optuna.search import artifact_dir_for, sqlite_path
 
 if TYPE_CHECKING:
@@ -209,9 +211,7 @@ def _storage_of(study: optuna.Study) -> Any:
     return study._storage  # no public accessor; optuna_dashboard reads it the same way
 
 
-def _rdb_of(storage: Any) -> optuna.storages.RDBStorage | None:
-    backend = getattr(storage, "_backend", storage)  # _CachedStorage wraps the RDBStorage
-    return backend if isinstance(backend, optuna.storages.RDBStorage) else None
+_rdb_of = rdb_of
 
 
 def _storage_url(study: optuna.Study) -> str:
@@ -221,29 +221,6 @@ def _storage_url(study: optuna.Study) -> str:
 
 def _sqlite_path(study: optuna.Study) -> Path | None:
     return sqlite_path(_storage_url(study))
-
-
-def _lock_path(study: optuna.Study) -> Path | None:
-    db = _sqlite_path(study)
-    return db.with_name(db.name + ".finetune.lock") if db is not None else None
-
-
-@contextlib.contextmanager
-def _locked(path: Path | None) -> Iterator[None]:
-    """Exclusive inter-process (and inter-thread) lock on ``path``; no-op for ``None``."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no lock
-        path = None
-    if path is None:
-        yield
-        return
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _worker_storage(study: optuna.Study, config: FinetuneConfig
@@ -450,7 +427,7 @@ def enqueue_finetune(study: optuna.Study, trials: Iterable[FrozenTrial | int], *
                          "COMPLETE; only finished search trials can be fine-tuned")
     ft = finetune_study_of(study)
     added = 0
-    with _locked(_lock_path(study)):
+    with study_lock(study, "finetune"):
         existing = jobs_by_source(ft)
         for n in dict.fromkeys(numbers):
             jobs = existing.get(n, [])
@@ -482,7 +459,7 @@ def requeue_running_jobs(study: optuna.Study) -> int:
     if ft is None:
         return 0
     sources = []
-    with _locked(_lock_path(study)):
+    with study_lock(study, "finetune"):
         for job in ft.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 ft.tell(job.number, state=TrialState.FAIL)
@@ -709,14 +686,16 @@ def _started(job: FrozenTrial) -> tuple[datetime.datetime, int]:
 
 
 def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
-           lock: Path | None) -> tuple[optuna.Trial, int] | None:
-    """Pop the next WAITING job (under the SQLite lock); ``None`` when the queue is empty.
+           lock: Callable[[], contextlib.AbstractContextManager[None]]
+           ) -> tuple[optuna.Trial, int] | None:
+    """Pop the next WAITING job (under :func:`~lrf_optuna._locks.study_lock`); ``None``
+    when the queue is empty.
 
     Also fails stale RUNNING jobs first (their callback re-enqueues them) and drops
     duplicate jobs of a source trial that is done or being done by another worker.
     """
     while True:
-        with _locked(lock), warnings.catch_warnings():
+        with lock(), warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             if rdb is not None:
@@ -983,7 +962,10 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
     storage, rdb = _worker_storage(study, config)
     ft = finetune_study_of(study, storage=storage)
     worker = _Worker(study, ft, config, _artifact_dir(ft, study, artifact_dir), problem)
-    lock = _lock_path(study)
+
+    def lock() -> contextlib.AbstractContextManager[None]:
+        return study_lock(study, "finetune")
+
     ran: list[FrozenTrial] = []
     while max_jobs is None or len(ran) < max_jobs:
         claimed = _claim(ft, rdb, lock)

@@ -377,24 +377,27 @@ class LRFObjective:
         study (same parameters) is skipped, so calling this twice adds nothing. Also sets
         the study's metric names and records the search space in its user attributes.
         """
+        from lrf_optuna._locks import study_lock
         from lrf_optuna.strategies import NamedPlan, all_plans
 
-        self.describe_study(study)
         named = all_plans(self.model, self.cache, strategies)
         if include_original:
             named = [NamedPlan("original", {}), *named]
-        seen = {json.dumps(_trial_params(t), sort_keys=True)
-                for t in study.get_trials(deepcopy=False)}
-        added = 0
-        for item in named:
-            params = self.params_for_plan(item.plan)
-            key = json.dumps(params, sort_keys=True)
-            if key in seen:
-                continue
-            seen.add(key)
-            study.enqueue_trial(params, user_attrs={"strategy": item.label},
-                                skip_if_exists=True)
-            added += 1
+        # Workers started together would each see a plan missing and enqueue it: check and
+        # enqueue under one cross-process lock (Optuna's skip_if_exists is not atomic).
+        with study_lock(study, "seed"):
+            self.describe_study(study)
+            seen = {json.dumps(_trial_params(t), sort_keys=True)
+                    for t in study.get_trials(deepcopy=False)}
+            added = 0
+            for item in named:
+                params = self.params_for_plan(item.plan)
+                key = json.dumps(params, sort_keys=True)
+                if key in seen:
+                    continue
+                seen.add(key)
+                study.enqueue_trial(params, user_attrs={"strategy": item.label})
+                added += 1
         logger.info("enqueued %d strategy plan(s) (%d already present)", added,
                     len(named) - added)
         return added
@@ -430,8 +433,12 @@ class LRFObjective:
 
 
 def _trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
-    """Parameters of a trial, including an enqueued one that has not run yet."""
-    return dict(trial.params) or dict(trial.system_attrs.get("fixed_params", {}))
+    """Parameters of a trial; an enqueued one's full fixed parameters (a RUNNING trial's
+    ``params`` holds only what it has suggested so far)."""
+    return dict(trial.system_attrs.get("fixed_params") or trial.params)
+
+
+_CREATE_LOCK_KEY = 0x4C5246  # "LRF": advisory-lock key guarding Optuna's table creation
 
 
 def open_storage(url: str | optuna.storages.BaseStorage, *, heartbeat_interval: int | None = None
@@ -467,7 +474,27 @@ def open_storage(url: str | optuna.storages.BaseStorage, *, heartbeat_interval: 
 
         storage.engine.dispose()  # reconnect with the pragmas
         return storage
-    if url.startswith(("postgresql", "mysql")):
+    if url.startswith("postgresql"):
+        # Workers started together on an empty database race to create Optuna's tables
+        # (PostgreSQL then raises a UniqueViolation on its type catalog): serialise the
+        # creation with an advisory lock.
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"),
+                             {"k": _CREATE_LOCK_KEY})
+                conn.commit()
+                try:
+                    return optuna.storages.RDBStorage(url, **kwargs)
+                finally:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"),
+                                 {"k": _CREATE_LOCK_KEY})
+                    conn.commit()
+        finally:
+            engine.dispose()
+    if url.startswith("mysql"):
         return optuna.storages.RDBStorage(url, **kwargs)
     return url
 
@@ -556,10 +583,15 @@ def run_remaining(study: optuna.Study, objective: LRFObjective, n_trials: int, *
                   show_progress_bar: bool = True) -> int:
     """Optimise until the study has ``n_trials`` finished trials; returns how many ran.
 
-    Ctrl-C stops cleanly: the running trial is marked failed by Optuna, every finished
-    trial stays stored, and rerunning continues from there.
+    Several workers on one storage share the target: each stops once the study has
+    ``n_trials`` finished trials. Ctrl-C stops cleanly: the running trial is marked failed
+    by Optuna, every finished trial stays stored, and rerunning continues from there.
     """
     remaining = max(0, n_trials - finished_trials(study))
     if remaining:
-        study.optimize(objective, n_trials=remaining, show_progress_bar=show_progress_bar)
+        # other workers on the same storage count too: stop when the study has n_trials
+        stop = optuna.study.MaxTrialsCallback(n_trials,
+                                              states=(optuna.trial.TrialState.COMPLETE,))
+        study.optimize(objective, n_trials=remaining, show_progress_bar=show_progress_bar,
+                       callbacks=[stop])
     return remaining

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -73,3 +80,58 @@ def tiny_study(tmp_path_factory):
             "--cache-dir", str(d / "cache"), "--population-size", "10", "-q"]
     assert main([*argv, "--n-trials", "40"]) == 0
     return {"storage": storage, "study_name": "tiny", "dir": d, "argv": argv}
+
+
+def _pg_bin() -> Path | None:
+    """The directory of the PostgreSQL server binaries (``initdb``, ``pg_ctl``), if any."""
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
+            return Path(candidate)
+    found = shutil.which("initdb")
+    return Path(found).parent if found and shutil.which("pg_ctl") else None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def postgres_url():
+    """The SQLAlchemy URL of a throwaway PostgreSQL cluster (database ``postgres``).
+
+    The cluster lives in a temporary directory, listens on a unix socket only (on a free
+    port number) and is stopped and deleted afterwards. As root, ``initdb`` / ``pg_ctl`` run
+    as the ``postgres`` user through ``runuser``. Skipped when the PostgreSQL server
+    binaries or the ``psycopg`` (v3) driver are missing, or when running as root without a
+    ``postgres`` user.
+    """
+    pg = _pg_bin()
+    if pg is None:
+        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+    pytest.importorskip("psycopg", reason="the psycopg (v3) driver is not installed")
+    root = Path(tempfile.mkdtemp(prefix="lrf_pg_"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            shutil.rmtree(root)
+            pytest.skip("running as root and there is no 'postgres' user to run the server")
+        os.chown(root, user.pw_uid, user.pw_gid)
+        prefix = ["runuser", "-u", "postgres", "--"]
+    data, port = root / "data", _free_port()
+
+    def run(*cmd: str) -> None:
+        subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True)
+
+    run(str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
+    run(str(pg / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60",
+        "-o", f"-p {port} -k {root} -c listen_addresses='' -c fsync=off", "start")
+    try:
+        yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
+    finally:
+        subprocess.run([*prefix, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate",
+                        "-w", "stop"], capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)

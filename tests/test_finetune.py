@@ -22,6 +22,7 @@ import pytest
 from optuna.trial import TrialState
 
 from lrf_optuna import finetune as F
+from lrf_optuna._locks import study_lock
 from lrf_optuna.costs import model_costs
 from lrf_optuna.export import export_trial, tflite_predict
 
@@ -153,7 +154,7 @@ def test_concurrent_workers_never_claim_the_same_job(tmp_path) -> None:
         mine = optuna.load_study(study_name="q", storage=storage)
         store, rdb = F._worker_storage(mine, config)
         fts = F.finetune_study_of(mine, storage=store)
-        while (got := F._claim(fts, rdb, F._lock_path(mine))) is not None:
+        while (got := F._claim(fts, rdb, lambda: study_lock(mine, "finetune"))) is not None:
             trial, source = got
             claimed.append(source)
             time.sleep(0.01)
@@ -183,7 +184,7 @@ def test_requeue_running_jobs_without_heartbeat(tmp_path) -> None:
     store, rdb = F._worker_storage(study, config)
     assert rdb is None
     ft = F.finetune_study_of(study, storage=store)
-    trial, _ = F._claim(ft, rdb, F._lock_path(study))  # then the worker "dies"
+    trial, _ = F._claim(ft, rdb, lambda: study_lock(study, "finetune"))  # then the worker "dies"
     assert F.requeue_running_jobs(study) == 1
     states = {j.number: j.state for j in ft.get_trials()}
     assert states[trial.number] == TrialState.FAIL
@@ -198,7 +199,7 @@ def test_failed_jobs_are_retried_up_to_max_attempts(tmp_path) -> None:
     ft = F.finetune_study_of(study, storage=store)
     for _ in range(3):
         assert F.enqueue_finetune(study, [0], max_attempts=3) == 1
-        trial, _ = F._claim(ft, rdb, F._lock_path(study))
+        trial, _ = F._claim(ft, rdb, lambda: study_lock(study, "finetune"))
         F._fail(ft, trial, error="RuntimeError: boom")
     assert F.enqueue_finetune(study, [0], max_attempts=3) == 0
     assert F.enqueue_finetune(study, [0], max_attempts=4) == 1
@@ -384,7 +385,8 @@ def test_a_killed_workers_job_is_recovered_by_heartbeat(tiny_study, tmp_path) ->
     config = dataclass_replace(FAST, heartbeat_interval=1, grace_period=2)
     store, rdb = F._worker_storage(study, config)
     ft = F.finetune_study_of(study, storage=store)
-    trial, _ = F._claim(ft, rdb, F._lock_path(study))  # claimed, then the worker "dies"
+    trial, _ = F._claim(
+        ft, rdb, lambda: study_lock(study, "finetune"))  # claimed, then the worker "dies"
     assert F.run_finetune_jobs(study, config=config) == []  # not stale yet: left alone
     time.sleep(3)
     (done,) = F.run_finetune_jobs(study, config=config)

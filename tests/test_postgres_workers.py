@@ -1,23 +1,17 @@
 """Two fine-tuning worker processes on a throwaway PostgreSQL cluster: each job runs once.
 
-The cluster lives in a temporary directory, listens on a unix socket only (on a free port
-number) and is stopped and deleted afterwards. As root, ``initdb`` / ``pg_ctl`` run as the
-``postgres`` user through ``runuser``. Skipped when the PostgreSQL server binaries or the
-``psycopg`` driver are missing.
+The cluster comes from the ``postgres_url`` fixture of ``conftest.py`` (a temporary
+directory, a unix socket only, stopped and deleted afterwards). Skipped when the PostgreSQL
+server binaries or the ``psycopg`` driver are missing.
 """
 
 from __future__ import annotations
 
 import collections
-import glob
 import json
 import os
-import pwd
-import shutil
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 
@@ -26,54 +20,9 @@ import pytest
 from optuna.trial import TrialState
 
 from lrf_optuna import finetune as F
+from lrf_optuna._locks import study_lock
 
 pytestmark = pytest.mark.slow
-
-
-def _pg_bin() -> Path | None:
-    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
-            return Path(candidate)
-    found = shutil.which("initdb")
-    return Path(found).parent if found and shutil.which("pg_ctl") else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def postgres_url():
-    pg = _pg_bin()
-    if pg is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    pytest.importorskip("psycopg", reason="the psycopg (v3) driver is not installed")
-    root = Path(tempfile.mkdtemp(prefix="lrf_pg_"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(root)
-            pytest.skip("running as root and there is no 'postgres' user to run the server")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True)
-
-    run(str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-    run(str(pg / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60",
-        "-o", f"-p {port} -k {root} -c listen_addresses='' -c fsync=off", "start")
-    try:
-        yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
-    finally:
-        subprocess.run([*prefix, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "-w", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 WORKER = textwrap.dedent("""
@@ -88,11 +37,36 @@ WORKER = textwrap.dedent("""
 """)
 
 
+def _check_advisory_lock_excludes(study) -> None:
+    """study_lock on PostgreSQL (an advisory lock, one connection each) really excludes."""
+    import threading
+    import time
+
+    events: list[str] = []
+
+    def holder() -> None:
+        with study_lock(study, "finetune"):
+            events.append("held")
+            time.sleep(1.0)
+            events.append("released")
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    while not events:
+        time.sleep(0.01)
+    t0 = time.perf_counter()
+    with study_lock(study, "finetune"):
+        waited = time.perf_counter() - t0
+        events.append("acquired")
+    thread.join()
+    assert events == ["held", "released", "acquired"] and waited > 0.5, (events, waited)
+
+
 def test_two_worker_processes_on_postgres(tiny_study, postgres_url, tmp_path) -> None:
     optuna.copy_study(from_study_name="tiny", from_storage=tiny_study["storage"],
                       to_storage=postgres_url)
     study = optuna.load_study(study_name="tiny", storage=postgres_url)
-    assert F._lock_path(study) is None  # no file lock: PostgreSQL locks the rows
+    _check_advisory_lock_excludes(study)
     chosen = F.select_trials(study, 4)
     assert F.enqueue_finetune(study, chosen) == 4
     settings = {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3, "latency_repeats": 3,
