@@ -12,12 +12,12 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import optuna
 import pytest
 from optuna.trial import TrialState
+from test_finetune import WORKER  # the same worker script, on another storage
 
 from lrf_optuna import finetune as F
 from lrf_optuna._locks import study_lock
@@ -25,16 +25,6 @@ from lrf_optuna._locks import study_lock
 pytestmark = pytest.mark.slow
 
 
-WORKER = textwrap.dedent("""
-    import json, os, sys
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import optuna
-    from lrf_optuna.finetune import FinetuneConfig, run_finetune_jobs
-    config = FinetuneConfig(**json.loads(sys.argv[2]))
-    study = optuna.load_study(study_name="tiny", storage=sys.argv[1])
-    jobs = run_finetune_jobs(study, config=config)
-    print("RAN", json.dumps([j.number for j in jobs]), flush=True)
-""")
 
 
 def _check_advisory_lock_excludes(study) -> None:
