@@ -75,3 +75,16 @@ def test_console_script_help() -> None:
                          capture_output=True, text=True, check=True).stdout
     for flag in ("--model", "--dataset", "--storage", "--n-trials", "--methods", "--metric"):
         assert flag in out
+
+
+def test_ctrl_c_says_how_to_resume(files, capsys, monkeypatch) -> None:
+    import lrf_optuna.search as search_mod
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search_mod, "run_remaining", interrupted)
+    assert main(_search(files, "--n-trials", "50")) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "Rerun the same command to continue" in err
+    assert "finished trial(s) are stored in sqlite:///" in err
