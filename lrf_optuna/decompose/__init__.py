@@ -1,6 +1,7 @@
 """Decompose: the registry of LRF methods and the replacement layer they build.
 
-One module per method; importing this package registers them all:
+One module per method (``conv_*.py`` / ``fc_*.py``); importing this package finds and
+registers them all:
 
 =================== ======================== ===========================================
 method              module                   applies to
@@ -28,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from lrf_optuna.decompose._base import (
     DecompositionError,
@@ -44,10 +46,13 @@ from lrf_optuna.decompose._base import (
 )
 from lrf_optuna.decompose.layers import FactorizedLayer
 
-# Registration order is the order methods are listed everywhere (search space, reports).
-for _module in ("conv_tucker2", "conv_cp", "conv_channel_svd", "conv_spatial_svd",
-                "fc_svd", "fc_qr", "fc_tensor_train"):
-    importlib.import_module(f"lrf_optuna.decompose.{_module}")
+# Every ``conv_*`` / ``fc_*`` module of this package is a method: adding a method is adding
+# one file. Registration order -- conv methods, then FC methods, each alphabetical -- is the
+# order methods are listed everywhere (search space, reports).
+for _module in sorted((m.name for m in pkgutil.iter_modules(__path__)
+                       if m.name.startswith(("conv_", "fc_"))),
+                      key=lambda name: (not name.startswith("conv_"), name)):
+    importlib.import_module(f"{__name__}.{_module}")
 
 __all__ = [
     "DecompositionError",
