@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from lrf_optuna.workspace import ProblemError, ProblemSpec, record_problem
@@ -143,23 +142,11 @@ def pareto_table(study: Any, *, top: int | None = None) -> str:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    import optuna
+    from lrf_optuna.dashboard import load_study
 
-    from lrf_optuna.search import default_storage, open_storage
-
-    storage = args.storage or default_storage(args.study_name)
-    if storage.startswith("sqlite:///"):
-        db = Path(storage[len("sqlite:///"):])
-        if not db.exists():
-            raise CLIError(f"no study database at {db}; run `lrf-optuna search` first or "
-                           "pass --storage")
-    try:
-        study = optuna.load_study(study_name=args.study_name, storage=open_storage(storage))
-    except KeyError as err:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
-        raise CLIError(f"no study {args.study_name!r} in {storage}; it has {names}") from err
+    study = load_study(args.study_name, args.storage)  # clear errors: no database / study
     if not study.best_trials:
-        print(f"study {args.study_name!r} has no finished trial yet")
+        print(f"study {study.study_name!r} has no finished trial yet")
         return 0
     print(pareto_table(study, top=args.top))
     return 0
