@@ -101,10 +101,12 @@ def find_layers(model: keras.Model, *, include_unsupported: bool = False
     for path, layer in iter_layers(model):
         try:
             info = describe_layer(layer)
-        except UnsupportedLayerError as err:
+        except Exception as err:  # a custom layer never stops the search: it is listed
             if include_unsupported and layer.weights and not isinstance(
                     layer, keras.layers.BatchNormalization):
-                out[path] = LayerEntry(path, layer, None, str(err))
+                reason = str(err) if isinstance(err, UnsupportedLayerError) else (
+                    f"layer {layer.name!r} cannot be described ({type(err).__name__}: {err})")
+                out[path] = LayerEntry(path, layer, None, reason)
             continue
         entry = LayerEntry(path, layer, info)
         if not entry.methods:
@@ -165,7 +167,9 @@ def rewrite_model(model: keras.Model, plan: Plan, *,
         if path in replacements:
             return replacements[path]
         new = layer.__class__.from_config(layer.get_config())
-        copies.append((new, layer))
+        # operations called between layers (``y + 3.0``, ``keras.ops.*``) hold no weights
+        if isinstance(layer, keras.layers.Layer):
+            copies.append((new, layer))
         return new
 
     inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name)
