@@ -8,7 +8,9 @@ Conventions (the same for original and rewritten models):
 * **MACs**: multiply-accumulates of one forward pass of one sample through the linear
   layers LRF acts on (Dense, convolutions of every kind and the :class:`FactorizedLayer`
   replacements). Bias additions, activations, normalisation, pooling and merges are not
-  counted: LRF leaves them unchanged. **FLOPs** are ``2 x MACs``.
+  counted: LRF leaves them unchanged. **FLOPs** are ``2 x MACs``. They come from the
+  shapes the graph knows and are summed over a layer's calls (a shared layer computes
+  once per call); a model whose multiplying layers have unknown spatial sizes is refused.
 
 Example:
     >>> import keras

@@ -1,6 +1,7 @@
 """Find the decomposable layers of a model and swap them for factorized replacements.
 
-Works on Sequential and Functional models, with branches, skip connections, shared layers
+Works on Sequential and Functional models, with branches, skip connections, shared layers,
+Keras operations between layers (``y + 3.0``, ``keras.ops.*``), custom layers anywhere
 and nested models (a Functional or Sequential model used as a layer). Layers inside a nested
 model are addressed by their path, ``"outer_layer_name/inner_layer_name"``; top-level
 layers by their plain name.
@@ -88,10 +89,15 @@ def find_layers(model: keras.Model, *, include_unsupported: bool = False
                 ) -> dict[str, LayerEntry]:
     """Describe the layers LRF can act on, keyed by path.
 
+    Layers are described from the shapes the graph knows (their input and output
+    tensors); a layer that cannot be described (a custom layer, a subclass that computes
+    differently, an unknown shape) is not decomposable and never stops the listing.
+
     Args:
         model: A built Sequential or Functional model.
         include_unsupported: Also return layers that have weights but no applicable
-            method, with the reason (for reports); weightless layers are never listed.
+            method, with the reason (for reports); weightless layers and
+            BatchNormalization are never listed.
 
     Raises:
         TypeError: for a subclassed model, saying what is supported.
@@ -135,10 +141,15 @@ def rewrite_model(model: keras.Model, plan: Plan, *,
         factors: Optional ``{(layer_path, method, rank): factors}`` ready factor weights
             (e.g. from the similarity cache), used as they are.
 
+    Every replacement is run once on a zero sample when it is built, so the returned
+    model runs: a replacement that cannot run, or whose output shape differs from the
+    layer's, is refused here (:func:`lrf_optuna.decompose.verify_replacement`).
+
     Raises:
         KeyError: a plan entry names a layer the model does not have.
-        UnsupportedLayerError, DecompositionError: a method does not apply or the rank
-            is invalid (the message names the layer).
+        UnsupportedLayerError, DecompositionError: a method does not apply, its
+            replacement would not run, or the rank is invalid (the message names the
+            layer and the method).
     """
     _check_supported_model(model)
     paths = {id(layer): path for path, layer in iter_layers(model)}

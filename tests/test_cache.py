@@ -180,3 +180,17 @@ def test_bad_arguments(tmp_path, data) -> None:
         SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(methods=("x",)))
     with pytest.raises(FileNotFoundError, match="no similarity cache"):
         SimilarityCache.load(tmp_path / "missing")
+
+
+def test_cache_builds_on_a_strided_conv_with_every_method(tmp_path, rng) -> None:
+    """Issue 9: without oneDNN the cache build of a plain ``Conv2D(6, 5, strides=2)`` net
+    crashed in cp's depthwise stages (unequal strides); every method's candidates score."""
+    model = keras.Sequential([keras.Input((12, 12, 3)), L.Conv2D(6, 5, strides=2, name="c"),
+                              L.Flatten(), L.Dense(4, name="fc")], name="strided")
+    randomize_weights(model, rng)
+    x = rng.uniform(0, 1, (16, 12, 12, 3)).astype("float32")
+    cache = SimilarityCache.build(model, x, cache_dir=tmp_path, grid=GridConfig(points=3),
+                                  layers=["c"], workers=1, progress=False)
+    table = cache.tables["c"]
+    assert set(table.methods) == {"tucker2", "cp", "channel_svd", "spatial_svd"}
+    assert all(np.isfinite(c.scores["cosine"]) for c in table.candidates)

@@ -407,6 +407,12 @@ class LRFMethod(abc.ABC):
             rank: The rank knob, in ``[min_rank, max_rank]``.
             prepared: The result of :meth:`prepare` on the same weights, to reuse it.
             factors: Ready factors (from :meth:`factorize`, e.g. cached); skips the work.
+
+        Raises:
+            UnsupportedLayerError: the method does not apply, or the replacement does not
+                run here or outputs another shape than the layer (it is run once on a
+                zero sample: :func:`verify_replacement`).
+            DecompositionError: invalid rank or non-finite weights.
         """
         if rank is None:
             raise DecompositionError(
@@ -420,7 +426,8 @@ class LRFMethod(abc.ABC):
         layer = FactorizedLayer(
             self.stages(info, int(rank)), method=self.name, rank=int(rank),
             use_bias=info.use_bias, activation=info.activation, data_format=info.data_format,
-            original_class=info.class_name, name=info.name, dtype=info.dtype)
+            original_class=info.class_name, kernel_initializer="zeros", name=info.name,
+            dtype=info.dtype)
         shape = info.input_shape
         if info.data_format == "channels_first" and len(shape) > 1:
             shape = (shape[-1], *shape[:-1])

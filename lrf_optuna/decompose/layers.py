@@ -337,6 +337,9 @@ class FactorizedLayer(keras.layers.Layer):
         data_format: ``"channels_last"`` or ``"channels_first"`` (the layer computes
             channels-last internally and transposes around it).
         original_class: Class name of the replaced layer, for reports.
+        kernel_initializer: Initializer of the stage weights. The LRF methods set the
+            factors right after building and use ``"zeros"`` (cheap: drawing random
+            values for a large model's factors, only to overwrite them, took seconds).
         **kwargs: Base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
 
     Input shape:
@@ -364,9 +367,11 @@ class FactorizedLayer(keras.layers.Layer):
         activation: Any = None,
         data_format: str = "channels_last",
         original_class: str | None = None,
+        kernel_initializer: Any = "glorot_uniform",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.stages = [dict(s) for s in stages]
         self.method = method
         self.rank = int(rank)
@@ -386,7 +391,7 @@ class FactorizedLayer(keras.layers.Layer):
                 f"core{k}" for k in range(len(stage["in_modes"]))]
             ws = [
                 self.add_weight(name=f"stage{i}_{nm}", shape=shape,
-                                initializer="glorot_uniform", trainable=True)
+                                initializer=self.kernel_initializer, trainable=True)
                 for nm, shape in zip(names, stage_weight_shapes(stage))
             ]
             self._stage_weights.append(ws)
@@ -434,5 +439,6 @@ class FactorizedLayer(keras.layers.Layer):
             activation=keras.activations.serialize(self.activation),
             data_format=self.data_format,
             original_class=self.original_class,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config
