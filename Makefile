@@ -37,8 +37,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check lrf_optuna tests benchmarks studies
 	$(PY) -m mypy
 
+# Everything but the rewrite-everything test over keras.applications (~6 min), which runs
+# once, in unit-noonednn, on the stricter kernels.
 unit: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 --ignore=tests/test_keras_applications.py
 
 # The engine's tests again without oneDNN, as TensorFlow runs on CPUs without AVX-512 (most
 # laptops and CI runners): its plain CPU kernels refuse ops that oneDNN accepts.

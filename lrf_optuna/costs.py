@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +35,8 @@ from lrf_optuna.decompose._base import _graph_shapes, _layer_kind
 from lrf_optuna.decompose.fc_tensor_train import tt_macs_per_position
 from lrf_optuna.decompose.layers import Stage, conv_output_length, stage_output_shape
 
-__all__ = ["LayerCost", "ModelCost", "conv_output_length", "factorized_macs", "layer_costs",
-           "model_costs", "stage_macs"]
+__all__ = ["LayerCost", "ModelCost", "conv_output_length", "factorized_macs", "graph_nodes",
+           "layer_costs", "model_costs", "stage_macs"]
 
 
 @dataclass(frozen=True)
@@ -138,27 +138,34 @@ def _known(shape: tuple[Any, ...], layer: keras.layers.Layer) -> tuple[int, ...]
     return tuple(int(d) for d in dims)
 
 
-def layer_costs(layer: keras.layers.Layer, path: str | None = None) -> LayerCost:
+def layer_costs(layer: keras.layers.Layer, path: str | None = None, *,
+                nodes: Container[int] | None = None) -> LayerCost:
     """Costs of one leaf layer.
 
     MACs come from the shapes the graph knows (the layer's input and output tensors) and
-    are summed over the layer's calls: a layer shared by two branches computes twice.
+    are summed over the layer's calls in the model (a layer shared by two branches
+    computes twice): the calls whose node ids are in ``nodes`` (:func:`model_costs` passes
+    its model's), or the layer's first call when ``nodes`` is None.
 
     Raises:
         ValueError: a layer that multiplies (Dense, a convolution, a
             :class:`FactorizedLayer`) was called on a tensor of unknown spatial size.
     """
+    def calls() -> list[tuple[Any, Any]]:
+        found = _graph_shapes(layer, nodes)
+        return found if nodes is not None else found[:1]
+
     macs = 0
     if isinstance(layer, FactorizedLayer):
-        for in_shape, _ in _graph_shapes(layer):
+        for in_shape, _ in calls():
             macs += factorized_macs(layer, _known(in_shape, layer))
     elif layer.weights:
         try:
             _layer_kind(layer)
-            calls = _graph_shapes(layer)
+            shapes = calls()
         except UnsupportedLayerError:
-            calls = []  # not a layer LRF acts on: its MACs are not counted
-        for in_shape, out_shape in calls:
+            shapes = []  # not a layer LRF acts on: its MACs are not counted
+        for in_shape, out_shape in shapes:
             try:
                 info = describe_layer(layer, input_shape=_known(in_shape, layer),
                                       output_shape=_known(out_shape, layer))
@@ -170,8 +177,25 @@ def layer_costs(layer: keras.layers.Layer, path: str | None = None) -> LayerCost
                      bytes=_weight_bytes(layer), macs=int(macs))
 
 
+def graph_nodes(model: keras.Model) -> set[int]:
+    """Ids of the nodes (layer calls) of the model's graph and of its nested models' graphs.
+
+    A layer's own list of calls can hold more: Keras rebuilds a Sequential model's graph
+    as it adds each layer (when loading one, say), leaving the older calls behind.
+    """
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    ids = {id(node) for nodes in getattr(graph, "_nodes_by_depth", {}).values()
+           for node in nodes}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            ids |= graph_nodes(layer)
+    return ids
+
+
 def model_costs(model: keras.Model) -> ModelCost:
     """Costs of every leaf layer of a model (nested models flattened by path)."""
     from lrf_optuna.rewrite import iter_layers
 
-    return ModelCost(tuple(layer_costs(layer, path) for path, layer in iter_layers(model)))
+    nodes = graph_nodes(model)
+    return ModelCost(tuple(layer_costs(layer, path, nodes=nodes)
+                           for path, layer in iter_layers(model)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -201,11 +201,15 @@ def _layer_kind(layer: keras.layers.Layer) -> LayerKind:
     return kinds[base]
 
 
-def _graph_shapes(layer: keras.layers.Layer) -> list[tuple[Any, Any]]:
-    """``(input_shape, output_shape)`` (batch axis included) of every call of the layer in
-    a graph, as the graph's own tensors know them."""
+def _graph_shapes(layer: keras.layers.Layer, nodes: Container[int] | None = None
+                  ) -> list[tuple[Any, Any]]:
+    """``(input_shape, output_shape)`` (batch axis included) of the layer's calls in a
+    graph, as the graph's own tensors know them: those whose node ids are in ``nodes``, or
+    every call when ``nodes`` is None."""
     out = []
     for node in getattr(layer, "_inbound_nodes", []):
+        if nodes is not None and id(node) not in nodes:
+            continue
         ins, outs = node.input_tensors, node.output_tensors
         if len(ins) != 1 or len(outs) != 1:
             raise UnsupportedLayerError(
