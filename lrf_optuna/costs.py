@@ -35,8 +35,8 @@ from lrf_optuna.decompose._base import _graph_shapes, _layer_kind
 from lrf_optuna.decompose.fc_tensor_train import tt_macs_per_position
 from lrf_optuna.decompose.layers import Stage, conv_output_length, stage_output_shape
 
-__all__ = ["LayerCost", "ModelCost", "conv_output_length", "factorized_macs", "graph_nodes",
-           "layer_costs", "model_costs", "stage_macs"]
+__all__ = ["LayerCost", "ModelCost", "conv_output_length", "factorized_macs", "layer_costs",
+           "model_costs", "stage_macs"]
 
 
 @dataclass(frozen=True)
@@ -145,7 +145,8 @@ def layer_costs(layer: keras.layers.Layer, path: str | None = None, *,
     MACs come from the shapes the graph knows (the layer's input and output tensors) and
     are summed over the layer's calls in the model (a layer shared by two branches
     computes twice): the calls whose node ids are in ``nodes`` (:func:`model_costs` passes
-    its model's), or the layer's first call when ``nodes`` is None.
+    its model's, :func:`lrf_optuna.rewrite.graph_nodes`), or the layer's first call when
+    ``nodes`` is None.
 
     Raises:
         ValueError: a layer that multiplies (Dense, a convolution, a
@@ -177,24 +178,9 @@ def layer_costs(layer: keras.layers.Layer, path: str | None = None, *,
                      bytes=_weight_bytes(layer), macs=int(macs))
 
 
-def graph_nodes(model: keras.Model) -> set[int]:
-    """Ids of the nodes (layer calls) of the model's graph and of its nested models' graphs.
-
-    A layer's own list of calls can hold more: Keras rebuilds a Sequential model's graph
-    as it adds each layer (when loading one, say), leaving the older calls behind.
-    """
-    graph = model._functional if isinstance(model, keras.Sequential) else model
-    ids = {id(node) for nodes in getattr(graph, "_nodes_by_depth", {}).values()
-           for node in nodes}
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            ids |= graph_nodes(layer)
-    return ids
-
-
 def model_costs(model: keras.Model) -> ModelCost:
     """Costs of every leaf layer of a model (nested models flattened by path)."""
-    from lrf_optuna.rewrite import iter_layers
+    from lrf_optuna.rewrite import graph_nodes, iter_layers
 
     nodes = graph_nodes(model)
     return ModelCost(tuple(layer_costs(layer, path, nodes=nodes)

@@ -35,7 +35,7 @@ from lrf_optuna.decompose import (
     methods_for,
 )
 
-__all__ = ["LayerEntry", "Plan", "find_layers", "iter_layers", "rewrite_model"]
+__all__ = ["LayerEntry", "Plan", "find_layers", "graph_nodes", "iter_layers", "rewrite_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,22 @@ def iter_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, ker
             yield path, layer
 
 
+def graph_nodes(model: keras.Model) -> set[int]:
+    """Ids of the nodes (layer calls) of the model's graph and of its nested models' graphs.
+
+    A layer's own list of calls can hold more: Keras rebuilds a Sequential model's graph
+    as it adds each layer (when loading one, say), leaving the older calls behind; and a
+    layer may have been called in other graphs than this model's.
+    """
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    ids = {id(node) for nodes in getattr(graph, "_nodes_by_depth", {}).values()
+           for node in nodes}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            ids |= graph_nodes(layer)
+    return ids
+
+
 def find_layers(model: keras.Model, *, include_unsupported: bool = False
                 ) -> dict[str, LayerEntry]:
     """Describe the layers LRF can act on, keyed by path.
@@ -103,10 +119,11 @@ def find_layers(model: keras.Model, *, include_unsupported: bool = False
         TypeError: for a subclassed model, saying what is supported.
     """
     _check_supported_model(model)
+    nodes = graph_nodes(model)
     out: dict[str, LayerEntry] = {}
     for path, layer in iter_layers(model):
         try:
-            info = describe_layer(layer)
+            info = describe_layer(layer, nodes=nodes)
         except Exception as err:  # a custom layer never stops the search: it is listed
             if include_unsupported and layer.weights and not isinstance(
                     layer, keras.layers.BatchNormalization):
@@ -162,10 +179,11 @@ def rewrite_model(model: keras.Model, plan: Plan, *,
                        f"decomposable layers are {sorted(find_layers(model))}")
 
     replacements: dict[str, keras.layers.Layer] = {}
+    nodes = graph_nodes(model)
     for path, (method_name, rank) in todo.items():
         layer = by_path[path]
         method = get_method(method_name)
-        info = describe_layer(layer)
+        info = describe_layer(layer, nodes=nodes)
         prep = (prepared or {}).get((path, method_name))
         ready = (factors or {}).get((path, method_name, int(rank)))
         replacements[path] = method.decompose(info, layer_weights(layer), int(rank),

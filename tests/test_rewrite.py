@@ -309,3 +309,18 @@ def test_unknown_spatial_size_is_an_error_not_zero_macs() -> None:
     with pytest.raises(ValueError, match=r"'c'.*fixed input shape"):
         model_costs(model)
     assert "unknown" in find_layers(model, include_unsupported=True)["c"].reason
+
+
+def test_shapes_come_from_the_models_own_graph(rng) -> None:
+    """A layer first called in another graph, on another shape, is described (and
+    costed, and rewritten) by its call in this model."""
+    conv = L.Conv2D(4, 3, name="c")
+    conv(keras.Input((20, 20, 3)))  # an earlier, unrelated graph
+    x = keras.Input((8, 8, 3))
+    model = keras.Model(x, conv(x))
+    info = find_layers(model)["c"].info
+    assert info.input_shape == (8, 8, 3) and info.output_shape == (6, 6, 4)
+    assert model_costs(model).macs == 6 * 6 * 4 * 27
+    new = rewrite_model(model, {"c": ("channel_svd", 4)})
+    xs = rng.standard_normal((2, 8, 8, 3)).astype("float32")
+    assert rel_err(new(xs), model(xs)) < 1e-5

@@ -220,7 +220,7 @@ def _graph_shapes(layer: keras.layers.Layer, nodes: Container[int] | None = None
 
 
 def describe_layer(layer: keras.layers.Layer, *, input_shape: Any = None,
-                   output_shape: Any = None) -> LayerInfo:
+                   output_shape: Any = None, nodes: Container[int] | None = None) -> LayerInfo:
     """Describe a decomposable layer, or raise :class:`UnsupportedLayerError` saying why.
 
     The layer's class is looked at first, so any other layer (a custom one included) is
@@ -234,12 +234,14 @@ def describe_layer(layer: keras.layers.Layer, *, input_shape: Any = None,
             call in its graph when omitted.
         output_shape: Its output shape without the batch axis; taken from the call in the
             graph with that input shape when there is one, else computed by the layer.
+        nodes: Ids of the graph nodes whose calls count (a model's:
+            :func:`lrf_optuna.rewrite.graph_nodes`); every call of the layer when omitted.
     """
     kind = _layer_kind(layer)
     cls = type(layer).__name__
     if not layer.built:
         raise UnsupportedLayerError(f"layer {layer.name!r} is not built")
-    calls = _graph_shapes(layer)
+    calls = _graph_shapes(layer, nodes)
     if input_shape is None:
         if not calls:
             raise UnsupportedLayerError(
