@@ -65,3 +65,18 @@ def test_rewrite_everything_at_full_rank(name: str, tmp_path) -> None:
     for methods, used in groups.items():
         if len(used) >= len(methods):
             assert set(used) == set(methods), (methods, used)
+
+
+def test_render_lists_rows_and_refusals(tmp_path) -> None:
+    """The benchmark's table: one row per architecture, refused layers grouped by reason."""
+    from benchmarks.rewrite_coverage import SECTION, render
+
+    x = keras.Input((8, 8, 3))
+    y = keras.layers.LayerNormalization(name="ln")(keras.layers.Conv2D(4, 3, name="c")(x))
+    model = keras.Model(x, keras.layers.Dense(2, name="fc")(y))
+    result = check("tiny", model, tmp_path)
+    assert (result.rewritten, result.refused) == (2, {"ln": result.refused["ln"]})
+    assert result.full_rank_error < 1e-5 and result.params_agree
+    body = render([result], "python -m benchmarks.rewrite_coverage --architectures tiny")
+    assert "| tiny " in body and "LayerNormalization is not a decomposable kind" in body
+    assert "--architectures tiny" in body and SECTION.startswith("Rewrite coverage")

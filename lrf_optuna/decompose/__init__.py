@@ -43,6 +43,7 @@ from lrf_optuna.decompose._base import (
     methods_for,
     register_method,
     validate_weights,
+    verify_replacement,
 )
 from lrf_optuna.decompose.layers import FactorizedLayer
 
@@ -67,4 +68,5 @@ __all__ = [
     "methods_for",
     "register_method",
     "validate_weights",
+    "verify_replacement",
 ]
