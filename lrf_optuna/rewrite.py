@@ -91,6 +91,16 @@ def graph_nodes(model: keras.Model) -> set[int]:
     A layer's own list of calls can hold more: Keras rebuilds a Sequential model's graph
     as it adds each layer (when loading one, say), leaving the older calls behind; and a
     layer may have been called in other graphs than this model's.
+
+    Example:
+        >>> import keras
+        >>> dense = keras.layers.Dense(2)
+        >>> _ = dense(keras.Input((4,)))                 # a call in another graph
+        >>> x = keras.Input((4,))
+        >>> model = keras.Model(x, dense(x))
+        >>> len(dense._inbound_nodes), sum(id(n) in graph_nodes(model)
+        ...                                for n in dense._inbound_nodes)
+        (2, 1)
     """
     graph = model._functional if isinstance(model, keras.Sequential) else model
     ids = {id(node) for nodes in getattr(graph, "_nodes_by_depth", {}).values()

@@ -164,6 +164,13 @@ def _to_channels_last(shape: tuple[int, ...], data_format: str) -> tuple[int, ..
     return shape
 
 
+def _from_channels_last(shape: tuple[int, ...], data_format: str) -> tuple[int, ...]:
+    """The inverse of :func:`_to_channels_last`: a shape as the layer sees it."""
+    if data_format == "channels_first" and len(shape) > 1:
+        return (shape[-1], *shape[:-1])
+    return shape
+
+
 def _decomposable_kinds() -> dict[type, LayerKind]:
     L = keras.layers
     return {L.Dense: "dense",
@@ -434,10 +441,7 @@ class LRFMethod(abc.ABC):
             use_bias=info.use_bias, activation=info.activation, data_format=info.data_format,
             original_class=info.class_name, kernel_initializer="zeros", name=info.name,
             dtype=info.dtype)
-        shape = info.input_shape
-        if info.data_format == "channels_first" and len(shape) > 1:
-            shape = (shape[-1], *shape[:-1])
-        layer.build((None, *shape))
+        layer.build((None, *_from_channels_last(info.input_shape, info.data_format)))
         values = [np.asarray(f, dtype=info.dtype) for f in factors]
         if info.use_bias:
             values.append(np.asarray(weights["bias"], dtype=info.dtype))
@@ -458,14 +462,23 @@ def verify_replacement(method: str, info: LayerInfo, layer: keras.layers.Layer) 
 
     :meth:`LRFMethod.decompose` calls it on every layer it builds, so a replacement that
     would fail is refused when it is made, never later inside a user's model.
-    """
-    def channels_as_layer(shape: tuple[int, ...]) -> tuple[int, ...]:
-        if info.data_format == "channels_first" and len(shape) > 1:
-            return (shape[-1], *shape[:-1])
-        return shape
 
+    Example:
+        >>> dense = keras.layers.Dense(4, name="fc")
+        >>> _ = dense.build((None, 8))
+        >>> info = describe_layer(dense, input_shape=(8,))
+        >>> wrong = FactorizedLayer([{"op": "dense", "kernel_shape": [8, 3]}], method="svd",
+        ...                         rank=3)
+        >>> try:
+        ...     verify_replacement("svd", info, wrong)
+        ... except UnsupportedLayerError as err:
+        ...     print(str(err).replace(": ", ":\\n", 1))
+        method 'svd' on layer 'fc' (Dense):
+        the replacement outputs shape (3,), but the layer outputs (4,)
+    """
     where = f"method {method!r} on layer {info.name!r} ({info.class_name})"
-    probe = np.zeros((1, *channels_as_layer(info.input_shape)), dtype=layer.compute_dtype)
+    probe = np.zeros((1, *_from_channels_last(info.input_shape, info.data_format)),
+                     dtype=layer.compute_dtype)
     try:
         out = layer(probe)
     except Exception as err:
@@ -473,7 +486,7 @@ def verify_replacement(method: str, info: LayerInfo, layer: keras.layers.Layer) 
         raise UnsupportedLayerError(
             f"{where}: the replacement does not run with this TensorFlow "
             f"({type(err).__name__}: {detail})") from err
-    expected = channels_as_layer(info.output_shape)
+    expected = _from_channels_last(info.output_shape, info.data_format)
     got = tuple(int(d) for d in out.shape[1:])
     if got != expected:
         raise UnsupportedLayerError(
