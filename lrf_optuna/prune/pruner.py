@@ -252,7 +252,8 @@ class PruneGraph:
             params, macs = pruned_layer_cost(
                 info, in_channels=cin, out_channels=None if info.kind == "depthwise" else cout,
                 method=method, rank=rank)
-        return LayerCost(path, type(layer).__name__, params, params * itemsize, macs)
+        name = "FactorizedLayer" if method not in (None, "keep") else type(layer).__name__
+        return LayerCost(path, name, params, params * itemsize, macs)
 
     def model_costs(self, ratios: Mapping[str, float],
                     plan: Mapping[str, tuple[str, int] | None] | None = None) -> ModelCost:

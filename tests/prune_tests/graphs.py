@@ -208,3 +208,22 @@ def nested_sequential() -> Case:
 CASES = {f.__name__: f for f in (sequential_flatten, batchnorm, residual, concatenating,
                                  depthwise_separable, channels_first, nested,
                                  nested_sequential)}
+
+
+def sequence_transpose() -> Case:
+    """Conv1D, Conv1DTranspose, Conv2DTranspose and a Dense on the time axis' features."""
+    x_in = keras.Input((16, 4))
+    x = L.Conv1D(8, 3, activation="relu", name="c1")(x_in)
+    x = L.MaxPooling1D(name="pool")(x)
+    x = L.Conv1DTranspose(6, 3, strides=2, activation="relu", name="t1")(x)
+    x = L.Dense(7, activation="relu", name="tok")(x)            # per time step
+    x = L.Reshape((15, 7, 1), name="to_2d")(x)
+    y = L.Conv2DTranspose(5, 3, activation="relu", name="t2")(x)
+    y = L.Conv2D(4, 3, activation="relu", name="c2")(y)
+    y = L.GlobalAveragePooling2D(name="gap")(y)
+    out = L.Dense(2, name="fc")(y)
+    model = keras.Model(x_in, out, name="seq_net")
+    return Case(model, {"c1": [2, 7], "t1": [0, 3], "t2": [1, 4], "c2": [0]})
+
+
+CASES["sequence_transpose"] = sequence_transpose
