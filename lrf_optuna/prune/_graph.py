@@ -143,13 +143,15 @@ class GraphAnalysis:
             self.merges[ra].append(where)
 
     def block(self, maps: Iterable[ChannelMap | None], reason: str) -> None:
+        """Make every group with channels in ``maps`` not prunable, for ``reason``."""
         for m in maps:
-            if m is None:
-                continue
-            for g in m.groups:
-                r = self.reasons.setdefault(self.root(g), [])
-                if reason not in r:
-                    r.append(reason)
+            for g in m.groups if m is not None else ():
+                self.block_group(g, reason)
+
+    def block_group(self, gid: int, reason: str) -> None:
+        r = self.reasons.setdefault(self.root(gid), [])
+        if reason not in r:
+            r.append(reason)
 
     def members(self, gid: int) -> list[str]:
         root = self.root(gid)
@@ -166,6 +168,11 @@ class GraphAnalysis:
             text += (f" (it is pruned alike with {members}, whose branches meet at "
                      f"{self.merges.get(root, [])})")
         return text
+
+    def root_of(self, gid: np.ndarray) -> np.ndarray:
+        """The group root of every entry of ``gid`` (``-1`` stays ``-1``)."""
+        roots = np.array([self.root(g) for g in range(len(self.parent))] + [-1])
+        return roots[gid]
 
     def layer_groups(self, path: str) -> dict[int, int]:
         """``{group root: multiplicity}`` of the channels in ``path``'s input map."""
@@ -217,6 +224,7 @@ class _Analyzer:
     def __init__(self) -> None:
         self.a = GraphAnalysis()
         self.map_owner: dict[int, str] = {}   # id(map) -> producer path (fresh maps only)
+        self.seen: set[int] = set()           # nested models already analyzed
 
     # -- one model level ---------------------------------------------------------------
     def scope(self, model: keras.Model, prefix: str, where: str) -> None:
@@ -233,7 +241,15 @@ class _Analyzer:
             if isinstance(op, keras.Model):
                 self.a.block(in_maps, f"its output enters nested model {path!r} (pruning "
                                       "does not cross nested-model boundaries)")
+                if id(op) in self.seen:
+                    continue
+                self.seen.add(id(op))
+                first = len(self.a.producer_paths)
                 self.scope(op, f"{path}/", f"nested model {path!r}")
+                if uses[id(op)] > 1:
+                    for gid in range(first, len(self.a.producer_paths)):
+                        self.a.block_group(gid, f"it is inside nested model {path!r}, which "
+                                                f"is called {uses[id(op)]} times")
             elif uses[id(op)] > 1:
                 if type(op) in PRODUCERS:
                     self.producer(op, path, node.outputs[0], reason=(

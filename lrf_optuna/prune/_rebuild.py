@@ -44,11 +44,10 @@ def input_mask(analysis: GraphAnalysis, path: str, masks: Mapping[int, np.ndarra
     if m is None:
         return None
     keep = np.ones(len(m.gid), dtype=bool)
-    for i, (g, c) in enumerate(zip(m.gid, m.ch)):
-        if g >= 0:
-            mask = masks.get(analysis.root(int(g)))
-            if mask is not None:
-                keep[i] = mask[c]
+    roots = analysis.root_of(m.gid)
+    for root, mask in masks.items():
+        sel = roots == root
+        keep[sel] = mask[m.ch[sel]]
     return None if keep.all() else keep
 
 

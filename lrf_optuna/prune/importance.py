@@ -109,21 +109,16 @@ def activation_scores(analysis: GraphAnalysis, root: int,
                 f"channels on axis {m.axis}")
         axes = tuple(i for i in range(x.ndim) if i != m.axis)
         mean_abs = np.abs(x.astype(np.float64)).mean(axis=axes)
-        sel = _in_group(analysis, m.gid, root)
+        sel = analysis.root_of(m.gid) == root
         np.add.at(acc, m.ch[sel], mean_abs[sel])
         np.add.at(cnt, m.ch[sel], 1)
     return acc / np.maximum(cnt, 1)
 
 
-def _in_group(analysis: GraphAnalysis, gid: np.ndarray, root: int) -> np.ndarray:
-    roots = np.array([analysis.root(g) for g in range(len(analysis.parent))] + [-1])
-    return roots[gid] == root   # gid -1 indexes the trailing -1
-
-
 def consumers_of(analysis: GraphAnalysis, root: int) -> list[str]:
     """Consumers (layers slicing their input channels) of group ``root``, sorted."""
     return sorted(p for p in analysis.consumers
-                  if _in_group(analysis, analysis.inputs[p].gid, root).any())
+                  if (analysis.root_of(analysis.inputs[p].gid) == root).any())
 
 
 def group_scores(analysis: GraphAnalysis, root: int, importance: str,

@@ -30,7 +30,7 @@ import keras
 import numpy as np
 
 from lrf_optuna.costs import LayerCost, ModelCost, layer_costs
-from lrf_optuna.decompose import UnsupportedLayerError, describe_layer
+from lrf_optuna.decompose import LayerInfo, UnsupportedLayerError, describe_layer
 from lrf_optuna.prune._graph import GraphAnalysis, analyze
 from lrf_optuna.prune.costs import kept_count, pruned_layer_cost
 from lrf_optuna.prune.importance import consumers_of, group_scores, select_channels
@@ -98,6 +98,8 @@ class PruneGraph:
         self.model = model
         self._a: GraphAnalysis = analyze(model)
         self._layers = dict(iter_layers(model))
+        self._infos: dict[str, LayerInfo | None] = {}
+        self._fixed_costs: dict[str, LayerCost] = {}
         self.entries: dict[str, PruneEntry] = {}
         for path, prod in self._a.producers.items():
             if prod.gid is None:
@@ -208,15 +210,23 @@ class PruneGraph:
         """
         return self._pruned_channels(path, self._keep_counts(ratios))
 
+    def _info(self, path: str) -> LayerInfo | None:
+        if path not in self._infos:
+            try:
+                self._infos[path] = describe_layer(self._layers[path])
+            except UnsupportedLayerError:
+                self._infos[path] = None
+        return self._infos[path]
+
     def _pruned_channels(self, path: str, keeps: Mapping[int, int]) -> tuple[int, int]:
         layer = self._layers[path]
-        try:
-            info = describe_layer(layer)
+        info = self._info(path)
+        if info is not None:
             cin, cout = info.in_channels, info.out_channels
-        except UnsupportedLayerError:
-            if not isinstance(layer, keras.layers.BatchNormalization):
-                return 0, 0
+        elif isinstance(layer, keras.layers.BatchNormalization):
             cin = cout = int(layer.moving_mean.shape[0])
+        else:
+            return 0, 0
         removed = sum(mult * (self._channels(root) - keeps[root])
                       for root, mult in self._groups_in(path).items() if root in keeps)
         cin -= removed
@@ -242,13 +252,18 @@ class PruneGraph:
         touched = path in self._a.inputs or (
             path in self._a.producers and self._a.producers[path].gid is not None)
         if not touched and (method is None or method == "keep"):
-            return layer_costs(layer, path)
+            if path not in self._fixed_costs:
+                self._fixed_costs[path] = layer_costs(layer, path)
+            return self._fixed_costs[path]
         cin, cout = self._pruned_channels(path, keeps)
         itemsize = np.dtype(layer.variable_dtype).itemsize
         if isinstance(layer, keras.layers.BatchNormalization):
             params, macs = len(layer.weights) * cin, 0
         else:
-            info = describe_layer(layer)
+            info = self._info(path)
+            if info is None:
+                raise UnsupportedLayerError(f"layer {path!r}: no cost formula for "
+                                            f"{type(layer).__name__}")
             params, macs = pruned_layer_cost(
                 info, in_channels=cin, out_channels=None if info.kind == "depthwise" else cout,
                 method=method, rank=rank)

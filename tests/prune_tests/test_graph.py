@@ -105,6 +105,24 @@ def test_nested_model_boundaries() -> None:
     assert "enters nested model 'mlp'" in reasons["fc0"]
 
 
+def test_nested_model_called_twice(rng) -> None:
+    inner_in = keras.Input((6,))
+    h = L.Dense(5, activation="relu", name="h1")(inner_in)
+    inner = keras.Model(inner_in, L.Dense(6, name="h2")(h), name="twice")
+    x_in = keras.Input((4,))
+    x = L.Dense(6, activation="relu", name="pre")(x_in)
+    x = inner(inner(x))
+    out = L.Dense(2, name="fc")(L.Dense(7, activation="relu", name="post")(x))
+    model = keras.Model(x_in, out)
+    reasons = _reasons(model)
+    assert "inside nested model 'twice', which is called 2 times" in reasons["twice/h1"]
+    assert reasons["post"] is None
+    small = prune_model(model, {"post": 0.5})
+    assert tuple(small.get_layer("fc").kernel.shape) == (4, 2)
+    x_val = rng.standard_normal((3, 4)).astype("float32")
+    assert np.isfinite(np.asarray(small(x_val))).all()
+
+
 def test_dense_on_channels_first_conv_is_not_prunable() -> None:
     x_in = keras.Input((3, 4, 4, 4))
     x = L.Conv3D(5, 1, data_format="channels_first", name="c")(x_in)
@@ -142,21 +160,21 @@ def test_bad_ratios_name_the_layer(ratio, error, words) -> None:
 
 def test_bad_layer_names_and_unprunable_layers() -> None:
     model = CASES["residual"]().model
-    with pytest.raises(KeyError, match="no layer 'nope'.*prunable layers"):
+    with pytest.raises(KeyError, match=r"no layer 'nope'.*prunable layers"):
         prune_model(model, {"nope": 0.5})
-    with pytest.raises(KeyError, match="'stem_bn' \\(BatchNormalization\\).*no filters"):
+    with pytest.raises(KeyError, match=r"'stem_bn' \(BatchNormalization\).*no filters"):
         prune_model(model, {"stem_bn": 0.5})
     with pytest.raises(ValueError, match="layer 'fc' cannot be pruned: its output reaches"):
         prune_model(model, {"fc": 0.5})
     assert prune_model(model, {"fc": 0.0}).count_params() == model.count_params()
-    with pytest.raises(ValueError, match="'stem' and 'b1_conv2' are pruned alike.*0.5.*0.25"):
+    with pytest.raises(ValueError, match=r"'stem' and 'b1_conv2' are pruned alike.*0.5.*0.25"):
         prune_model(model, {"stem": 0.5, "b1_conv2": 0.25})
 
 
 def test_importance_arguments_are_checked() -> None:
     model = CASES["sequential_flatten"]().model
     graph = PruneGraph(model)
-    with pytest.raises(ValueError, match="importance must be one of.*'l3'"):
+    with pytest.raises(ValueError, match=r"importance must be one of.*'l3'"):
         graph.prune({"c1": 0.5}, importance="l3")
     with pytest.raises(ValueError, match="needs activations="):
         graph.kept_channels("c1", 0.5, importance="activation")
