@@ -101,7 +101,8 @@ class Producer:
     channels: int
     gid: int | None = None
     reason: str | None = None
-    #: The BatchNormalization right after it (through elementwise layers only).
+    #: The first BatchNormalization after it, reached through channel-preserving layers
+    #: only (no merge, Concatenate, Flatten or depthwise in between).
     batch_norm: keras.layers.Layer | None = None
 
 

@@ -5,9 +5,10 @@ Criteria (``importance=`` everywhere in :mod:`lrf_optuna.prune`):
 ``"l1"`` (default), ``"l2"``
     The L1 / L2 norm of each filter's weights (bias excluded), as the filter acts on the
     network: for a SeparableConv the effective ``k x C_in`` kernel of each output filter
-    (depthwise times pointwise); when a BatchNormalization follows the layer (through
-    elementwise layers only) its per-channel scale ``|gamma| / sqrt(moving_var + eps)`` is
-    folded in, because BatchNorm undoes the scale of the raw filters.
+    (depthwise times pointwise); when a BatchNormalization follows the layer (directly or
+    through activations, dropout, pooling or padding) its per-channel scale
+    ``|gamma| / sqrt(moving_var + eps)`` is folded in, because BatchNorm undoes the scale
+    of the raw filters (a conv followed by BatchNorm has arbitrary filter norms).
 
 ``"activation"``
     The mean absolute value of the channel where it is *consumed*: over the calibration

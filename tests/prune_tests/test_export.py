@@ -16,6 +16,7 @@ from lrf_optuna.rewrite import find_layers, iter_layers
 from .graphs import CASES
 
 
+@pytest.mark.slow
 def test_original_channels_first_conv3d_does_not_convert(tmp_path) -> None:
     """Why the channels_first case skips TFLite: the converter fails before any pruning."""
     with pytest.raises(ExportError):
@@ -38,7 +39,13 @@ def _variants(name: str, rng: np.random.Generator) -> dict[str, keras.Model]:
     return {"pruned": pruned, "pruned+factorized": both}
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+#: Graph kinds the issue names (residual, concatenating, nested) plus depthwise run in
+#: every test run; the others are in the slow set.
+QUICK = {"residual", "concatenating", "nested", "depthwise_separable"}
+
+
+@pytest.mark.parametrize("name", [n if n in QUICK else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(CASES)])
 def test_pruned_models_roundtrip_and_export(name, rng, tmp_path) -> None:
     for kind, model in _variants(name, rng).items():
         x = rng.standard_normal((5, *model.inputs[0].shape[1:])).astype("float32")

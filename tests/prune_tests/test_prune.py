@@ -176,3 +176,48 @@ def test_prune_then_factorize(name, rng) -> None:
     again = rewrite_model(pruned, {target: choice})
     assert rel_err(np.asarray(again(x)), want) < 1e-4
     assert again.count_params() == both.count_params()
+
+
+def _np(v) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(v), dtype=np.float64)
+
+
+def test_importance_criteria_by_brute_force(rng) -> None:
+    case = _case("batchnorm", rng)
+    graph = PruneGraph(case.model)
+    conv, bn = case.model.get_layer("c1"), case.model.get_layer("bn1")
+    fold = np.abs(_np(bn.gamma)) / np.sqrt(_np(bn.moving_variance) + bn.epsilon)
+    kernel = _np(conv.kernel)
+    l1 = np.array([np.abs(kernel[..., f]).sum() for f in range(8)]) * fold
+    l2 = np.array([np.sqrt((kernel[..., f] ** 2).sum()) for f in range(8)]) * fold
+    np.testing.assert_allclose(graph.importance("c1"), l1, rtol=1e-6)
+    np.testing.assert_allclose(graph.importance("c1", importance="l2"), l2, rtol=1e-6)
+    # activation: mean |input| of the consumer c2, per channel
+    x = _x(case.model, rng, n=8)
+    acts = capture_activations(case.model, x, graph.activation_layers(["c1"]))
+    seen = np.abs(acts["c2"].inputs).mean(axis=(0, 1, 2))
+    np.testing.assert_allclose(graph.importance("c1", importance="activation",
+                                                activations=acts), seen, rtol=1e-5)
+
+    model = _case("depthwise_separable", rng).model
+    sep = model.get_layer("sep")
+    dw, pw = _np(sep.depthwise_kernel), _np(sep.pointwise_kernel)[0, 0]     # (3,3,16,2)
+    full = np.zeros((3, 3, 16, 10))                 # the separable conv as one kernel
+    for c in range(16):
+        for j in range(2):
+            full[:, :, c, :] += dw[:, :, c, j, None] * pw[2 * c + j]
+    np.testing.assert_allclose(PruneGraph(model).importance("sep"),
+                               np.abs(full).sum(axis=(0, 1, 2)), rtol=1e-6)
+
+
+def test_group_importance_is_the_sum_of_mean_normalized_member_norms(rng) -> None:
+    case = _case("residual", rng)
+    graph = PruneGraph(case.model)
+    total = 0
+    for name, bn in (("stem", "stem_bn"), ("b1_conv2", "b1_bn")):
+        layer, norm = case.model.get_layer(name), case.model.get_layer(bn)
+        s = np.abs(_np(layer.kernel)).sum(axis=(0, 1, 2)) * np.abs(_np(norm.gamma)) / np.sqrt(
+            _np(norm.moving_variance) + norm.epsilon)
+        total = total + s / s.mean()
+    np.testing.assert_allclose(graph.importance("stem"), total, rtol=1e-6)
+    np.testing.assert_allclose(graph.importance("b1_conv2"), total, rtol=1e-6)
