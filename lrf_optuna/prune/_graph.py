@@ -251,7 +251,8 @@ class _Analyzer:
                     for gid in range(first, len(self.a.producer_paths)):
                         self.a.block_group(gid, f"it is inside nested model {path!r}, which "
                                                 f"is called {uses[id(op)]} times")
-            elif uses[id(op)] > 1:
+            elif uses[id(op)] > 1 and (type(op) in PRODUCERS or op.weights):
+                # weightless layers (a shared ReLU instance) are followed per call below
                 if type(op) in PRODUCERS:
                     self.producer(op, path, node.outputs[0], reason=(
                         f"it is a shared layer (called {uses[id(op)]} times)"))
@@ -327,7 +328,8 @@ class _Analyzer:
             if cfg.get("groups", 1) != 1:
                 reason = f"it is a grouped convolution (groups={cfg['groups']})"
             elif act not in ELEMENTWISE_ACTIVATIONS:
-                reason = f"its activation {act or cfg.get('activation')!r} mixes channels"
+                reason = (f"its activation {act or cfg.get('activation')!r} is not known to "
+                          "act on each channel alone (softmax & co. mix channels)")
             elif cfg.get("lora_rank") or getattr(op, "quantization_mode", None):
                 reason = "it has LoRA or quantization enabled"
             elif channels < 2:

@@ -70,8 +70,22 @@ def test_model_output_shared_layer_and_own_activation() -> None:
     reasons = _reasons(keras.Model(x_in, out))
     assert "shared layer (called 2 times)" in reasons["shared"]
     assert "shared layer 'shared'" in reasons["feeds_shared"]
-    assert "activation 'softmax' mixes channels" in reasons["probs"]
+    assert "activation 'softmax' is not known to act on each channel" in reasons["probs"]
     assert "single output channel" in reasons["single"]
+
+
+def test_shared_weightless_layer_is_followed_per_call(rng) -> None:
+    relu = L.ReLU(name="relu")
+    x_in = keras.Input((8, 8, 3))
+    a = relu(L.Conv2D(6, 3, name="a")(x_in))
+    b = relu(L.Conv2D(5, 3, name="b")(a))
+    out = L.Dense(2, name="fc")(L.Flatten()(b))
+    model = keras.Model(x_in, out)
+    assert _reasons(model)["a"] is None and _reasons(model)["b"] is None
+    small = prune_model(model, {"a": 0.5, "b": 0.4})
+    assert tuple(small.get_layer("fc").kernel.shape) == (4 * 4 * 3, 2)
+    x = rng.standard_normal((2, 8, 8, 3)).astype("float32")
+    assert np.isfinite(np.asarray(small(x))).all()
 
 
 def test_merge_with_unprunable_tensor_and_bad_concatenate() -> None:
