@@ -287,14 +287,8 @@ class PruneGraph:
         return ModelCost(tuple(rows))
 
     # -- building ------------------------------------------------------------------------
-    def prune(self, ratios: Mapping[str, float], *, importance: str = "l1",
-              activations: Mapping[str, Any] | None = None) -> keras.Model:
-        """A new, smaller model with ``ratios`` of the planned layers' filters removed.
-
-        See :func:`prune_model`.
-        """
-        from lrf_optuna.prune._rebuild import rebuild
-
+    def _masks(self, ratios: Mapping[str, float], importance: str,
+               activations: Mapping[str, Any] | None) -> dict[int, np.ndarray]:
         masks: dict[int, np.ndarray] = {}
         for root, n_keep in self._keep_counts(ratios).items():
             channels = self._channels(root)
@@ -304,7 +298,35 @@ class PruneGraph:
             mask = np.zeros(channels, dtype=bool)
             mask[select_channels(scores, n_keep)] = True
             masks[root] = mask
-        return rebuild(self.model, self._a, masks)
+        return masks
+
+    def input_mask(self, path: str, ratios: Mapping[str, float], *, importance: str = "l1",
+                   activations: Mapping[str, Any] | None = None) -> np.ndarray | None:
+        """Which positions of layer ``path``'s input channel axis survive ``ratios``.
+
+        For a consumer, zeroing the other positions of its captured input and running the
+        *original* layer gives exactly its output in the pruned model, as long as nothing
+        else upstream of it changes -- in particular no other consumer of the same group
+        (in a residual stage pruned as one group, the first block's conv is exact; later
+        blocks also see the earlier blocks' changed outputs through the ``Add``). That is
+        how the effect of pruning on the consumers can be scored from cached activations.
+        ``None`` when every input channel survives.
+        """
+        from lrf_optuna.prune._rebuild import input_mask
+
+        if path not in self._layers:
+            self.entry(path)            # raises KeyError naming the path
+        return input_mask(self._a, path, self._masks(ratios, importance, activations))
+
+    def prune(self, ratios: Mapping[str, float], *, importance: str = "l1",
+              activations: Mapping[str, Any] | None = None) -> keras.Model:
+        """A new, smaller model with ``ratios`` of the planned layers' filters removed.
+
+        See :func:`prune_model`.
+        """
+        from lrf_optuna.prune._rebuild import rebuild
+
+        return rebuild(self.model, self._a, self._masks(ratios, importance, activations))
 
 
 def find_prunable(model: keras.Model, *, include_unprunable: bool = False

@@ -221,3 +221,41 @@ def test_group_importance_is_the_sum_of_mean_normalized_member_norms(rng) -> Non
         total = total + s / s.mean()
     np.testing.assert_allclose(graph.importance("stem"), total, rtol=1e-6)
     np.testing.assert_allclose(graph.importance("b1_conv2"), total, rtol=1e-6)
+
+
+@pytest.mark.parametrize("name,group,exact,inexact", [
+    ("residual", "stem", ["b1_conv1"], ["b2_conv1", "b2_proj"]),
+    ("residual", "b2_proj", ["fc"], []),
+    ("concatenating", "b", ["c"], ["d", "fc"]),
+    ("channels_first", "c1", ["fa", "fb"], []),
+    ("depthwise_separable", "c1", ["sep"], []),
+    ("sequential_flatten", "c2", ["fc1"], []),
+])
+def test_consumer_on_masked_input_is_its_output_in_the_pruned_model(
+        name, group, exact, inexact, rng) -> None:
+    """The basis for scoring pruning from cached activations: zero the removed input
+    channels of a consumer's captured input, run the original consumer, and you get its
+    output in the pruned model -- exactly when no other consumer of the group is upstream
+    of it (``exact``), only approximately otherwise (``inexact``: it also sees what the
+    upstream consumers lost, e.g. the next residual block)."""
+    case = _case(name, rng)
+    graph = PruneGraph(case.model)
+    ratios = {group: 0.5}
+    consumers = list(graph.entries[group].consumers)
+    assert sorted(consumers) == sorted(exact + inexact)
+    x = _x(case.model, rng)
+    before = capture_activations(case.model, x, consumers)
+    after = capture_activations(graph.prune(ratios), x, consumers)
+    layers = dict(iter_layers(case.model))
+    for path in consumers:
+        mask = graph.input_mask(path, ratios)
+        assert mask is not None and 0 < mask.sum() < len(mask)
+        axis = 1 if layers[path].get_config().get("data_format") == "channels_first" else -1
+        shape = [1] * before[path].inputs.ndim
+        shape[axis] = len(mask)
+        got = np.asarray(layers[path](before[path].inputs * mask.reshape(shape)))
+        err = rel_err(got, after[path].outputs)
+        assert (err < 1e-5) if path in exact else (err > 1e-3), (path, err)
+    assert graph.input_mask(consumers[0], {}) is None
+    with pytest.raises(KeyError, match="'nope'"):
+        graph.input_mask("nope", ratios)
