@@ -34,6 +34,7 @@ _EXPORTS = {
     "rewrite_model": "lrf_optuna.rewrite",
     "find_layers": "lrf_optuna.rewrite",
     "model_costs": "lrf_optuna.costs",
+    "prune_model": "lrf_optuna.prune",
     "get_method": "lrf_optuna.decompose",
     "available_methods": "lrf_optuna.decompose",
     "FactorizedLayer": "lrf_optuna.decompose",
@@ -42,7 +43,7 @@ _EXPORTS = {
     "export_trial": "lrf_optuna.export",
     "to_tflite": "lrf_optuna.export",
 }
-_SUBMODULES = {"data", "models", "decompose", "rewrite", "costs", "calibration", "cache",
+_SUBMODULES = {"data", "models", "decompose", "prune", "rewrite", "costs", "calibration", "cache",
                "similarity", "strategies", "search", "vbmf", "cli", "finetune", "export",
                "report", "dashboard", "workspace"}
 

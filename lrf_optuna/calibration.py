@@ -56,6 +56,20 @@ def _single(inputs: list[Any]) -> Any:
     return inputs[0]
 
 
+def _call_input(model: keras.Model, layer: keras.Model) -> Any:
+    """The tensor of ``model``'s graph that feeds the nested model ``layer``.
+
+    (``layer.input`` is that tensor for a nested Sequential, but a nested Functional's own
+    input placeholder, which ``model``'s graph does not reach.)
+    """
+    fn = model._functional if isinstance(model, keras.Sequential) else model
+    for nodes in fn._nodes_by_depth.values():
+        for node in nodes:
+            if node.operation is layer:
+                return _single(node.input_tensors)
+    raise ValueError(f"nested model {layer.name!r} is not called in {model.name!r}'s graph")
+
+
 def _extractor(model: keras.Model, targets: set[str], prefix: str = ""
                ) -> tuple[list[str], list[Any]]:
     """Symbolic ``(keys, tensors)`` in ``model``'s graph for the targets' inputs/outputs."""
@@ -70,7 +84,7 @@ def _extractor(model: keras.Model, targets: set[str], prefix: str = ""
             _check_supported_model(layer)
             inner_keys, inner_tensors = _extractor(layer, inner, prefix=f"{path}/")
             sub = keras.Model(_single(layer.inputs), inner_tensors, name=f"{layer.name}_taps")
-            outs = sub(layer.input)
+            outs = sub(_call_input(model, layer))
             keys += inner_keys
             tensors += list(outs) if isinstance(outs, (list, tuple)) else [outs]
         elif path in targets:

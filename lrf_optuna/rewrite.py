@@ -165,7 +165,8 @@ def rewrite_model(model: keras.Model, plan: Plan, *,
         if path in replacements:
             return replacements[path]
         new = layer.__class__.from_config(layer.get_config())
-        copies.append((new, layer))
+        if isinstance(layer, keras.layers.Layer):  # not the keras.ops calls of the graph
+            copies.append((new, layer))
         return new
 
     inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name)
