@@ -25,7 +25,10 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lrf_optuna.data import Dataset
 
 __all__ = ["DEMO_MODELS", "main"]
 
@@ -77,70 +80,58 @@ def _heading(text: str) -> None:
     print(f"\n=== {text} ===", flush=True)
 
 
-def _baselines(args: argparse.Namespace, dataset: Any) -> None:
+def _baselines(args: argparse.Namespace, dataset: Dataset) -> None:
     from lrf_optuna.models.training import train_or_load
-    from lrf_optuna.report_table import format_table
+    from lrf_optuna.report.tables import baselines_table
 
-    rows = []
-    for name in dict.fromkeys([*args.models, *args.search]):
-        result = train_or_load(name, dataset, seed=args.seed, epochs=args.epochs,
-                               cache_dir=args.model_cache, verbose=not args.quiet)
-        rec = result.record
-        when = "cached" if result.cached else f"trained in {rec.train_seconds:.0f} s"
-        rows.append([name, f"{rec.params:,}", f"{rec.test_accuracy:.4f}", rec.epochs, when])
-    print(format_table(["model", "params", "test accuracy", "epochs", "train time"], rows),
-          flush=True)
+    results = {name: train_or_load(name, dataset, seed=args.seed, epochs=args.epochs,
+                                   model_cache_dir=args.model_cache, verbose=not args.quiet)
+               for name in dict.fromkeys([*args.models, *args.search])}
+    print(baselines_table(results).text(), flush=True)
 
 
 def _compress(args: argparse.Namespace, name: str) -> None:
-    import optuna
-
-    from lrf_optuna.cli import pareto_table
-    from lrf_optuna.search import LRFObjective, open_storage, run_remaining
-    from lrf_optuna.workspace import ProblemSpec, record_problem
+    from lrf_optuna.problem import ProblemSpec
+    from lrf_optuna.report.tables import front_text
+    from lrf_optuna.search import prepare_lrf_study
 
     spec = ProblemSpec(model=name, data_dir=args.data, seed=args.seed,
                        cache_dir=args.cache_dir, epochs=args.epochs)
     problem = spec.load(verbose=not args.quiet)
     study_name = f"demo_{name}"
-    os.makedirs(args.studies_dir, exist_ok=True)
     storage = f"sqlite:///{args.studies_dir}/{study_name}.db"
 
-    _heading(f"{name}: similarity cache")
+    _heading(f"{name}: similarity cache and study {storage}")
     t0 = time.perf_counter()
-    objective = LRFObjective(problem.model, problem.splits.x_cal, cache_dir=args.cache_dir,
-                             progress=not args.quiet)
+    search = prepare_lrf_study(problem, study_name=study_name, storage=storage,
+                               seed=args.seed, progress=not args.quiet)
+    objective = search.objective
     n_cands = sum(len(t.candidates) for t in objective.cache.tables.values())
     print(f"{len(objective.spaces)} layers, {n_cands} scored candidates in "
           f"{objective.cache.directory} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     _heading(f"{name}: NSGA-II search ({args.n_trials} trials, {storage})")
-    study = optuna.create_study(
-        study_name=study_name, storage=open_storage(storage), load_if_exists=True,
-        directions=objective.directions,
-        sampler=optuna.samplers.NSGAIISampler(seed=args.seed))
-    record_problem(study, spec)
-    objective.seed_study(study)
     t0 = time.perf_counter()
-    ran = run_remaining(study, objective, args.n_trials, show_progress_bar=not args.quiet)
+    ran = search.optimize(args.n_trials, show_progress_bar=not args.quiet)
     print(f"{ran} new trial(s) in {time.perf_counter() - t0:.0f} s", flush=True)
-    print(pareto_table(study, top=12), flush=True)
+    print(front_text(search.study, top=12), flush=True)
 
     if args.finetune_k > 0:
-        from lrf_optuna.finetune import FinetuneConfig, finetune_study, results_table
+        from lrf_optuna.finetune import FinetuneConfig, finetune_study
+        from lrf_optuna.report.tables import results_text
 
         _heading(f"{name}: fine-tuning {args.finetune_k} trial(s) spread along the front")
         config = FinetuneConfig()
         if args.finetune_epochs is not None:
             config = FinetuneConfig(epochs=args.finetune_epochs)
         t0 = time.perf_counter()
-        finetune_study(study, args.finetune_k, config=config, problem=problem)
+        finetune_study(search.study, args.finetune_k, config=config, problem=problem)
         print(f"fine-tuning done in {time.perf_counter() - t0:.0f} s", flush=True)
-        print(results_table(study), flush=True)
+        print(results_text(search.study), flush=True)
 
     from lrf_optuna.report import write_report
 
-    html, _md = write_report(study, os.path.join(args.reports_dir, study_name))
+    html, _md = write_report(search.study, os.path.join(args.reports_dir, study_name))
     _heading(f"{name}: what next")
     print(f"report:     {html}")
     print(f"dashboard:  lrf-optuna dashboard --storage {storage}   "
