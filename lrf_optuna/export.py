@@ -52,9 +52,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lrf_optuna.study.lookup import find_finetune_study, finetune_study_name, finetuned_job
+from lrf_optuna.study.lookup import artifact_store_dir, finetune_study_name, finetuned_job
 from lrf_optuna.study.records import ARTIFACT_DIR_ATTR, Measured, get_search_trial
-from lrf_optuna.study.storage import artifact_dir_for, safe_name, storage_url
+from lrf_optuna.study.storage import safe_name
 
 if TYPE_CHECKING:
     import keras
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     from lrf_optuna.problem import Problem
 
 __all__ = ["ExportError", "MeasuredFiles", "download_job_files", "export_trial",
-           "job_artifact_dir", "keras_latency_ms", "load_model", "measure_model", "save_keras",
+           "keras_latency_ms", "load_model", "measure_model", "save_keras",
            "search_trial", "tflite_latency_ms", "tflite_predict", "to_tflite",
            "upload_model_files"]
 
@@ -317,18 +317,6 @@ def measure_model(model: keras.Model, splits: Splits, out_dir: str | os.PathLike
 KERAS_ARTIFACT, TFLITE_ARTIFACT = "keras_artifact_id", "tflite_artifact_id"
 
 
-def job_artifact_dir(study: optuna.Study, explicit: str | os.PathLike[str] | None = None
-                     ) -> Path:
-    """The artifact store of ``study``'s fine-tuning jobs: ``explicit``, else the
-    directory the fine-tuning study recorded, else :func:`artifact_dir_for` of the storage
-    (``<db stem>_artifacts`` beside a SQLite file, else ``studies/artifacts``)."""
-    if explicit is not None:
-        return Path(explicit)
-    ft = find_finetune_study(study)
-    recorded = ft.user_attrs.get(ARTIFACT_DIR_ATTR) if ft is not None else None
-    return Path(recorded) if recorded else artifact_dir_for(storage_url(study))
-
-
 def upload_model_files(store_dir: Path, trial: optuna.Trial, files: MeasuredFiles
                        ) -> dict[str, str]:
     """Store the ``.keras`` and ``.tflite`` files as artifacts of ``trial``; returns the
@@ -356,7 +344,7 @@ def download_job_files(study: optuna.Study, job: optuna.trial.FrozenTrial, keras
     from optuna.artifacts.exceptions import ArtifactNotFound
 
     directory = (Path(artifact_dir) if artifact_dir is not None
-                 else Path(job.user_attrs.get(ARTIFACT_DIR_ATTR) or job_artifact_dir(study)))
+                 else Path(job.user_attrs.get(ARTIFACT_DIR_ATTR) or artifact_store_dir(study)))
     store = FileSystemArtifactStore(directory)
     for key, path in ((KERAS_ARTIFACT, keras_path), (TFLITE_ARTIFACT, tflite_path)):
         artifact_id = job.user_attrs.get(key)

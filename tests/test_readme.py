@@ -12,8 +12,8 @@ import re
 import shlex
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import quadrant_images
 
 import lrf_optuna.data
 
@@ -25,13 +25,7 @@ def _blocks(language: str) -> list[str]:
 
 
 def _stand_in_fashion_mnist() -> lrf_optuna.data.Dataset:
-    rng = np.random.default_rng(0)
-    n = 480
-    y = np.arange(n) % 4
-    x = rng.uniform(0, 60, (n, 28, 28)).astype(np.uint8)
-    for i, c in enumerate(y):
-        r, q = divmod(int(c), 2)
-        x[i, r * 14:(r + 1) * 14, q * 14:(q + 1) * 14] += 150
+    x, y = quadrant_images(480, 28)
     return lrf_optuna.data.from_arrays(x[:400], y[:400], x[400:], y[400:], name="stand_in")
 
 

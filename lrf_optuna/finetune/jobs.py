@@ -79,12 +79,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna import dashboard
-from lrf_optuna.export import job_artifact_dir, measure_model, upload_model_files
+from lrf_optuna.export import measure_model, upload_model_files
 from lrf_optuna.finetune.config import FinetuneConfig
 from lrf_optuna.finetune.recipe import finetune_model, outputs_probabilities
 from lrf_optuna.finetune.select import Selection, select_trials
 from lrf_optuna.search import StudyModels
 from lrf_optuna.study.lookup import (
+    artifact_store_dir,
     find_finetune_study,
     job_source,
     jobs_by_source,
@@ -380,7 +381,7 @@ class _Worker:
 def _store_dir(ft: optuna.Study, study: optuna.Study,
                artifact_dir: str | os.PathLike[str] | None) -> Path:
     """The artifact store of the jobs, recorded in the fine-tuning study the first time."""
-    path = job_artifact_dir(study, artifact_dir).resolve()
+    path = artifact_store_dir(study, artifact_dir, finetune=ft).resolve()
     if ARTIFACT_DIR_ATTR not in ft.user_attrs:
         ft.set_user_attr(ARTIFACT_DIR_ATTR, str(path))
     path.mkdir(parents=True, exist_ok=True)
@@ -400,7 +401,7 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
     (:func:`~lrf_optuna.finetune.recipe.finetune_model`), measure test accuracy, params,
     FLOPs, ``.keras`` / ``.tflite`` sizes and batch-1 latencies
     (:func:`lrf_optuna.export.measure_model`), upload both files as Optuna artifacts to
-    ``artifact_dir`` (default: :func:`lrf_optuna.export.job_artifact_dir`), save a
+    ``artifact_dir`` (default: :func:`lrf_optuna.study.lookup.artifact_store_dir`), save a
     dashboard note, tell COMPLETE with ``(params, test_accuracy)``. The original model is
     measured once per fine-tuning study (user attribute ``original``).
 
@@ -423,7 +424,8 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
                                      grace_period=config.grace_period,
                                      max_retry=config.max_retries)
     ft = open_finetune_study(study, storage=storage)
-    worker = _Worker(study, ft, config, _store_dir(ft, study, artifact_dir), problem)
+    store_dir = _store_dir(ft, study, artifact_dir)
+    worker = _Worker(study, ft, config, store_dir, problem)
 
     def lock() -> contextlib.AbstractContextManager[None]:
         return study_lock(study, "finetune")

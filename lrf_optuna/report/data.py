@@ -24,6 +24,7 @@ from lrf_optuna.study.records import (
     ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,
     ORIGINAL_ATTR,
+    FinetuneRecord,
     original_info,
     readable_plan,
 )
@@ -40,7 +41,7 @@ class FinetuneRow:
 
     job: int
     source: int
-    attrs: Mapping[str, Any]
+    record: FinetuneRecord
     plan: dict[str, str]
     proxy: float | None
     search_params: int | None
@@ -68,10 +69,8 @@ class ReportData:
 
 
 def _params_key(row: FinetuneRow) -> float:
-    try:
-        return float(row.attrs.get("params", math.inf))
-    except (TypeError, ValueError):
-        return math.inf
+    params = row.record.measured.params
+    return math.inf if params is None else float(params)
 
 
 def read_study(study: optuna.Study) -> ReportData:
@@ -109,7 +108,7 @@ def read_study(study: optuna.Study) -> ReportData:
         source = by_number.get(source_number)
         plan = readable_plan(source) if source is not None else {}
         data.finetuned.append(FinetuneRow(
-            job.number, source_number, dict(job.user_attrs), plan or readable_plan(job),
+            job.number, source_number, FinetuneRecord.of(job), plan or readable_plan(job),
             source.user_attrs.get("proxy") if source is not None else None,
             source.user_attrs.get("params") if source is not None else None))
     data.finetuned.sort(key=lambda r: (_params_key(r), r.source, r.job))

@@ -75,7 +75,7 @@ def pareto_figure(data: ReportData) -> Any:
             mode="markers+text", name="fine-tuned",
             text=[f"#{r.source}" for r, _ in tuned], textposition="top center",
             textfont={"color": "#c0392b"},
-            customdata=[[r.source, fmt(r.attrs.get("test_acc"), ".4f"),
+            customdata=[[r.source, fmt(r.record.measured.test_acc, ".4f"),
                          _hover_plan(r.plan)] for r, _ in tuned],
             marker={"symbol": "circle-open", "size": 22, "color": "#c0392b",
                     "line": {"width": 2.5}},
@@ -107,13 +107,17 @@ def accuracy_figure(data: ReportData) -> Any | None:
     import plotly.graph_objects as go
 
     fig = go.Figure()
-    x = [r.attrs.get("params") for r in data.finetuned]
+    x = [r.record.measured.params for r in data.finetuned]
     custom = [[r.source, fmt(r.proxy, ".4f")] for r in data.finetuned]
+    accuracies = {
+        "val_acc_before": [r.record.val_acc_before for r in data.finetuned],
+        "val_acc_after": [r.record.val_acc_after for r in data.finetuned],
+        "test_acc": [r.record.measured.test_acc for r in data.finetuned]}
     for key, name, symbol in (("val_acc_before", "val acc before fine-tuning", "circle-open"),
                               ("val_acc_after", "val acc after fine-tuning", "circle"),
                               ("test_acc", "test acc (after)", "star")):
         fig.add_trace(go.Scatter(
-            x=x, y=[r.attrs.get(key) for r in data.finetuned], mode="markers", name=name,
+            x=x, y=accuracies[key], mode="markers", name=name,
             customdata=custom, marker={"symbol": symbol, "size": 11},
             hovertemplate=(f"<b>trial %{{customdata[0]}}</b><br>{name} %{{y:.4f}}<br>"
                            "params %{x:,}<br>proxy %{customdata[1]}<extra></extra>")))

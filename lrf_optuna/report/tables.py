@@ -14,12 +14,11 @@ Example:
 from __future__ import annotations
 
 import html
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lrf_optuna.study.records import Measured, readable_plan
+from lrf_optuna.study.records import SearchRecord, as_float
 
 if TYPE_CHECKING:
     import optuna
@@ -27,10 +26,9 @@ if TYPE_CHECKING:
     from lrf_optuna.models.training import TrainingResult
     from lrf_optuna.report.data import ReportData
 
-__all__ = ["CACHE_HEADER", "FRONT_HEADER", "RESULT_HEADER", "Table", "as_float",
-           "baselines_table", "cache_table", "fmt", "format_table", "front_table", "front_text",
-           "html_table", "kib", "markdown_table", "plan_table", "results_table", "results_text",
-           "spread"]
+__all__ = ["CACHE_HEADER", "FRONT_HEADER", "RESULT_HEADER", "Table", "baselines_table",
+           "cache_table", "fmt", "format_table", "front_table", "front_text", "html_table",
+           "kib", "markdown_table", "plan_table", "results_table", "results_text", "spread"]
 
 
 def _is_number(cell: str) -> bool:
@@ -167,15 +165,6 @@ def spread(items: Sequence[Any], top: int | None) -> list[Any]:
     return [items[round(i * step)] for i in range(top)]
 
 
-def as_float(value: Any) -> float | None:
-    """``float(value)``, or ``None`` for missing, non-numeric or NaN values."""
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(out) else out
-
-
 def fmt(value: Any, spec: str) -> str:
     """``value`` formatted with ``spec`` (``","``: a rounded integer with separators);
     ``"n/a"`` when it is not a number."""
@@ -230,13 +219,13 @@ def results_table(data: ReportData) -> Table:
              fmt(base.get("keras_bytes"), ","), "1.00x", fmt(base.get("tflite_bytes"), ","),
              "1.00x", "", ""]]
     for r in data.finetuned:
-        a = r.attrs
-        m = Measured.from_attrs(a)
+        job = r.record
+        m = job.measured
         rows.append([
             f"#{r.source}", str(r.job), fmt(m.params, ","),
             _ratio(base.get("params"), m.params), fmt(m.flops, ","),
-            _ratio(base.get("flops"), m.flops), fmt(a.get("val_acc_before"), ".4f"),
-            fmt(a.get("val_acc_after"), ".4f"), fmt(m.test_acc, ".4f"),
+            _ratio(base.get("flops"), m.flops), fmt(job.val_acc_before, ".4f"),
+            fmt(job.val_acc_after, ".4f"), fmt(m.test_acc, ".4f"),
             _delta(m.test_acc, base.get("test_acc")),
             fmt(m.latency_ms_keras, ".3f"),
             _ratio(base.get("latency_ms_keras"), m.latency_ms_keras),
@@ -244,7 +233,7 @@ def results_table(data: ReportData) -> Table:
             _ratio(base.get("latency_ms_tflite"), m.latency_ms_tflite),
             fmt(m.keras_bytes, ","), _ratio(base.get("keras_bytes"), m.keras_bytes),
             fmt(m.tflite_bytes, ","), _ratio(base.get("tflite_bytes"), m.tflite_bytes),
-            fmt(a.get("epochs_run"), ".0f"), fmt(a.get("finetune_seconds"), ".1f")])
+            fmt(job.epochs_run, ".0f"), fmt(job.finetune_seconds, ".1f")])
     title = (f"Fine-tuned trials of study {data.study_name!r} ({len(data.finetuned)} in "
              f"{data.finetune_name!r}; latencies: batch 1, median)")
     return Table(RESULT_HEADER, rows, title)
@@ -273,13 +262,11 @@ def front_table(data: ReportData, *, top: int | None = 20) -> Table:
     rows = [["original", fmt(o.get("params"), ","), "1.00x", fmt(o.get("flops"), ","),
              "0.0%", "1.0000", "", "", "(original model)"]]
     for t in spread(trials, top):
-        ua = t.user_attrs
-        rows.append([str(t.number), fmt(ua.get("params"), ","),
-                     f"{as_float(ua.get('compression_ratio')) or 0:.2f}x",
-                     fmt(ua.get("flops"), ","),
-                     f"{100 * (as_float(ua.get('flops_reduction')) or 0):.1f}%",
-                     fmt(ua.get("proxy"), ".4f"), str(ua.get("strategy", "")),
-                     "yes" if t.number in tuned else "", _changed(readable_plan(t))])
+        rec = SearchRecord.of(t)
+        rows.append([str(rec.number), fmt(rec.params, ","),
+                     f"{rec.compression_ratio or 0:.2f}x", fmt(rec.flops, ","),
+                     f"{100 * (rec.flops_reduction or 0):.1f}%", fmt(rec.proxy, ".4f"),
+                     rec.strategy, "yes" if rec.number in tuned else "", _changed(rec.plan)])
     shown = f", {min(len(trials), top)} shown" if top is not None and len(trials) > top else ""
     title = (f"Pareto front of study {data.study_name!r}: {len(data.front)} trial(s) of "
              f"{data.n_trials}{shown}")

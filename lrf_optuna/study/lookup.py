@@ -13,18 +13,27 @@ Example:
 
 from __future__ import annotations
 
+import os
 import warnings
+from pathlib import Path
 from typing import Any, Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.errors import UserError
-from lrf_optuna.study.records import SOURCE_STUDY_ATTR, SOURCE_TRIAL
-from lrf_optuna.study.storage import default_storage, sqlite_path, storage_of
+from lrf_optuna.study.records import ARTIFACT_DIR_ATTR, SOURCE_STUDY_ATTR, SOURCE_TRIAL
+from lrf_optuna.study.storage import (
+    artifact_dir_for,
+    default_storage,
+    sqlite_path,
+    storage_of,
+    storage_url,
+)
 
 __all__ = [
     "FINETUNE_SUFFIX",
+    "artifact_store_dir",
     "find_finetune_study",
     "finetune_study_name",
     "finetuned_job",
@@ -118,6 +127,19 @@ def find_finetune_study(study: optuna.Study) -> optuna.Study | None:
     if name not in optuna.get_all_study_names(storage_of(study)):
         return None
     return optuna.load_study(study_name=name, storage=storage_of(study))
+
+
+def artifact_store_dir(study: optuna.Study, explicit: str | os.PathLike[str] | None = None, *,
+                       finetune: optuna.Study | None = None) -> Path:
+    """The artifact store of ``study``'s fine-tuning jobs: ``explicit``, else the
+    directory the fine-tuning study (``finetune``, found when not given) recorded, else
+    :func:`~lrf_optuna.study.storage.artifact_dir_for` of the storage (``<db
+    stem>_artifacts`` beside a SQLite file, else ``studies/artifacts``)."""
+    if explicit is not None:
+        return Path(explicit)
+    ft = finetune if finetune is not None else find_finetune_study(study)
+    recorded = ft.user_attrs.get(ARTIFACT_DIR_ATTR) if ft is not None else None
+    return Path(recorded) if recorded else artifact_dir_for(storage_url(study))
 
 
 def job_source(job: FrozenTrial) -> int | None:

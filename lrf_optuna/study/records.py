@@ -52,6 +52,7 @@ __all__ = [
     "OriginalInfo",
     "Plan",
     "SearchRecord",
+    "as_float",
     "decode_plan",
     "describe_choice",
     "get_search_trial",
@@ -151,7 +152,13 @@ def readable_plan(trial_or_attrs: FrozenTrial | Mapping[str, Any]) -> dict[str, 
 
 # -- typed readers ----------------------------------------------------------------------------
 
-def _num(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
+    """``float(value)``, or ``None`` for missing, non-numeric or NaN values.
+
+    Example:
+        >>> as_float("0.5"), as_float(None), as_float(float("nan"))
+        (0.5, None, None)
+    """
     try:
         out = float(value)
     except (TypeError, ValueError):
@@ -160,7 +167,7 @@ def _num(value: Any) -> float | None:
 
 
 def _int(value: Any) -> int | None:
-    number = _num(value)
+    number = as_float(value)
     return None if number is None else int(number)
 
 
@@ -181,8 +188,8 @@ class SearchRecord:
     def of(cls, trial: FrozenTrial) -> SearchRecord:
         ua = trial.user_attrs
         return cls(trial.number, _int(ua.get("params")), _int(ua.get("flops")),
-                   _num(ua.get("proxy")), _num(ua.get("compression_ratio")),
-                   _num(ua.get("flops_reduction")), str(ua.get(STRATEGY_ATTR) or ""),
+                   as_float(ua.get("proxy")), as_float(ua.get("compression_ratio")),
+                   as_float(ua.get("flops_reduction")), str(ua.get(STRATEGY_ATTR) or ""),
                    readable_plan(ua))
 
 
@@ -232,10 +239,10 @@ class Measured:
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Measured:
         a = attrs.get
         return cls(params=_int(a("params")), flops=_int(a("flops")),
-                   test_acc=_num(a("test_acc")), val_acc=_num(a("val_acc")),
+                   test_acc=as_float(a("test_acc")), val_acc=as_float(a("val_acc")),
                    keras_bytes=_int(a("keras_bytes")), tflite_bytes=_int(a("tflite_bytes")),
-                   latency_ms_keras=_num(a("latency_ms_keras")),
-                   latency_ms_tflite=_num(a("latency_ms_tflite")))
+                   latency_ms_keras=as_float(a("latency_ms_keras")),
+                   latency_ms_tflite=as_float(a("latency_ms_tflite")))
 
 
 @dataclass(frozen=True)
@@ -257,9 +264,9 @@ class FinetuneRecord:
     def of(cls, job: FrozenTrial) -> FinetuneRecord:
         ua = job.user_attrs
         return cls(job.number, int(_int(ua.get(SOURCE_TRIAL)) or -1), Measured.from_attrs(ua),
-                   _num(ua.get("val_acc_before")), _num(ua.get("val_acc_after")),
-                   _num(ua.get("test_acc_before")), _int(ua.get("epochs_run")),
-                   _num(ua.get("finetune_seconds")), bool(ua.get("reverted", False)),
+                   as_float(ua.get("val_acc_before")), as_float(ua.get("val_acc_after")),
+                   as_float(ua.get("test_acc_before")), _int(ua.get("epochs_run")),
+                   as_float(ua.get("finetune_seconds")), bool(ua.get("reverted", False)),
                    readable_plan(ua))
 
 
