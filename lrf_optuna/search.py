@@ -65,7 +65,6 @@ from lrf_optuna.study.storage import (
     default_storage,
     open_storage,
     safe_name,
-    sqlite_path,
     storage_url,
     study_lock,
 )
@@ -94,8 +93,16 @@ logger = logging.getLogger(__name__)
 
 #: Calibration inputs: images ``(n, *input_shape)``, or an ``(images, labels)`` pair.
 CalibrationData = np.ndarray | tuple[np.ndarray, np.ndarray]
-#: Deprecated re-exports: storages live in :mod:`lrf_optuna.study.storage`.
-_STORAGE_REEXPORTS = (artifact_dir_for, default_storage, open_storage, sqlite_path)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "sqlite_path":  # moved with the other storage helpers
+        warnings.warn("lrf_optuna.search.sqlite_path is deprecated; use "
+                      "lrf_optuna.study.storage.sqlite_path", DeprecationWarning, stacklevel=2)
+        from lrf_optuna.study.storage import sqlite_path
+
+        return sqlite_path
+    raise AttributeError(f"module 'lrf_optuna.search' has no attribute {name!r}")
 
 
 def _mean(xs: Sequence[float]) -> float:

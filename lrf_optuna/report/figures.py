@@ -6,11 +6,14 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lrf_optuna.report.data import ReportData
 from lrf_optuna.report.tables import as_float, fmt
 from lrf_optuna.study.records import parse_choice, readable_plan
+
+if TYPE_CHECKING:
+    import plotly.graph_objects as go
 
 __all__ = ["accuracy_figure", "pareto_figure", "similarity_figure"]
 
@@ -24,7 +27,7 @@ def _hover_plan(plan: Mapping[str, str]) -> str:
     return "<br>".join(changed) or "(all kept)"
 
 
-def pareto_figure(data: ReportData) -> Any:
+def pareto_figure(data: ReportData) -> go.Figure:
     """Figure (a): params (log) vs proxy, colour = FLOPs."""
     import plotly.graph_objects as go
 
@@ -100,7 +103,7 @@ def pareto_figure(data: ReportData) -> Any:
     return fig
 
 
-def accuracy_figure(data: ReportData) -> Any | None:
+def accuracy_figure(data: ReportData) -> go.Figure | None:
     """Accuracy of the fine-tuned trials against their parameters (None without any)."""
     if not data.finetuned:
         return None
@@ -136,7 +139,7 @@ def accuracy_figure(data: ReportData) -> Any | None:
     return fig
 
 
-def similarity_figure(data: ReportData) -> Any:
+def similarity_figure(data: ReportData) -> go.Figure:
     """Figure (c): similarity vs rank per layer, one line per method."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -71,7 +71,7 @@ def resolve_storage(study_name: str | None, storage: str | None) -> str:
     return storage
 
 
-def search_study_names(storage: Any) -> list[str]:
+def search_study_names(storage: str | optuna.storages.BaseStorage) -> list[str]:
     """Names of the search studies in a storage (fine-tuning studies left out)."""
     return [n for n in optuna.get_all_study_names(storage) if not n.endswith(FINETUNE_SUFFIX)]
 
@@ -105,7 +105,8 @@ def finetune_study_name(study: optuna.Study | str) -> str:
     return f"{name}{FINETUNE_SUFFIX}"
 
 
-def open_finetune_study(study: optuna.Study, *, storage: Any = None) -> optuna.Study:
+def open_finetune_study(study: optuna.Study, *,
+                        storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """Create or load ``"<study>:finetune"`` in the same storage (or ``storage``, e.g. a
     worker's heartbeat connection to the same database)."""
     ft = optuna.create_study(

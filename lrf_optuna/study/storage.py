@@ -112,7 +112,7 @@ def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
     return study._storage
 
 
-def rdb_of(storage: Any) -> optuna.storages.RDBStorage | None:
+def rdb_of(storage: optuna.storages.BaseStorage | str) -> optuna.storages.RDBStorage | None:
     """The RDBStorage behind a storage (Optuna wraps it in a cache), if any."""
     backend = getattr(storage, "_backend", storage)
     return backend if isinstance(backend, optuna.storages.RDBStorage) else None
