@@ -31,7 +31,13 @@ import optuna
 
 from lrf_optuna.errors import UserError
 from lrf_optuna.report.tables import kib, markdown_table
-from lrf_optuna.study.lookup import find_finetune_study, latest_jobs, load_study
+from lrf_optuna.study.lookup import (
+    find_finetune_study,
+    latest_jobs,
+    load_study,
+    resolve_storage,
+    search_study_names,
+)
 from lrf_optuna.study.records import (
     ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,
@@ -40,8 +46,11 @@ from lrf_optuna.study.records import (
 )
 from lrf_optuna.study.storage import artifact_dir_for
 
+# load_study, resolve_storage and search_study_names live in lrf_optuna.study.lookup; they
+# stay importable from here for older code.
 __all__ = ["StudyLookupError", "add_study_notes", "job_note", "load_study", "original_note",
-           "recorded_artifact_dir", "run_dashboard", "save_note_quietly", "study_note"]
+           "recorded_artifact_dir", "resolve_storage", "run_dashboard", "save_note_quietly",
+           "search_study_names", "study_note"]
 
 logger = logging.getLogger(__name__)
 
