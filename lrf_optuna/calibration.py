@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from lrf_optuna.rewrite import _check_supported_model
+from lrf_optuna.rewrite import check_supported_model
 
 __all__ = ["LayerActivations", "capture_activations", "sample_index"]
 
@@ -81,7 +81,7 @@ def _extractor(model: keras.Model, targets: set[str], prefix: str = ""
             inner = {t for t in targets if t.startswith(f"{path}/")}
             if not inner:
                 continue
-            _check_supported_model(layer)
+            check_supported_model(layer)
             inner_keys, inner_tensors = _extractor(layer, inner, prefix=f"{path}/")
             sub = keras.Model(_single(layer.inputs), inner_tensors, name=f"{layer.name}_taps")
             outs = sub(_call_input(model, layer))
@@ -116,7 +116,7 @@ def capture_activations(
         ``{path: LayerActivations}``; outputs are after the layer's activation.
     """
     targets = list(dict.fromkeys(layers))
-    _check_supported_model(model)
+    check_supported_model(model)
     x = np.asarray(x, dtype="float32")
     n = len(x)
     if n == 0:
