@@ -35,7 +35,8 @@ from lrf_optuna.decompose import (
     methods_for,
 )
 
-__all__ = ["LayerEntry", "Plan", "find_layers", "graph_nodes", "iter_layers", "rewrite_model"]
+__all__ = ["LayerEntry", "Plan", "check_supported_model", "find_layers", "graph_nodes",
+           "iter_layers", "rewrite_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,11 @@ def _check_supported_model(model: Any) -> None:
         raise ValueError(
             f"model {model.name!r} is not built with a known input shape; build it first, "
             "e.g. with keras.Input(shape) as its first layer")
+
+
+def check_supported_model(model: Any) -> None:
+    """Raise ``TypeError`` unless ``model`` is a Sequential or Functional Keras model."""
+    _check_supported_model(model)
 
 
 def iter_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
