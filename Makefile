@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.installed
 
-.PHONY: setup data test-deps demo test lint unit bench clean
+.PHONY: setup data test-deps demo test lint unit unit-noonednn bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,10 +37,20 @@ lint: $(STAMP)
 	$(PY) -m ruff check lrf_optuna tests benchmarks studies
 	$(PY) -m mypy
 
+# Everything but the rewrite-everything test over keras.applications (~6 min), which runs
+# once, in unit-noonednn, on the stricter kernels.
 unit: $(STAMP)
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 --ignore=tests/test_keras_applications.py
 
-test: setup test-deps lint unit
+# The engine's tests again without oneDNN, as TensorFlow runs on CPUs without AVX-512 (most
+# laptops and CI runners): its plain CPU kernels refuse ops that oneDNN accepts.
+ENGINE_TESTS = tests/decompose_tests tests/test_rewrite.py tests/test_costs.py \
+	tests/test_keras_applications.py lrf_optuna/decompose lrf_optuna/rewrite.py \
+	lrf_optuna/costs.py "tests/test_cache.py::test_cache_builds_on_a_strided_conv_with_every_method"
+unit-noonednn: $(STAMP)
+	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest -q --durations=10 $(ENGINE_TESTS)
+
+test: setup test-deps lint unit unit-noonednn
 
 bench: setup
 	$(PY) -m benchmarks.run

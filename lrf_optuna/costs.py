@@ -8,7 +8,9 @@ Conventions (the same for original and rewritten models):
 * **MACs**: multiply-accumulates of one forward pass of one sample through the linear
   layers LRF acts on (Dense, convolutions of every kind and the :class:`FactorizedLayer`
   replacements). Bias additions, activations, normalisation, pooling and merges are not
-  counted: LRF leaves them unchanged. **FLOPs** are ``2 x MACs``.
+  counted: LRF leaves them unchanged. **FLOPs** are ``2 x MACs``. They come from the
+  shapes the graph knows and are summed over a layer's calls (a shared layer computes
+  once per call); a model whose multiplying layers have unknown spatial sizes is refused.
 
 Example:
     >>> import keras
@@ -21,7 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +31,9 @@ import keras
 import numpy as np
 
 from lrf_optuna.decompose import FactorizedLayer, UnsupportedLayerError, describe_layer
-from lrf_optuna.decompose.layers import Stage, conv_output_length, stage_output_channels
+from lrf_optuna.decompose._base import _graph_shapes, _layer_kind
+from lrf_optuna.decompose.fc_tensor_train import tt_macs_per_position
+from lrf_optuna.decompose.layers import Stage, conv_output_length, stage_output_shape
 
 __all__ = ["LayerCost", "ModelCost", "conv_output_length", "factorized_macs", "layer_costs",
            "model_costs", "stage_macs"]
@@ -83,49 +87,29 @@ def stage_macs(stage: Stage, in_shape: Sequence[int]) -> tuple[int, tuple[int, .
     """
     op = stage["op"]
     *spatial, c = (int(d) for d in in_shape)
-    positions = math.prod(spatial) if spatial else 1
-    c_out = stage_output_channels(stage, c)
+    out_shape = tuple(int(d) for d in stage_output_shape(stage, (*spatial, c)))  # type: ignore[arg-type]
+    positions = math.prod(spatial)
+    out_positions = math.prod(out_shape[:-1])
+    c_out = out_shape[-1]
+    taps = math.prod(int(k) for k in stage["kernel_shape"][:len(spatial)]) if op in (
+        "conv", "depthwise", "conv_transpose") else 1
     if op == "dense":
-        return positions * c * c_out, (*spatial, c_out)
-    if op == "tt":
-        m, n, r = stage["in_modes"], stage["out_modes"], stage["ranks"]
-        total = 0
-        for k in range(len(m)):
-            total += (math.prod(n[:k]) * r[k] * m[k] * n[k] * r[k + 1]
-                      * math.prod(m[k + 1:]))
-        return positions * total, (*spatial, c_out)
-    if op == "group_sum":
-        return 0, (*spatial, c_out)
-    nd = len(spatial)
-    strides = _expand(stage.get("strides", 1), nd)
-    if op == "subsample":
-        return 0, (*(-(-s // st) for s, st in zip(spatial, strides)), c)
-    kernel = [int(k) for k in stage["kernel_shape"][:nd]]
-    taps = math.prod(kernel)
-    dilation = _expand(stage.get("dilation_rate", 1), nd)
-    padding = stage.get("padding", "valid")
-    transpose = op == "conv_transpose"
-    out_pad = stage.get("output_padding")
-    out_spatial = tuple(
-        conv_output_length(n_, k_, stride=s_, dilation=d_, padding=padding,
-                           transpose=transpose,
-                           output_padding=None if out_pad is None else int(out_pad[i]))
-        for i, (n_, k_, s_, d_) in enumerate(zip(spatial, kernel, strides, dilation)))
-    out_positions = math.prod(out_spatial) if out_spatial else 1
-    if op == "conv":
-        per_group_in = int(stage["kernel_shape"][-2])
-        return out_positions * taps * per_group_in * c_out, (*out_spatial, c_out)
-    if op == "depthwise":
-        return out_positions * taps * c_out, (*out_spatial, c_out)
-    if op == "conv_transpose":
-        return positions * taps * c * c_out, (*out_spatial, c_out)
-    raise ValueError(f"Unknown stage op {op!r}.")
-
-
-def _expand(v: Any, n: int) -> list[int]:
-    if isinstance(v, (list, tuple)):
-        return [int(i) for i in v]
-    return [int(v)] * n
+        macs = positions * c * c_out
+    elif op == "tt":
+        macs = positions * tt_macs_per_position(stage["in_modes"], stage["out_modes"],
+                                                stage["ranks"])
+    elif op in ("group_sum", "subsample"):
+        macs = 0
+    elif op == "conv":
+        macs = out_positions * taps * int(stage["kernel_shape"][-2]) * c_out
+    elif op == "depthwise":
+        macs = out_positions * taps * c_out
+    elif op == "conv_transpose":
+        # every input position scatters a k x c_out patch for each input channel
+        macs = positions * taps * c * c_out
+    else:
+        raise ValueError(f"Unknown stage op {op!r}.")
+    return macs, out_shape
 
 
 def factorized_macs(layer: FactorizedLayer, input_shape: Sequence[int]) -> int:
@@ -144,29 +128,51 @@ def _weight_bytes(layer: keras.layers.Layer) -> int:
     return sum(int(np.prod(w.shape)) * np.dtype(w.dtype).itemsize for w in layer.weights)
 
 
-def _input_shape(layer: keras.layers.Layer) -> tuple[int, ...] | None:
-    try:
-        shape = tuple(layer.input.shape)[1:]
-    except (AttributeError, ValueError):
-        return None
-    if any(d is None for d in shape):
-        return None
-    return tuple(int(d) for d in shape)
+def _known(shape: tuple[Any, ...], layer: keras.layers.Layer) -> tuple[int, ...]:
+    dims = shape[1:]
+    if any(d is None for d in dims):
+        raise ValueError(
+            f"layer {layer.name!r}: the graph knows its shape only as {shape}; its MACs depend "
+            "on the unknown dimensions. Build the model on a fixed input shape, e.g. "
+            "keras.Input((height, width, channels))")
+    return tuple(int(d) for d in dims)
 
 
-def layer_costs(layer: keras.layers.Layer, path: str | None = None) -> LayerCost:
-    """Costs of one leaf layer (MACs need the layer's input shape from its graph node)."""
+def layer_costs(layer: keras.layers.Layer, path: str | None = None, *,
+                nodes: Container[int] | None = None) -> LayerCost:
+    """Costs of one leaf layer.
+
+    MACs come from the shapes the graph knows (the layer's input and output tensors) and
+    are summed over the layer's calls in the model (a layer shared by two branches
+    computes twice): the calls whose node ids are in ``nodes`` (:func:`model_costs` passes
+    its model's, :func:`lrf_optuna.rewrite.graph_nodes`), or the layer's first call when
+    ``nodes`` is None.
+
+    Raises:
+        ValueError: a layer that multiplies (Dense, a convolution, a
+            :class:`FactorizedLayer`) was called on a tensor of unknown spatial size.
+    """
+    def calls() -> list[tuple[Any, Any]]:
+        found = _graph_shapes(layer, nodes)
+        return found if nodes is not None else found[:1]
+
     macs = 0
-    shape = _input_shape(layer)
     if isinstance(layer, FactorizedLayer):
-        if shape is None:
-            raise ValueError(f"layer {layer.name!r}: input shape unknown, cannot count MACs")
-        macs = factorized_macs(layer, shape)
+        for in_shape, _ in calls():
+            macs += factorized_macs(layer, _known(in_shape, layer))
     elif layer.weights:
         try:
-            macs = describe_layer(layer, input_shape=shape).original_macs
+            _layer_kind(layer)
+            shapes = calls()
         except UnsupportedLayerError:
-            macs = 0
+            shapes = []  # not a layer LRF acts on: its MACs are not counted
+        for in_shape, out_shape in shapes:
+            try:
+                info = describe_layer(layer, input_shape=_known(in_shape, layer),
+                                      output_shape=_known(out_shape, layer))
+            except UnsupportedLayerError:
+                continue  # e.g. LoRA-enabled or quantized: left as it is, not counted
+            macs += info.original_macs
     return LayerCost(path=path or layer.name, class_name=type(layer).__name__,
                      params=int(layer.count_params()) if layer.built else 0,
                      bytes=_weight_bytes(layer), macs=int(macs))
@@ -174,6 +180,8 @@ def layer_costs(layer: keras.layers.Layer, path: str | None = None) -> LayerCost
 
 def model_costs(model: keras.Model) -> ModelCost:
     """Costs of every leaf layer of a model (nested models flattened by path)."""
-    from lrf_optuna.rewrite import iter_layers
+    from lrf_optuna.rewrite import graph_nodes, iter_layers
 
-    return ModelCost(tuple(layer_costs(layer, path) for path, layer in iter_layers(model)))
+    nodes = graph_nodes(model)
+    return ModelCost(tuple(layer_costs(layer, path, nodes=nodes)
+                           for path, layer in iter_layers(model)))

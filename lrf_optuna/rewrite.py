@@ -1,6 +1,7 @@
 """Find the decomposable layers of a model and swap them for factorized replacements.
 
-Works on Sequential and Functional models, with branches, skip connections, shared layers
+Works on Sequential and Functional models, with branches, skip connections, shared layers,
+Keras operations between layers (``y + 3.0``, ``keras.ops.*``), custom layers anywhere
 and nested models (a Functional or Sequential model used as a layer). Layers inside a nested
 model are addressed by their path, ``"outer_layer_name/inner_layer_name"``; top-level
 layers by their plain name.
@@ -34,8 +35,8 @@ from lrf_optuna.decompose import (
     methods_for,
 )
 
-__all__ = ["LayerEntry", "Plan", "check_supported_model", "find_layers", "iter_layers",
-           "rewrite_model"]
+__all__ = ["LayerEntry", "Plan", "check_supported_model", "find_layers", "graph_nodes",
+           "iter_layers", "rewrite_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -90,27 +91,61 @@ def iter_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, ker
             yield path, layer
 
 
+def graph_nodes(model: keras.Model) -> set[int]:
+    """Ids of the nodes (layer calls) of the model's graph and of its nested models' graphs.
+
+    A layer's own list of calls can hold more: Keras rebuilds a Sequential model's graph
+    as it adds each layer (when loading one, say), leaving the older calls behind; and a
+    layer may have been called in other graphs than this model's.
+
+    Example:
+        >>> import keras
+        >>> dense = keras.layers.Dense(2)
+        >>> _ = dense(keras.Input((4,)))                 # a call in another graph
+        >>> x = keras.Input((4,))
+        >>> model = keras.Model(x, dense(x))
+        >>> len(dense._inbound_nodes), sum(id(n) in graph_nodes(model)
+        ...                                for n in dense._inbound_nodes)
+        (2, 1)
+    """
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    ids = {id(node) for nodes in getattr(graph, "_nodes_by_depth", {}).values()
+           for node in nodes}
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            ids |= graph_nodes(layer)
+    return ids
+
+
 def find_layers(model: keras.Model, *, include_unsupported: bool = False
                 ) -> dict[str, LayerEntry]:
     """Describe the layers LRF can act on, keyed by path.
 
+    Layers are described from the shapes the graph knows (their input and output
+    tensors); a layer that cannot be described (a custom layer, a subclass that computes
+    differently, an unknown shape) is not decomposable and never stops the listing.
+
     Args:
         model: A built Sequential or Functional model.
         include_unsupported: Also return layers that have weights but no applicable
-            method, with the reason (for reports); weightless layers are never listed.
+            method, with the reason (for reports); weightless layers and
+            BatchNormalization are never listed.
 
     Raises:
         TypeError: for a subclassed model, saying what is supported.
     """
     _check_supported_model(model)
+    nodes = graph_nodes(model)
     out: dict[str, LayerEntry] = {}
     for path, layer in iter_layers(model):
         try:
-            info = describe_layer(layer)
-        except UnsupportedLayerError as err:
+            info = describe_layer(layer, nodes=nodes)
+        except Exception as err:  # a custom layer never stops the search: it is listed
             if include_unsupported and layer.weights and not isinstance(
                     layer, keras.layers.BatchNormalization):
-                out[path] = LayerEntry(path, layer, None, str(err))
+                reason = str(err) if isinstance(err, UnsupportedLayerError) else (
+                    f"layer {layer.name!r} cannot be described ({type(err).__name__}: {err})")
+                out[path] = LayerEntry(path, layer, None, reason)
             continue
         entry = LayerEntry(path, layer, info)
         if not entry.methods:
@@ -139,10 +174,15 @@ def rewrite_model(model: keras.Model, plan: Plan, *,
         factors: Optional ``{(layer_path, method, rank): factors}`` ready factor weights
             (e.g. from the similarity cache), used as they are.
 
+    Every replacement is run once on a zero sample when it is built, so the returned
+    model runs: a replacement that cannot run, or whose output shape differs from the
+    layer's, is refused here (:func:`lrf_optuna.decompose.verify_replacement`).
+
     Raises:
         KeyError: a plan entry names a layer the model does not have.
-        UnsupportedLayerError, DecompositionError: a method does not apply or the rank
-            is invalid (the message names the layer).
+        UnsupportedLayerError, DecompositionError: a method does not apply, its
+            replacement would not run, or the rank is invalid (the message names the
+            layer and the method).
     """
     _check_supported_model(model)
     paths = {id(layer): path for path, layer in iter_layers(model)}
@@ -155,10 +195,11 @@ def rewrite_model(model: keras.Model, plan: Plan, *,
                        f"decomposable layers are {sorted(find_layers(model))}")
 
     replacements: dict[str, keras.layers.Layer] = {}
+    nodes = graph_nodes(model)
     for path, (method_name, rank) in todo.items():
         layer = by_path[path]
         method = get_method(method_name)
-        info = describe_layer(layer)
+        info = describe_layer(layer, nodes=nodes)
         prep = (prepared or {}).get((path, method_name))
         ready = (factors or {}).get((path, method_name, int(rank)))
         replacements[path] = method.decompose(info, layer_weights(layer), int(rank),
@@ -171,7 +212,8 @@ def rewrite_model(model: keras.Model, plan: Plan, *,
         if path in replacements:
             return replacements[path]
         new = layer.__class__.from_config(layer.get_config())
-        if isinstance(layer, keras.layers.Layer):  # not the keras.ops calls of the graph
+        # operations called between layers (``y + 3.0``, ``keras.ops.*``) hold no weights
+        if isinstance(layer, keras.layers.Layer):
             copies.append((new, layer))
         return new
 

@@ -192,3 +192,30 @@ def test_bad_arguments(tmp_path, data) -> None:
         SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(methods=("x",)))
     with pytest.raises(FileNotFoundError, match="no similarity cache"):
         SimilarityCache.load(tmp_path / "missing")
+
+
+class _Scale(L.Layer):
+    """A custom layer with weights and no ``compute_output_shape``."""
+
+    def build(self, shape) -> None:
+        self.g = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.g
+
+
+def test_cache_builds_on_a_strided_conv_with_every_method(tmp_path, rng) -> None:
+    """Issue 9: without oneDNN the cache build of a plain ``Conv2D(6, 5, strides=2)`` net
+    crashed in cp's depthwise stages (unequal strides), and a custom layer anywhere
+    stopped it (find_layers asked it for its output shape); every method's candidates
+    score."""
+    model = keras.Sequential([keras.Input((12, 12, 3)), L.Conv2D(6, 5, strides=2, name="c"),
+                              _Scale(name="scale"), L.Flatten(), L.Dense(4, name="fc")],
+                             name="strided")
+    randomize_weights(model, rng)
+    x = rng.uniform(0, 1, (16, 12, 12, 3)).astype("float32")
+    cache = SimilarityCache.build(model, x, cache_dir=tmp_path, grid=GridConfig(points=3),
+                                  layers=["c"], workers=1, progress=False)
+    table = cache.tables["c"]
+    assert set(table.methods) == {"tucker2", "cp", "channel_svd", "spatial_svd"}
+    assert all(np.isfinite(c.scores["cosine"]) for c in table.candidates)

@@ -1,70 +1,82 @@
-"""Keras applications, every decomposable layer rewritten at full rank: same outputs,
-and the same again after a ``.keras`` round trip with ``safe_mode=True``."""
+"""Rewrite everything (issue 9): every ``keras.applications`` family that builds at a small
+input, and the zoo, with every decomposable layer rewritten at full rank, methods taken
+round-robin (:mod:`benchmarks.rewrite_coverage` runs the same checks and writes the
+per-family table to ``benchmarks/RESULTS.md``).
+
+Per architecture (built once): the outputs of the model and of every rewritten layer
+match the original's, so does the model loaded back from ``.keras`` with
+``safe_mode=True``, a rewrite at a quarter of each rank runs with finite outputs that
+differ from the original's, ``model_costs`` agrees with ``count_params()`` on all of
+them, every layer of a decomposable class is rewritten, and only layers of other classes
+are left out.
+"""
 
 from __future__ import annotations
 
-import itertools
+import sys
+from pathlib import Path
 
 import keras
-import numpy as np
 import pytest
-from conftest import rel_err
+from threadpoolctl import threadpool_limits
 
-from lrf_optuna.costs import model_costs
-from lrf_optuna.decompose import get_method
-from lrf_optuna.rewrite import find_layers, rewrite_model
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # plain ``pytest`` does not put the repository root on the path
+    sys.path.insert(0, str(ROOT))
 
-# Methods exact at their maximum rank at a size worth testing on big layers; CP's exact
-# rank (k^2 min(c_in, c_out)) is far too large there and is tested on small layers.
-CONV_METHODS = ("channel_svd", "tucker2", "spatial_svd")
-MATRIX_METHODS = ("svd", "qr", "tt")
+from benchmarks.rewrite_coverage import (  # noqa: E402
+    ARCHITECTURES,
+    build,
+    check,
+)
+from lrf_optuna.rewrite import iter_layers  # noqa: E402
 
-
-def _full_rank_plan(model: keras.Model) -> dict[str, tuple[str, int]]:
-    """Round-robin over the applicable methods, so every method meets real layers."""
-    conv_cycle = itertools.cycle(CONV_METHODS)
-    matrix_cycle = itertools.cycle(MATRIX_METHODS)
-    plan = {}
-    for path, entry in find_layers(model).items():
-        cycle = matrix_cycle if entry.info is not None and entry.info.is_matrix else conv_cycle
-        for _ in range(3):
-            name = next(cycle)
-            if name in entry.methods:
-                break
-        else:
-            name = entry.methods[0]
-        assert entry.info is not None
-        plan[path] = (name, get_method(name).max_rank(entry.info))
-    return plan
-
-
-APPS = {
-    "ResNet50": lambda: keras.applications.ResNet50(
-        weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
-    "MobileNetV2": lambda: keras.applications.MobileNetV2(
-        weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35,
-        classifier_activation=None),
-    "VGG16": lambda: keras.applications.VGG16(
-        weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
-}
+L = keras.layers
+DECOMPOSABLE = (L.Dense, L.Conv1D, L.Conv2D, L.Conv3D, L.Conv1DTranspose, L.Conv2DTranspose,
+                L.Conv3DTranspose, L.DepthwiseConv1D, L.DepthwiseConv2D, L.SeparableConv1D,
+                L.SeparableConv2D)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", sorted(APPS))
-def test_application_full_rank_roundtrip(name, tmp_path) -> None:
-    keras.utils.set_random_seed(0)
-    model = APPS[name]()
-    x = np.random.default_rng(0).uniform(0, 1, (2, 32, 32, 3)).astype("float32")
-    y = model.predict(x, verbose=0)
-    plan = _full_rank_plan(model)
-    assert len(plan) >= 14
-    used = {method for method, _ in plan.values()}
-    assert {"svd"} <= used or {"qr"} <= used or {"tt"} <= used
-    new = rewrite_model(model, plan)
-    y_new = new.predict(x, verbose=0)
-    assert rel_err(y_new, y) < 1e-4, name
-    path = tmp_path / f"{name}.keras"
-    new.save(path)
-    loaded = keras.saving.load_model(path, safe_mode=True)
-    assert rel_err(loaded.predict(x, verbose=0), y) < 1e-4
-    assert model_costs(loaded).params == loaded.count_params()
+@pytest.mark.parametrize("name", list(ARCHITECTURES))
+def test_rewrite_everything_at_full_rank(name: str, tmp_path) -> None:
+    model = build(name)
+    layers = dict(iter_layers(model))
+    expected = {p for p, layer in layers.items() if isinstance(layer, DECOMPOSABLE)}
+    with threadpool_limits(limits=1, user_api="blas"):  # a busy 2-core machine: see the module
+        result = check(name, model, tmp_path)
+    keras.backend.clear_session()
+
+    assert result.rewritten == len(expected) > 0
+    assert set(result.refused).isdisjoint(expected), result.refused
+    for path, reason in result.refused.items():
+        assert "is not a decomposable kind" in reason, (path, reason)
+    assert result.full_rank_error < 1e-4
+    assert result.round_trip_error < 1e-4
+    assert result.worst_layer_error < 1e-4, result.worst_layer
+    assert result.partial_finite
+    assert result.partial_error > 1e-3  # the quarter-rank rewrite really changed the model
+    assert result.params_agree, result.params
+    # every method meets real layers: among the layers the same methods apply to, each of
+    # those methods is used as soon as there are as many layers as methods
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for path, methods in result.applicable.items():
+        groups.setdefault(methods, []).append(result.plan[path][0])
+    for methods, used in groups.items():
+        if len(used) >= len(methods):
+            assert set(used) == set(methods), (methods, used)
+
+
+def test_render_lists_rows_and_refusals(tmp_path) -> None:
+    """The benchmark's table: one row per architecture, refused layers grouped by reason."""
+    from benchmarks.rewrite_coverage import SECTION, render
+
+    x = keras.Input((8, 8, 3))
+    y = keras.layers.LayerNormalization(name="ln")(keras.layers.Conv2D(4, 3, name="c")(x))
+    model = keras.Model(x, keras.layers.Dense(2, name="fc")(y))
+    result = check("tiny", model, tmp_path)
+    assert (result.rewritten, result.refused) == (2, {"ln": result.refused["ln"]})
+    assert result.full_rank_error < 1e-5 and result.params_agree
+    body = render([result], "python -m benchmarks.rewrite_coverage --architectures tiny")
+    assert "| tiny " in body and "LayerNormalization is not a decomposable kind" in body
+    assert "--architectures tiny" in body and SECTION.startswith("Rewrite coverage")

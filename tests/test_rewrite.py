@@ -7,7 +7,13 @@ import numpy as np
 import pytest
 from conftest import randomize_weights, rel_err
 
-from lrf_optuna.decompose import DecompositionError, FactorizedLayer, UnsupportedLayerError
+from lrf_optuna.costs import model_costs
+from lrf_optuna.decompose import (
+    DecompositionError,
+    FactorizedLayer,
+    UnsupportedLayerError,
+    get_method,
+)
 from lrf_optuna.rewrite import find_layers, iter_layers, rewrite_model
 
 L = keras.layers
@@ -161,3 +167,160 @@ def test_rewritten_model_roundtrips_safe_mode(tmp_path, rng) -> None:
     np.testing.assert_allclose(loaded.predict(x, verbose=0), new.predict(x, verbose=0),
                                rtol=1e-5, atol=1e-6)
     assert isinstance(loaded.get_layer("c1"), FactorizedLayer)
+
+
+# -- what real architectures contain (issue 9): each defect's repro is a regression test --
+def test_keras_operations_between_layers_are_cloned(rng) -> None:
+    """Defect 1: ``y + 3.0`` and other ``keras.ops`` between layers (MobileNetV3's
+    hard-swish) once broke rewrite_model ('Add' object has no attribute 'set_weights')."""
+    x = keras.Input((8, 8, 3))
+    y = L.Conv2D(4, 3, name="c")(x)
+    y = y * keras.ops.relu6(y + 3.0) * (1.0 / 6.0)
+    model = keras.Model(x, L.Dense(2, name="fc")(y))
+    randomize_weights(model, rng)
+    new = rewrite_model(model, {"c": ("channel_svd", 4), "fc": ("svd", 2)})
+    assert isinstance(new.get_layer("c"), FactorizedLayer)
+    xs = rng.standard_normal((2, 8, 8, 3)).astype("float32")
+    assert rel_err(new(xs), model(xs)) < 1e-5
+
+
+def _strided_pair() -> keras.Model:
+    x = keras.Input((9, 9, 4))
+    y = L.DepthwiseConv2D(3, strides=2, padding="same", name="dw")(x)
+    return keras.Model(x, L.Conv2D(6, 3, strides=2, padding="same", name="c")(y))
+
+
+@pytest.mark.parametrize("plan", [{"dw": "spatial_svd"}, {"c": "cp"},
+                                  {"dw": "spatial_svd", "c": "cp"}], ids=str)
+def test_strided_depthwise_stages_run_and_are_exact(plan, rng) -> None:
+    """Defect 2: spatial_svd on a strided DepthwiseConv2D and cp on a strided Conv2D built
+    a model that failed when called without oneDNN (unequal depthwise strides)."""
+    model = _strided_pair()
+    randomize_weights(model, rng)
+    found = find_layers(model)
+    full = {p: (m, get_method(m).max_rank(found[p].info)) for p, m in plan.items()}
+    new = rewrite_model(model, full)
+    xs = rng.standard_normal((3, 9, 9, 4)).astype("float32")
+    assert rel_err(new(xs), model(xs)) < 1e-4
+    low = rewrite_model(model, {p: (m, 1) for p, m in plan.items()})
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(low(xs))))
+
+
+@keras.saving.register_keras_serializable(package="lrf_optuna_tests")
+class Scale(L.Layer):
+    """Weights and no compute_output_shape, as ConvNeXt's layer scale or a user's layer."""
+
+    def build(self, shape) -> None:
+        self.g = self.add_weight(shape=(shape[-1],), initializer="ones")
+
+    def call(self, x):
+        return x * self.g
+
+
+def test_custom_layer_without_output_shape_does_not_stop_find_layers(rng) -> None:
+    """Defect 3: find_layers raised NotImplementedError on a layer with weights and no
+    compute_output_shape; so did it on rewritten models (FactorizedLayer had none)."""
+    x = keras.Input((8, 8, 3))
+    y = Scale(name="scale")(L.Conv2D(4, 3, name="c")(x))
+    model = keras.Model(x, L.Dense(2, name="fc")(Scale(name="scale2")(y)))
+    assert sorted(find_layers(model)) == ["c", "fc"]
+    listed = find_layers(model, include_unsupported=True)
+    assert listed["scale"].info is None and "not a decomposable kind" in listed["scale"].reason
+    new = rewrite_model(model, {"c": ("channel_svd", 2)})
+    assert sorted(find_layers(new)) == ["fc"]
+    assert "FactorizedLayer" in find_layers(new, include_unsupported=True)["c"].reason
+    assert new.get_layer("c").compute_output_shape((None, 8, 8, 3)) == (None, 6, 6, 4)
+    assert model_costs(new).params == new.count_params()
+
+
+def test_strided_dilated_depthwise_keeps_static_shapes(rng) -> None:
+    """Defect 4: spatial_svd on a DepthwiseConv2D with strides 2 and dilation 2 gave
+    (None, None, None, 4); the next layer then cost 0 MACs or model_costs raised."""
+    x = keras.Input((11, 11, 4))
+    y = L.DepthwiseConv2D(3, strides=2, dilation_rate=2, padding="same", name="dw")(x)
+    model = keras.Model(x, L.Conv2D(6, 3, name="c")(y))
+    randomize_weights(model, rng)
+    new = rewrite_model(model, {"dw": ("spatial_svd", 2)})
+    assert tuple(new.get_layer("dw").output.shape) == (None, 6, 6, 4)
+    assert model_costs(new).by_path()["c"].macs == 4 * 4 * 6 * 9 * 4
+    both = rewrite_model(model, {"dw": ("spatial_svd", 3), "c": ("channel_svd", 6)})
+    assert model_costs(both).by_path()["c"].macs == get_method("channel_svd").macs(
+        find_layers(model)["c"].info, 6)
+    xs = rng.standard_normal((2, 11, 11, 4)).astype("float32")
+    assert rel_err(both(xs), model(xs)) < 1e-4
+
+
+def test_replacement_with_another_output_shape_is_refused_at_rewrite_time(monkeypatch) -> None:
+    """A replacement that cannot run, or whose output shape differs, is refused when the
+    model is rewritten, naming the layer and the method, never when it is called."""
+    from lrf_optuna.decompose.conv_spatial_svd import SpatialSVD
+
+    model = _strided_pair()
+    stages = SpatialSVD.stages
+    monkeypatch.setattr(SpatialSVD, "stages", lambda self, info, rank: [
+        {**s, "padding": "valid"} for s in stages(self, info, rank)])
+    wrong_shape = r"'spatial_svd' on layer 'dw'.*outputs shape \(4, 4, 4\).*\(5, 5, 4\)"
+    with pytest.raises(UnsupportedLayerError, match=wrong_shape):
+        rewrite_model(model, {"dw": ("spatial_svd", 2)})
+    monkeypatch.setattr(SpatialSVD, "stages", stages)
+
+    def refuse(self, inputs):
+        raise RuntimeError("this kernel is not available")
+
+    monkeypatch.setattr(FactorizedLayer, "call", refuse)
+    with pytest.raises(UnsupportedLayerError,
+                       match=r"'cp' on layer 'c'.*does not run.*not available"):
+        rewrite_model(model, {"c": ("cp", 2)})
+
+
+def test_subclass_that_computes_differently_is_not_decomposable(rng) -> None:
+    """A subclass of Dense that overrides call() is listed with the reason; one that only
+    renames is decomposed like Dense."""
+
+    class Shifted(L.Dense):
+        def call(self, x):
+            return super().call(x) + 1.0
+
+    class Renamed(L.Dense):
+        pass
+
+    x = keras.Input((6,))
+    model = keras.Model(x, Renamed(3, name="renamed")(Shifted(4, name="shifted")(x)))
+    listed = find_layers(model, include_unsupported=True)
+    assert listed["shifted"].info is None and "overrides call()" in listed["shifted"].reason
+    assert "svd" in listed["renamed"].methods
+
+
+def test_shared_layer_macs_count_every_call() -> None:
+    shared = L.Conv2D(4, 3, name="shared")
+    a, b = keras.Input((6, 6, 2)), keras.Input((8, 8, 2))
+    model = keras.Model([a, b], [shared(a), shared(b)])
+    assert model_costs(model).macs == (4 * 4 + 6 * 6) * 4 * 9 * 2
+    new = rewrite_model(model, {"shared": ("channel_svd", 4)})
+    info = find_layers(model)["shared"].info
+    assert info.input_shape == (6, 6, 2)  # the first call's
+    expected = get_method("channel_svd").macs(info, 4) * (1 + 36 / 16)
+    assert model_costs(new).macs == expected
+
+
+def test_unknown_spatial_size_is_an_error_not_zero_macs() -> None:
+    x = keras.Input((None, None, 3))
+    model = keras.Model(x, L.Conv2D(4, 3, name="c")(x))
+    with pytest.raises(ValueError, match=r"'c'.*fixed input shape"):
+        model_costs(model)
+    assert "unknown" in find_layers(model, include_unsupported=True)["c"].reason
+
+
+def test_shapes_come_from_the_models_own_graph(rng) -> None:
+    """A layer first called in another graph, on another shape, is described (and
+    costed, and rewritten) by its call in this model."""
+    conv = L.Conv2D(4, 3, name="c")
+    conv(keras.Input((20, 20, 3)))  # an earlier, unrelated graph
+    x = keras.Input((8, 8, 3))
+    model = keras.Model(x, conv(x))
+    info = find_layers(model)["c"].info
+    assert info.input_shape == (8, 8, 3) and info.output_shape == (6, 6, 4)
+    assert model_costs(model).macs == 6 * 6 * 4 * 27
+    new = rewrite_model(model, {"c": ("channel_svd", 4)})
+    xs = rng.standard_normal((2, 8, 8, 3)).astype("float32")
+    assert rel_err(new(xs), model(xs)) < 1e-5

@@ -43,6 +43,7 @@ from lrf_optuna.decompose._base import (
     methods_for,
     register_method,
     validate_weights,
+    verify_replacement,
 )
 from lrf_optuna.decompose._matrix import matrix_of
 from lrf_optuna.decompose.layers import FactorizedLayer
@@ -69,4 +70,5 @@ __all__ = [
     "methods_for",
     "register_method",
     "validate_weights",
+    "verify_replacement",
 ]

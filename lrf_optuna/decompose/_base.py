@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -26,6 +26,7 @@ __all__ = [
     "methods_for",
     "register_method",
     "validate_weights",
+    "verify_replacement",
 ]
 
 LayerKind = Literal["dense", "conv", "conv_transpose", "depthwise", "separable"]
@@ -163,37 +164,116 @@ def _to_channels_last(shape: tuple[int, ...], data_format: str) -> tuple[int, ..
     return shape
 
 
-_CONV_CLASSES = ("Conv1D", "Conv2D", "Conv3D")
-_TRANSPOSE_CLASSES = ("Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
-_DEPTHWISE_CLASSES = ("DepthwiseConv1D", "DepthwiseConv2D")
-_SEPARABLE_CLASSES = ("SeparableConv1D", "SeparableConv2D")
+def _from_channels_last(shape: tuple[int, ...], data_format: str) -> tuple[int, ...]:
+    """The inverse of :func:`_to_channels_last`: a shape as the layer sees it."""
+    if data_format == "channels_first" and len(shape) > 1:
+        return (shape[-1], *shape[:-1])
+    return shape
+
+
+def _decomposable_kinds() -> dict[type, LayerKind]:
+    L = keras.layers
+    return {L.Dense: "dense",
+            L.Conv1D: "conv", L.Conv2D: "conv", L.Conv3D: "conv",
+            L.Conv1DTranspose: "conv_transpose", L.Conv2DTranspose: "conv_transpose",
+            L.Conv3DTranspose: "conv_transpose",
+            L.DepthwiseConv1D: "depthwise", L.DepthwiseConv2D: "depthwise",
+            L.SeparableConv1D: "separable", L.SeparableConv2D: "separable"}
+
+
+def _layer_kind(layer: keras.layers.Layer) -> LayerKind:
+    """The kind of a decomposable layer, from its class alone (no shape is looked at).
+
+    A subclass of a supported class counts only when it computes as its base does (it
+    overrides neither ``call`` nor ``convolution_op``): the replacement reproduces the
+    base class's computation, not a custom one.
+    """
+    cls = type(layer)
+    kinds = _decomposable_kinds()
+    base = next((b for b in cls.__mro__ if b in kinds), None)
+    if base is None:
+        raise UnsupportedLayerError(
+            f"layer {layer.name!r} of class {cls.__name__} is not a decomposable kind "
+            "(supported: Dense, Conv1D/2D/3D, Conv1D/2D/3DTranspose, DepthwiseConv1D/2D, "
+            "SeparableConv1D/2D)")
+    for method in ("call", "convolution_op"):
+        if getattr(cls, method, None) is not getattr(base, method, None):
+            raise UnsupportedLayerError(
+                f"layer {layer.name!r} of class {cls.__name__} subclasses {base.__name__} but "
+                f"overrides {method}(), so its replacement would not compute what it does")
+    mode = getattr(getattr(layer, "dtype_policy", None), "quantization_mode", None)
+    if mode:
+        raise UnsupportedLayerError(
+            f"layer {layer.name!r} is quantized ({mode}); decompose the float model")
+    return kinds[base]
+
+
+def _graph_shapes(layer: keras.layers.Layer, nodes: Container[int] | None = None
+                  ) -> list[tuple[Any, Any]]:
+    """``(input_shape, output_shape)`` (batch axis included) of the layer's calls in a
+    graph, as the graph's own tensors know them: those whose node ids are in ``nodes``, or
+    every call when ``nodes`` is None."""
+    out = []
+    for node in getattr(layer, "_inbound_nodes", []):
+        if nodes is not None and id(node) not in nodes:
+            continue
+        ins, outs = node.input_tensors, node.output_tensors
+        if len(ins) != 1 or len(outs) != 1:
+            raise UnsupportedLayerError(
+                f"layer {layer.name!r} takes {len(ins)} input(s) and gives {len(outs)} "
+                "output(s); decomposable layers have one of each")
+        out.append((tuple(ins[0].shape), tuple(outs[0].shape)))
+    return out
 
 
 def describe_layer(layer: keras.layers.Layer, *, input_shape: Any = None,
-                   output_shape: Any = None) -> LayerInfo:
+                   output_shape: Any = None, nodes: Container[int] | None = None) -> LayerInfo:
     """Describe a decomposable layer, or raise :class:`UnsupportedLayerError` saying why.
+
+    The layer's class is looked at first, so any other layer (a custom one included) is
+    refused without being asked anything. Shapes come from the graph: the layer's input
+    and output tensors in the model it was called in.
 
     Args:
         layer: A built Keras layer (Dense, ConvND, ConvNDTranspose, DepthwiseConvND,
             SeparableConvND).
-        input_shape: Its input shape without the batch axis; taken from the layer's graph
-            node when omitted.
-        output_shape: Its output shape without the batch axis; computed when omitted.
+        input_shape: Its input shape without the batch axis; taken from the layer's (first)
+            call in its graph when omitted.
+        output_shape: Its output shape without the batch axis; taken from the call in the
+            graph with that input shape when there is one, else computed by the layer.
+        nodes: Ids of the graph nodes whose calls count (a model's:
+            :func:`lrf_optuna.rewrite.graph_nodes`); every call of the layer when omitted.
     """
+    kind = _layer_kind(layer)
     cls = type(layer).__name__
     if not layer.built:
         raise UnsupportedLayerError(f"layer {layer.name!r} is not built")
+    calls = _graph_shapes(layer, nodes)
     if input_shape is None:
-        try:
-            input_shape = _shape_without_batch(layer.input.shape)
-        except (AttributeError, ValueError) as err:
+        if not calls:
             raise UnsupportedLayerError(
-                f"layer {layer.name!r}: cannot infer its input shape ({err})") from err
+                f"layer {layer.name!r}: cannot infer its input shape (it was never called "
+                "on a symbolic input; pass input_shape)")
+        input_shape = _shape_without_batch(calls[0][0])
     input_shape = tuple(int(d) for d in input_shape)
     if output_shape is None:
-        output_shape = _shape_without_batch(layer.compute_output_shape((1, *input_shape)))
+        known = [o for i, o in calls if tuple(i)[1:] == input_shape]
+        if known:
+            output_shape = _shape_without_batch(known[0])
+        else:
+            try:
+                output_shape = _shape_without_batch(
+                    layer.compute_output_shape((1, *input_shape)))
+            except UnsupportedLayerError:
+                raise
+            except Exception as err:
+                raise UnsupportedLayerError(
+                    f"layer {layer.name!r}: cannot compute its output shape for input shape "
+                    f"{input_shape} ({type(err).__name__}: {err})") from err
     output_shape = tuple(int(d) for d in output_shape)
     cfg = layer.get_config()
+    if cfg.get("lora_rank"):
+        raise UnsupportedLayerError(f"layer {layer.name!r} has LoRA enabled")
     data_format = cfg.get("data_format") or "channels_last"
     common: dict[str, Any] = dict(
         name=layer.name,
@@ -205,36 +285,29 @@ def describe_layer(layer: keras.layers.Layer, *, input_shape: Any = None,
         output_shape=_to_channels_last(output_shape, data_format),
         dtype=str(layer.variable_dtype),
     )
-    if isinstance(layer, keras.layers.Dense):
+    if kind == "dense":
         kernel = layer.kernel
         return LayerInfo(kind="dense", in_channels=int(kernel.shape[0]),
                          out_channels=int(kernel.shape[1]), **common)
-    if cls in _CONV_CLASSES + _TRANSPOSE_CLASSES + _DEPTHWISE_CLASSES + _SEPARABLE_CLASSES:
-        if cfg.get("lora_rank"):
-            raise UnsupportedLayerError(f"layer {layer.name!r} has LoRA enabled")
-        n = len(_tuple(cfg["kernel_size"]))
-        conv: dict[str, Any] = dict(
-            kernel_size=_ntuple(cfg["kernel_size"], n),
-            strides=_ntuple(cfg["strides"], n),
-            dilation_rate=_ntuple(cfg["dilation_rate"], n),
-            padding=str(cfg["padding"]),
-        )
-        c_in = common["input_shape"][-1]
-        c_out = common["output_shape"][-1]
-        if cls in _CONV_CLASSES:
-            return LayerInfo(kind="conv", in_channels=c_in, out_channels=c_out,
-                             groups=int(cfg.get("groups", 1)), **conv, **common)
-        if cls in _TRANSPOSE_CLASSES:
-            op = cfg.get("output_padding")
-            return LayerInfo(kind="conv_transpose", in_channels=c_in, out_channels=c_out,
-                             output_padding=None if op is None else _ntuple(op, n),
-                             **conv, **common)
-        kind: LayerKind = "depthwise" if cls in _DEPTHWISE_CLASSES else "separable"
-        return LayerInfo(kind=kind, in_channels=c_in, out_channels=c_out,
-                         depth_multiplier=int(cfg.get("depth_multiplier", 1)), **conv, **common)
-    raise UnsupportedLayerError(
-        f"layer {layer.name!r} of class {cls} is not a decomposable kind (supported: Dense, "
-        "Conv1D/2D/3D, Conv1D/2D/3DTranspose, DepthwiseConv1D/2D, SeparableConv1D/2D)")
+    n = len(_tuple(cfg["kernel_size"]))
+    conv: dict[str, Any] = dict(
+        kernel_size=_ntuple(cfg["kernel_size"], n),
+        strides=_ntuple(cfg["strides"], n),
+        dilation_rate=_ntuple(cfg["dilation_rate"], n),
+        padding=str(cfg["padding"]),
+    )
+    c_in = common["input_shape"][-1]
+    c_out = common["output_shape"][-1]
+    if kind == "conv":
+        return LayerInfo(kind="conv", in_channels=c_in, out_channels=c_out,
+                         groups=int(cfg.get("groups", 1)), **conv, **common)
+    if kind == "conv_transpose":
+        op = cfg.get("output_padding")
+        return LayerInfo(kind="conv_transpose", in_channels=c_in, out_channels=c_out,
+                         output_padding=None if op is None else _ntuple(op, n),
+                         **conv, **common)
+    return LayerInfo(kind=kind, in_channels=c_in, out_channels=c_out,
+                     depth_multiplier=int(cfg.get("depth_multiplier", 1)), **conv, **common)
 
 
 def layer_weights(layer: keras.layers.Layer) -> dict[str, np.ndarray]:
@@ -347,6 +420,12 @@ class LRFMethod(abc.ABC):
             rank: The rank knob, in ``[min_rank, max_rank]``.
             prepared: The result of :meth:`prepare` on the same weights, to reuse it.
             factors: Ready factors (from :meth:`factorize`, e.g. cached); skips the work.
+
+        Raises:
+            UnsupportedLayerError: the method does not apply, or the replacement does not
+                run here or outputs another shape than the layer (it is run once on a
+                zero sample: :func:`verify_replacement`).
+            DecompositionError: invalid rank or non-finite weights.
         """
         if rank is None:
             raise DecompositionError(
@@ -360,11 +439,9 @@ class LRFMethod(abc.ABC):
         layer = FactorizedLayer(
             self.stages(info, int(rank)), method=self.name, rank=int(rank),
             use_bias=info.use_bias, activation=info.activation, data_format=info.data_format,
-            original_class=info.class_name, name=info.name, dtype=info.dtype)
-        shape = info.input_shape
-        if info.data_format == "channels_first" and len(shape) > 1:
-            shape = (shape[-1], *shape[:-1])
-        layer.build((None, *shape))
+            original_class=info.class_name, kernel_initializer="zeros", name=info.name,
+            dtype=info.dtype)
+        layer.build((None, *_from_channels_last(info.input_shape, info.data_format)))
         values = [np.asarray(f, dtype=info.dtype) for f in factors]
         if info.use_bias:
             values.append(np.asarray(weights["bias"], dtype=info.dtype))
@@ -374,7 +451,46 @@ class LRFMethod(abc.ABC):
             raise AssertionError(
                 f"{self.name}: factor shapes {got} do not match the stages {expected}")
         layer.set_weights(values)
+        verify_replacement(self.name, info, layer)
         return layer
+
+
+def verify_replacement(method: str, info: LayerInfo, layer: keras.layers.Layer) -> None:
+    """Run a replacement once on one zero sample of the original input shape; raise
+    :class:`UnsupportedLayerError` naming the layer and the method when it cannot run here
+    or its output shape differs from the original layer's.
+
+    :meth:`LRFMethod.decompose` calls it on every layer it builds, so a replacement that
+    would fail is refused when it is made, never later inside a user's model.
+
+    Example:
+        >>> dense = keras.layers.Dense(4, name="fc")
+        >>> _ = dense.build((None, 8))
+        >>> info = describe_layer(dense, input_shape=(8,))
+        >>> wrong = FactorizedLayer([{"op": "dense", "kernel_shape": [8, 3]}], method="svd",
+        ...                         rank=3)
+        >>> try:
+        ...     verify_replacement("svd", info, wrong)
+        ... except UnsupportedLayerError as err:
+        ...     print(str(err).replace(": ", ":\\n", 1))
+        method 'svd' on layer 'fc' (Dense):
+        the replacement outputs shape (3,), but the layer outputs (4,)
+    """
+    where = f"method {method!r} on layer {info.name!r} ({info.class_name})"
+    probe = np.zeros((1, *_from_channels_last(info.input_shape, info.data_format)),
+                     dtype=layer.compute_dtype)
+    try:
+        out = layer(probe)
+    except Exception as err:
+        detail = " ".join(str(err).split())[:400]
+        raise UnsupportedLayerError(
+            f"{where}: the replacement does not run with this TensorFlow "
+            f"({type(err).__name__}: {detail})") from err
+    expected = _from_channels_last(info.output_shape, info.data_format)
+    got = tuple(int(d) for d in out.shape[1:])
+    if got != expected:
+        raise UnsupportedLayerError(
+            f"{where}: the replacement outputs shape {got}, but the layer outputs {expected}")
 
 
 def validate_weights(info: LayerInfo, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -7,6 +7,11 @@ weights (``add_weight``), applies the stages with ``keras.ops`` only, and never 
 full kernel, so the saved FLOPs are real. It keeps the original layer's name, so the graph
 keeps its shape and plans keep referring to the same names.
 
+Every stage computes channels-last, whatever the layer's ``data_format``, and only with
+operations that every TensorFlow CPU kernel runs, with or without oneDNN: a depthwise
+stage with unequal row / column strides, or with a stride and a dilation, is rewritten
+exactly into one that needs neither (:func:`_depthwise_2d`).
+
 A stage is a plain JSON-able ``dict`` with an ``"op"`` key:
 
 ============== ==================================================================
@@ -33,8 +38,8 @@ from typing import Any
 import keras
 from keras import ops
 
-__all__ = ["FactorizedLayer", "conv_output_length", "stage_output_channels", "stage_weight_shapes",
-           "tt_matmul"]
+__all__ = ["FactorizedLayer", "conv_output_length", "stage_output_channels", "stage_output_shape",
+           "stage_weight_shapes", "tt_matmul"]
 
 Stage = dict[str, Any]
 
@@ -99,6 +104,47 @@ def conv_output_length(n: int, k: int, *, stride: int = 1, dilation: int = 1,
     return max(-(-(n - k_eff + 1) // stride), 0)
 
 
+def _ntuple(v: Any, n: int) -> tuple[int, ...]:
+    if isinstance(v, (list, tuple)):
+        return tuple(int(i) for i in v)
+    return (int(v),) * n
+
+
+def stage_output_shape(stage: Stage, in_shape: Sequence[int | None]) -> tuple[int | None, ...]:
+    """Shape a stage outputs for one sample of ``in_shape`` (channels-last, no batch axis).
+
+    Unknown (``None``) spatial sizes stay unknown.
+
+    Example:
+        >>> stage_output_shape({"op": "depthwise", "kernel_shape": [3, 1, 4, 2],
+        ...                     "strides": [2, 1], "padding": "same"}, (9, 9, 4))
+        (5, 9, 8)
+    """
+    op = stage["op"]
+    *spatial, c = in_shape
+    if c is None:
+        raise ValueError(f"a {op!r} stage needs a known channel count, but got {tuple(in_shape)}")
+    c_out = stage_output_channels(stage, int(c))
+    if op in ("dense", "tt", "group_sum"):
+        return (*spatial, c_out)
+    nd = len(spatial)
+    strides = _ntuple(stage.get("strides", 1), nd)
+    if op == "subsample":
+        return (*(None if n is None else -(-int(n) // s) for n, s in zip(spatial, strides)), c)
+    if op not in ("conv", "depthwise", "conv_transpose"):
+        raise ValueError(f"Unknown stage op {op!r}.")
+    kernel = [int(k) for k in stage["kernel_shape"][:nd]]
+    dilation = _ntuple(stage.get("dilation_rate", 1), nd)
+    out_pad = stage.get("output_padding")
+    out_spatial = tuple(
+        None if n is None else conv_output_length(
+            int(n), k, stride=s, dilation=d, padding=stage.get("padding", "valid"),
+            transpose=op == "conv_transpose",
+            output_padding=None if out_pad is None else int(out_pad[i]))
+        for i, (n, k, s, d) in enumerate(zip(spatial, kernel, strides, dilation)))
+    return (*out_spatial, c_out)
+
+
 def tt_matmul(x: Any, cores: Sequence[Any], in_modes: Sequence[int],
               out_modes: Sequence[int]) -> Any:
     """Multiply ``x`` (``(..., prod(in_modes))``) by a TT-matrix given by its cores.
@@ -129,10 +175,114 @@ def tt_matmul(x: Any, cores: Sequence[Any], in_modes: Sequence[int],
     return ops.reshape(state, (*lead, n_out))
 
 
-def _ntuple(v: Any, n: int) -> tuple[int, ...]:
-    if isinstance(v, (list, tuple)):
-        return tuple(int(i) for i in v)
-    return (int(v),) * n
+def _dim(x: Any, axis: int) -> Any:
+    """Size of ``x`` along ``axis``: a Python int when static, else a scalar tensor."""
+    size = x.shape[axis]
+    return int(size) if size is not None else ops.shape(x)[axis]
+
+
+def _same_pads(n: Any, k_eff: int, stride: int) -> tuple[Any, Any]:
+    """TensorFlow's "same" padding of one axis, ``(before, after)`` (extra goes after)."""
+    total = ((n + stride - 1) // stride - 1) * stride + k_eff - n
+    total = max(total, 0) if isinstance(total, int) else ops.maximum(total, 0)
+    return total // 2, total - total // 2
+
+
+def _slice_axis(x: Any, axis: int, start: Any = 0, stop: Any = None, step: int = 1) -> Any:
+    index = [slice(None)] * len(x.shape)
+    index[axis] = slice(start, stop, step)
+    return x[tuple(index)]
+
+
+def _depthwise_2d(x: Any, kernel: Any, strides: Sequence[int], padding: str,
+                  dilation: Sequence[int]) -> Any:
+    """A 2-D depthwise convolution, channels-last, built only from ops that every
+    TensorFlow CPU kernel runs.
+
+    TensorFlow's plain CPU kernel (no oneDNN) refuses unequal row / column strides, and
+    ``tf.nn.depthwise_conv2d`` refuses a stride together with a dilation. Both are common
+    here: the per-axis stages of ``cp`` and ``spatial_svd`` carry the original stride on one
+    axis only. The call is rewritten, exactly and without extra multiplications, into one
+    the kernels accept:
+
+    1. "same" padding becomes explicit (TensorFlow's rule), the convolution "valid";
+    2. an axis whose kernel is 1 takes its stride as a strided slice (a 1-tap conv reads
+       every ``s``-th position); an axis with stride ``s`` and dilation ``d`` first keeps
+       every ``gcd(s, d)``-th position (all its taps land there) and divides both by it;
+    3. equal strides, not both strided and dilated: the native op;
+    4. one axis with a kernel longer than 1 and a stride: the other axis is folded into
+       the batch (or the channels), which leaves a size-1 axis that accepts any stride,
+       so the native op runs with equal strides;
+    5. anything else (both axes strided unequally, or coprime stride and dilation): the
+       sum over taps of strided slices times the tap's weights.
+    """
+    taps = (int(kernel.shape[0]), int(kernel.shape[1]))
+    strides, dilation = list(strides), list(dilation)
+
+    def native_ok() -> bool:
+        return strides[0] == strides[1] and (strides == [1, 1] or dilation == [1, 1])
+
+    if native_ok():
+        return ops.depthwise_conv(x, kernel, strides=tuple(strides), padding=padding,
+                                  data_format="channels_last", dilation_rate=tuple(dilation))
+    if padding == "same":
+        pads = [_same_pads(_dim(x, 1 + a), (taps[a] - 1) * dilation[a] + 1, strides[a])
+                for a in range(2)]
+        x = ops.pad(x, ((0, 0), *pads, (0, 0)))
+    for a in range(2):
+        step = strides[a] if taps[a] == 1 else math.gcd(strides[a], dilation[a])
+        if step > 1:
+            x = _slice_axis(x, 1 + a, step=step)
+            strides[a] //= step
+            dilation[a] //= step
+        if taps[a] == 1:
+            dilation[a] = 1
+    if native_ok():
+        return ops.depthwise_conv(x, kernel, strides=tuple(strides), padding="valid",
+                                  data_format="channels_last", dilation_rate=tuple(dilation))
+    moving = [a for a in range(2) if taps[a] > 1]
+    h, w, c = _dim(x, 1), _dim(x, 2), int(x.shape[-1])
+    mult = int(kernel.shape[-1])
+    if len(moving) == 1 and dilation[moving[0]] == 1:
+        s = strides[moving[0]]
+        if moving[0] == 1:    # (1, kw): rows into the batch, (B H, 1, W, C)
+            y = ops.depthwise_conv(ops.reshape(x, (-1, 1, w, c)), kernel, strides=(s, s),
+                                   padding="valid", data_format="channels_last")
+            return ops.reshape(y, (-1, h, _dim(y, 2), c * mult))
+        # (kh, 1): columns into the channels, (B, H, 1, W C), the kernel tiled W times
+        tiled = ops.tile(kernel, (1, 1, w, 1))
+        y = ops.depthwise_conv(ops.reshape(x, (-1, h, 1, w * c)), tiled, strides=(s, s),
+                               padding="valid", data_format="channels_last")
+        return ops.reshape(y, (-1, _dim(y, 1), w, c * mult))
+    out = [(n - (k - 1) * d - 1) // s + 1
+           for n, k, s, d in zip((h, w), taps, strides, dilation)]
+    y = None
+    for i in range(taps[0]):
+        for j in range(taps[1]):
+            patch = _slice_axis(x, 1, i * dilation[0], i * dilation[0]
+                                + (out[0] - 1) * strides[0] + 1, strides[0])
+            patch = _slice_axis(patch, 2, j * dilation[1], j * dilation[1]
+                                + (out[1] - 1) * strides[1] + 1, strides[1])
+            term = ops.expand_dims(patch, -1) * kernel[i, j]
+            y = term if y is None else y + term
+    return ops.reshape(y, (-1, out[0], out[1], c * mult))
+
+
+def _depthwise(x: Any, kernel: Any, strides: Sequence[int], padding: str,
+               dilation: Sequence[int]) -> Any:
+    """Depthwise convolution of a channels-last ``x`` with any spatial rank."""
+    n = len(strides)
+    if n == 1:  # as 2-D on a size-1 first axis
+        y = _depthwise_2d(ops.expand_dims(x, 1), ops.expand_dims(kernel, 0), (1, strides[0]),
+                          padding, (1, dilation[0]))
+        return ops.squeeze(y, 1)
+    if n == 2:
+        return _depthwise_2d(x, kernel, strides, padding, dilation)
+    # no native 3-D depthwise op: a grouped conv with one input channel per group (XLA)
+    c, mult = int(kernel.shape[-2]), int(kernel.shape[-1])
+    grouped = ops.reshape(kernel, (*kernel.shape[:-2], 1, c * mult))
+    return ops.conv(x, grouped, strides=tuple(strides), padding=padding,
+                    data_format="channels_last", dilation_rate=tuple(dilation))
 
 
 def _apply_stage(stage: Stage, x: Any, weights: Sequence[Any]) -> Any:
@@ -159,19 +309,15 @@ def _apply_stage(stage: Stage, x: Any, weights: Sequence[Any]) -> Any:
         x = ops.pad(x, ((0, 0), (dilation[0] * (k - 1), 0), (0, 0)))
         padding = "valid"
     if op == "conv":
-        return ops.conv(x, kernel, strides=strides, padding=padding, dilation_rate=dilation)
+        return ops.conv(x, kernel, strides=strides, padding=padding,
+                        data_format="channels_last", dilation_rate=dilation)
     if op == "depthwise":
-        if n <= 2:
-            return ops.depthwise_conv(x, kernel, strides=strides, padding=padding,
-                                      dilation_rate=dilation)
-        # no native 3-D depthwise op: a grouped conv with one input channel per group
-        c, mult = int(kernel.shape[-2]), int(kernel.shape[-1])
-        grouped = ops.reshape(kernel, (*kernel.shape[:-2], 1, c * mult))
-        return ops.conv(x, grouped, strides=strides, padding=padding, dilation_rate=dilation)
+        return _depthwise(x, kernel, strides, padding, dilation)
     if op == "conv_transpose":
         out_pad = stage.get("output_padding")
         return ops.conv_transpose(x, kernel, strides=strides, padding=padding,
-                                  output_padding=out_pad, dilation_rate=dilation)
+                                  output_padding=out_pad, data_format="channels_last",
+                                  dilation_rate=dilation)
     raise ValueError(f"Unknown stage op {op!r}.")
 
 
@@ -191,6 +337,9 @@ class FactorizedLayer(keras.layers.Layer):
         data_format: ``"channels_last"`` or ``"channels_first"`` (the layer computes
             channels-last internally and transposes around it).
         original_class: Class name of the replaced layer, for reports.
+        kernel_initializer: Initializer of the stage weights. The LRF methods set the
+            factors right after building and use ``"zeros"`` (cheap: drawing random
+            values for a large model's factors, only to overwrite them, took seconds).
         **kwargs: Base ``keras.layers.Layer`` arguments (``name``, ``dtype``, ...).
 
     Input shape:
@@ -218,9 +367,11 @@ class FactorizedLayer(keras.layers.Layer):
         activation: Any = None,
         data_format: str = "channels_last",
         original_class: str | None = None,
+        kernel_initializer: Any = "glorot_uniform",
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.stages = [dict(s) for s in stages]
         self.method = method
         self.rank = int(rank)
@@ -240,7 +391,7 @@ class FactorizedLayer(keras.layers.Layer):
                 f"core{k}" for k in range(len(stage["in_modes"]))]
             ws = [
                 self.add_weight(name=f"stage{i}_{nm}", shape=shape,
-                                initializer="glorot_uniform", trainable=True)
+                                initializer=self.kernel_initializer, trainable=True)
                 for nm, shape in zip(names, stage_weight_shapes(stage))
             ]
             self._stage_weights.append(ws)
@@ -264,6 +415,20 @@ class FactorizedLayer(keras.layers.Layer):
             x = ops.moveaxis(x, -1, 1)
         return x
 
+    def compute_output_shape(self, input_shape: Any) -> tuple[int | None, ...]:
+        """The output shape for ``input_shape`` (batch axis included), from the stages'
+        shape arithmetic alone (no tensor is computed)."""
+        batch, *rest = tuple(input_shape)
+        channels_first = self.data_format == "channels_first" and len(rest) > 1
+        shape: tuple[int | None, ...] = tuple(rest)
+        if channels_first:
+            shape = (*shape[1:], shape[0])
+        for stage in self.stages:
+            shape = stage_output_shape(stage, shape)
+        if channels_first:
+            shape = (shape[-1], *shape[:-1])
+        return (batch, *shape)
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
@@ -274,5 +439,6 @@ class FactorizedLayer(keras.layers.Layer):
             activation=keras.activations.serialize(self.activation),
             data_format=self.data_format,
             original_class=self.original_class,
+            kernel_initializer=keras.initializers.serialize(self.kernel_initializer),
         )
         return config

@@ -37,6 +37,7 @@ from lrf_optuna.decompose import (
 )
 
 from .brute_force import brute_force_macs
+from .reference import reference_output
 
 L = keras.layers
 
@@ -91,14 +92,15 @@ class Built:
 
 
 def build(case: Case, seed: int = 0) -> Built:
-    """The original layer with random weights, a random input batch and its output."""
+    """The original layer with random weights, a random input batch and its output (by
+    :func:`.reference.reference_output`, so it runs on any CPU)."""
     rng = np.random.default_rng(seed)
     layer = case.make()
     layer.build((None, *case.input_shape))
     for w in layer.weights:
         w.assign((rng.standard_normal(tuple(w.shape)) * 0.5).astype("float32"))
     x = rng.standard_normal((case.family.batch, *case.input_shape)).astype("float32")
-    y = keras.ops.convert_to_numpy(layer(x))
+    y = reference_output(layer, x)
     info = describe_layer(layer, input_shape=case.input_shape)
     return Built(layer, info, layer_weights(layer), x, y)
 
