@@ -25,14 +25,19 @@ from lrf_optuna.decompose import (
     validate_weights,
 )
 
-from .contract import Case, build, some_ranks
+from .contract import Case, some_ranks
 
 L = keras.layers
 
 
 @dataclass
 class Linear:
-    """A case's layer with a linear activation, its weights and calibration inputs."""
+    """A case's layer with a linear activation, its weights and calibration inputs.
+
+    ``layer`` computes channels-last: a channels-first case gets a channels-last twin with
+    the same weights (TensorFlow's CPU kernels without oneDNN do not run NCHW convs), and
+    :meth:`out` moves the channel axis around it.
+    """
 
     layer: keras.layers.Layer
     info: LayerInfo
@@ -40,8 +45,12 @@ class Linear:
     x: np.ndarray
 
     def out(self, x: np.ndarray | None = None) -> np.ndarray:
-        return np.asarray(keras.ops.convert_to_numpy(self.layer(self.x if x is None else x)),
-                          np.float64)
+        x = self.x if x is None else x
+        channels_first = self.info.data_format == "channels_first" and x.ndim > 2
+        if channels_first:
+            x = np.moveaxis(x, 1, -1)
+        y = np.asarray(keras.ops.convert_to_numpy(self.layer(x)), np.float64)
+        return np.moveaxis(y, -1, 1) if channels_first else y
 
 
 def correlated_inputs(shape: tuple[int, ...], n: int, *, seed: int = 1,
@@ -59,17 +68,24 @@ def correlated_inputs(shape: tuple[int, ...], n: int, *, seed: int = 1,
 
 
 def linear(case: Case, *, n: int = 48, x: np.ndarray | None = None) -> Linear:
-    """The case's layer (same weights) with ``activation="linear"``, and inputs."""
-    orig = build(case).layer
-    cfg = {**orig.get_config(), "activation": "linear"}
-    layer = type(orig).from_config(cfg)
-    layer.build((None, *case.input_shape))
-    layer.set_weights(orig.get_weights())
-    info = describe_layer(layer, input_shape=case.input_shape)
+    """The case's layer with ``activation="linear"`` and the contract's random weights,
+    and correlated inputs (or ``x``)."""
+    rng = np.random.default_rng(0)
+    cfg = {**case.make().get_config(), "activation": "linear"}
+    original = type(case.make()).from_config(cfg)
+    original.build((None, *case.input_shape))
+    for w in original.weights:
+        w.assign((rng.standard_normal(tuple(w.shape)) * 0.5).astype("float32"))
+    info = describe_layer(original, input_shape=case.input_shape)
+    channels_first = cfg.get("data_format") == "channels_first"
+    layer = original
+    if channels_first:
+        layer = type(original).from_config({**cfg, "data_format": "channels_last"})
+        layer.build((None, *info.input_shape))
+        layer.set_weights(original.get_weights())
     if x is None:
-        x = correlated_inputs(case.input_shape, n,
-                              channels_first=cfg.get("data_format") == "channels_first")
-    return Linear(layer, info, layer_weights(layer), x)
+        x = correlated_inputs(case.input_shape, n, channels_first=channels_first)
+    return Linear(layer, info, layer_weights(original), x)
 
 
 def replaced(method_name: str, lin: Linear, rank: int, *, prepared: object = None,
@@ -182,7 +198,7 @@ def check_degenerate_inputs(aware: str, plain: str, case: Case) -> None:
 
 def check_costs_and_stages_equal_plain(aware: str, plain: str, case: Case) -> None:
     """The same replacement layer as the plain method: stages, params and MACs per rank."""
-    info = build(case).info
+    info = linear(case).info
     a, p = get_method(aware), get_method(plain)
     assert (a.max_rank(info), a.saving_ranks(info)) == (p.max_rank(info), p.saving_ranks(info))
     for r in range(a.min_rank(info), a.max_rank(info) + 1):
