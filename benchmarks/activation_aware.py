@@ -16,8 +16,8 @@ saving ranks:
 
 Then the two lowest and two highest grid ranks of each layer (where fitting 512 images
 could overfit) with other dampings and calibration-set sizes; and uniform plans (every
-layer, or every Dense layer, at the largest rank within a fraction of its parameters),
-plain vs aware at identical ranks.
+layer, or all but the first and the last, at the largest rank within a fraction of its
+parameters), plain vs aware at identical ranks.
 """
 
 from __future__ import annotations
@@ -200,16 +200,16 @@ def layer_points(layers: _Layers, *, points: int = 6, damping: float | None = No
     return out
 
 
-def uniform_plans(layers: _Layers, ratios: Sequence[float], *, dense_only: bool = False
+def uniform_plans(layers: _Layers, ratios: Sequence[float], *, keep: Sequence[str] = ()
                   ) -> list[tuple[float, float, float, float]]:
-    """``(ratio, params kept, acc plain, acc aware)``: every layer (or every Dense layer)
-    at the largest rank with at most ``ratio`` of its parameters (others kept)."""
+    """``(ratio, params kept, acc plain, acc aware)``: every layer but ``keep`` at the
+    largest rank with at most ``ratio`` of its parameters (a layer with none is kept)."""
     from lrf_optuna.decompose import get_method
 
     prepared = {}
     for path in layers.paths:
         info = layers.info(path)
-        if dense_only and info.kind != "dense":
+        if path in keep:
             continue
         plain_name, aware_name = aware_pair(info)
         prepared[path] = (plain_name, get_method(plain_name).prepare(info, layers.weights[path]),
@@ -235,8 +235,7 @@ def uniform_plans(layers: _Layers, ratios: Sequence[float], *, dense_only: bool 
             factors[(path, aware_name, r)] = get_method(aware_name).factorize(info, prep_a, r)
         out.append((ratio, 1 - saved / total, layers.evaluate(plans["plain"], factors)[0],
                     layers.evaluate(plans["aware"], factors)[0]))
-        logger.info("%s uniform %.2f (dense only: %s): %s", layers.p.name, ratio, dense_only,
-                    out[-1])
+        logger.info("%s uniform %.2f (keep %s): %s", layers.p.name, ratio, keep, out[-1])
     return out
 
 
@@ -335,9 +334,9 @@ def run(models: Sequence[str], *, val_limit: int, heldout: int, points: int,
             got = layer_points(layers, points=points, extremes=2, x_cal=x_cal)
             sweep_rows += _sides([name, f"damping {DEFAULT_DAMPING:g}, other set", str(size)],
                                  got, lowest)
-        for scope, dense_only in (("all layers", False), ("Dense only", True)):
-            for ratio, kept, acc_p, acc_a in uniform_plans(layers, RATIOS,
-                                                           dense_only=dense_only):
+        ends = (layers.paths[0], layers.paths[-1])
+        for scope, keep in (("all", ()), ("all but first and last", ends)):
+            for ratio, kept, acc_p, acc_a in uniform_plans(layers, RATIOS, keep=keep):
                 uniform_rows.append([name, scope, f"{ratio:g}", f"{kept:.3f}", f"{acc_p:.4f}",
                                      f"{acc_a:.4f}", f"{100 * (acc_a - acc_p):+.2f}"])
         logger.info("%s done in %.0f s", name, time.perf_counter() - t0)
@@ -368,10 +367,11 @@ def run(models: Sequence[str], *, val_limit: int, heldout: int, points: int,
         "the same in every row.\n\n" + markdown_table(
             ["model", "aware variant", "calibration images", "ranks", *SUMMARY_HEADERS],
             sweep_rows),
-        "### Uniform plans\n\nEvery decomposable layer (or every Dense layer) at the "
-        "largest rank with at most `ratio` of its parameters (the same rank for both "
-        "methods; a layer with no such rank is kept); `params kept` is the fraction of the "
-        "model's parameters left.\n\n" + markdown_table(
+        "### Uniform plans\n\nEvery decomposable layer (or all but the first conv and the "
+        "classifier, as LRF papers usually do) at the largest rank with at most `ratio` of "
+        "its parameters (the same rank for both methods; a layer with no such rank is "
+        "kept); `params kept` is the fraction of the model's parameters left.\n\n"
+        + markdown_table(
             ["model", "layers", "ratio", "params kept", "acc plain", "acc aware",
              "change (pp)"], uniform_rows),
         "### Prepare time (s, one run, shared CPU)\n\n" + markdown_table(

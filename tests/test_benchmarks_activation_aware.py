@@ -52,5 +52,5 @@ def test_layer_points_and_uniform_plans_on_a_tiny_model(rng) -> None:
     assert summary[0] == str(len(points)) and float(summary[1]) < 1.0
     (ratio, kept, acc_p, acc_a), = uniform_plans(layers, (0.5,))
     assert ratio == 0.5 and 0.3 < kept <= 0.5 + 1e-9 and 0 <= acc_p <= 1 and 0 <= acc_a <= 1
-    (_, kept_dense, _, _), = uniform_plans(layers, (0.5,), dense_only=True)
+    (_, kept_dense, _, _), = uniform_plans(layers, (0.5,), keep=("c1",))
     assert kept < kept_dense < 1

@@ -101,8 +101,15 @@ def output_basis(w: np.ndarray, gram: np.ndarray, *, damping: float) -> OutputBa
     scale = float(np.trace(gram)) / n_in
     if not scale > 0.0:  # no input energy at all: nothing to weigh the error by
         gram, scale = np.eye(n_in), 1.0
-    lam, q = np.linalg.eigh(gram + (damping * scale) * np.eye(n_in))
-    whitened = np.sqrt(np.clip(lam, 0.0, None))[:, None] * (q.T @ w)  # S^T W, S = Q L^1/2
+    damped = gram + (damping * scale) * np.eye(n_in)
+    # any S with S S^T = damped gives the same right singular vectors of S^T W (those are
+    # the eigenvectors of W^T damped W): Cholesky is cheapest; an eigendecomposition takes
+    # over when the damped matrix is singular (no damping and fewer samples than inputs)
+    try:
+        whitened = np.linalg.cholesky(damped).T @ w
+    except np.linalg.LinAlgError:
+        lam, q = np.linalg.eigh(damped)
+        whitened = np.sqrt(np.clip(lam, 0.0, None))[:, None] * (q.T @ w)
     _, s, vt = np.linalg.svd(whitened, full_matrices=False)
     return OutputBasis(w, vt.T, s)
 

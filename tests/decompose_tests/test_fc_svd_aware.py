@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lrf_optuna.decompose import get_method, validate_weights
+from lrf_optuna.decompose import _aware, get_method, validate_weights
 
 from . import aware
 from .contract import FC_CASES, FC_NAME, FCCase, L, case_ids
@@ -63,3 +63,26 @@ def test_factors_are_balanced_like_svd() -> None:
         s = np.linalg.svd(a @ b, compute_uv=False)[:r]
         np.testing.assert_allclose(a.T @ a, np.diag(s), atol=1e-9 * s[0])
         np.testing.assert_allclose(b @ b.T, np.diag(s), atol=1e-9 * s[0])
+
+
+@pytest.mark.parametrize(("samples", "damping"), [(40, 0.01), (40, 0.0), (3, 0.0)],
+                         ids=["damped", "undamped", "singular"])
+def test_output_basis_is_the_eigenbasis_of_the_weighted_output_gram(samples: int,
+                                                                    damping: float) -> None:
+    """``v`` and ``s^2`` are the eigenvectors and eigenvalues of ``W^T (G + d I) W``,
+    whichever square root of the damped Gram matrix is used (Cholesky, or the
+    eigendecomposition when it is singular: 3 samples, 12 inputs, no damping)."""
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((12, 7))
+    z = rng.standard_normal((samples, 12)) * np.geomspace(1, 0.05, 12)
+    gram = z.T @ z
+    basis = _aware.output_basis(w, gram, damping=damping)
+    d = damping * np.trace(gram) / 12
+    lam, vecs = np.linalg.eigh(w.T @ (gram + d * np.eye(12)) @ w)
+    lam, vecs = lam[::-1], vecs[:, ::-1]
+    np.testing.assert_allclose(basis.s ** 2, np.clip(lam, 0, None), atol=1e-9 * lam[0])
+    top = min(7, samples) if damping == 0 else 7  # the null space has no preferred basis
+    np.testing.assert_allclose(np.abs(basis.v[:, :top].T @ vecs[:, :top]), np.eye(top),
+                               atol=1e-6)
+    u, s, vt = basis.truncated_svd(7)
+    np.testing.assert_allclose((u * s) @ vt, w, atol=1e-10)
