@@ -363,8 +363,9 @@ def run(models: Sequence[str], *, val_limit: int, heldout: int, points: int,
         "### Extreme ranks: damping and calibration-set size\n\nThe two lowest and the "
         "two highest grid ranks of every layer; the aware variant refitted with each "
         "damping (the 512 calibration images), or with the first 128 / 512 / 2048 images "
-        "of another, 2048-image calibration set (default damping). The plain results are "
-        "the same in every row.\n\n" + markdown_table(
+        "of another, 2048-image calibration set (default damping; `cal` is still measured on "
+        "the 512 standard calibration images, so in those rows it is held-out data too). "
+        "The plain results are the same in every row.\n\n" + markdown_table(
             ["model", "aware variant", "calibration images", "ranks", *SUMMARY_HEADERS],
             sweep_rows),
         "### Uniform plans\n\nEvery decomposable layer (or all but the first conv and the "
