@@ -8,7 +8,7 @@ from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from lrf_optuna.workspace import Problem, ProblemSpec
+from lrf_optuna.problem import Problem, ProblemSpec
 
 logger = logging.getLogger("benchmarks")
 

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from lrf_optuna import report_table
+from lrf_optuna.report import tables as report_table
 
 __all__ = ["RESULTS_PATH", "markdown_table", "median_time", "replace_section", "write_section"]
 
@@ -129,7 +129,7 @@ def write_section(heading: str, body: str, path: str | os.PathLike[str] = RESULT
 
 
 def markdown_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
-    """:func:`lrf_optuna.report_table.markdown_table` with ``align=True``: columns padded,
+    """:func:`lrf_optuna.report.tables.markdown_table` with ``align=True``: columns padded,
     all-number columns (``-`` counts as missing) right-aligned.
 
     Raises:

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[list[str]] = []
     for name in args.models:
         result = train_or_load(
-            name, dataset, epochs=args.epochs, seed=args.seed, cache_dir=args.cache_dir
+            name, dataset, epochs=args.epochs, seed=args.seed, model_cache_dir=args.cache_dir
         )
         rec = result.record
         seconds = "?" if rec.train_seconds is None else f"{rec.train_seconds:.0f} s"

@@ -23,7 +23,8 @@ import optuna
 from benchmarks import _problem
 from benchmarks._results import markdown_table, median_time, write_section
 from lrf_optuna.models import evaluate
-from lrf_optuna.search import LRFObjective, open_storage
+from lrf_optuna.search import LRFObjective
+from lrf_optuna.study.storage import open_storage
 
 SECTION = "Proxy trial vs end-to-end evaluation (issue 5)"
 

@@ -3,20 +3,21 @@
 The pipeline, one module each: :mod:`~lrf_optuna.data` -> :mod:`~lrf_optuna.models` ->
 :mod:`~lrf_optuna.decompose` (the LRF methods) -> :mod:`~lrf_optuna.rewrite` /
 :mod:`~lrf_optuna.costs` -> :mod:`~lrf_optuna.calibration` / :mod:`~lrf_optuna.cache`
-(feature-map similarity) -> :mod:`~lrf_optuna.strategies` -> :mod:`~lrf_optuna.search`
-(the Optuna objective) -> :mod:`~lrf_optuna.finetune` / :mod:`~lrf_optuna.export` ->
-:mod:`~lrf_optuna.report` / :mod:`~lrf_optuna.dashboard`.
+(feature-map similarity) -> :mod:`~lrf_optuna.strategies` -> :mod:`~lrf_optuna.problem`
+(model and data of a study) -> :mod:`~lrf_optuna.study` (storages, what studies record)
+-> :mod:`~lrf_optuna.search` (the Optuna objective, the one search entry point) ->
+:mod:`~lrf_optuna.export` / :mod:`~lrf_optuna.report` / :mod:`~lrf_optuna.dashboard` ->
+:mod:`~lrf_optuna.finetune`; :mod:`~lrf_optuna.cli` and :mod:`~lrf_optuna.demo` on top.
 
 Attributes are imported lazily, so ``import lrf_optuna.cache`` does not load TensorFlow.
 
-Example (``model`` trained, ``x_cal`` calibration images)::
+Example (``model`` trained, ``data`` a :class:`~lrf_optuna.data.Dataset`)::
 
-    import optuna, lrf_optuna
-    objective = lrf_optuna.LRFObjective(model, x_cal, cache_dir=".lrf_cache")
-    study = optuna.create_study(directions=objective.directions,
-                                sampler=optuna.samplers.NSGAIISampler(seed=0))
-    objective.seed_study(study)
-    study.optimize(objective, n_trials=500, show_progress_bar=True)
+    import lrf_optuna
+    study, objective = lrf_optuna.create_lrf_study(model, data, study_name="vgg")
+    trial = lrf_optuna.select_trials(study, k=1)[0]       # a compressed Pareto trial
+    compressed = objective.build_model(trial)
+    jobs = lrf_optuna.finetune_study(study, k=3)
 """
 
 from __future__ import annotations
@@ -29,22 +30,32 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "LRFObjective": "lrf_optuna.search",
     "create_lrf_study": "lrf_optuna.search",
+    "prepare_lrf_study": "lrf_optuna.search",
+    "UserError": "lrf_optuna.errors",
+    "Problem": "lrf_optuna.problem",
+    "ProblemSpec": "lrf_optuna.problem",
+    "load_study": "lrf_optuna.study",
+    "open_storage": "lrf_optuna.study",
     "SimilarityCache": "lrf_optuna.cache",
     "GridConfig": "lrf_optuna.cache",
     "rewrite_model": "lrf_optuna.rewrite",
     "find_layers": "lrf_optuna.rewrite",
     "model_costs": "lrf_optuna.costs",
+    "prune_model": "lrf_optuna.prune",
     "get_method": "lrf_optuna.decompose",
     "available_methods": "lrf_optuna.decompose",
     "FactorizedLayer": "lrf_optuna.decompose",
     "finetune_study": "lrf_optuna.finetune",
     "FinetuneConfig": "lrf_optuna.finetune",
+    "select_trials": "lrf_optuna.finetune",
     "export_trial": "lrf_optuna.export",
+    "load_model": "lrf_optuna.export",
     "to_tflite": "lrf_optuna.export",
+    "write_report": "lrf_optuna.report",
 }
-_SUBMODULES = {"data", "models", "decompose", "rewrite", "costs", "calibration", "cache",
+_SUBMODULES = {"data", "models", "decompose", "prune", "rewrite", "costs", "calibration", "cache",
                "similarity", "strategies", "search", "vbmf", "cli", "finetune", "export",
-               "report", "dashboard", "workspace"}
+               "report", "dashboard", "workspace", "problem", "study", "errors"}
 
 __all__ = ["__version__", *sorted(_EXPORTS), *sorted(_SUBMODULES)]
 

@@ -20,7 +20,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from lrf_optuna.rewrite import _check_supported_model
+from lrf_optuna.rewrite import check_supported_model
 
 __all__ = ["LayerActivations", "capture_activations", "sample_index"]
 
@@ -56,6 +56,20 @@ def _single(inputs: list[Any]) -> Any:
     return inputs[0]
 
 
+def _call_input(model: keras.Model, layer: keras.Model) -> Any:
+    """The tensor of ``model``'s graph that feeds the nested model ``layer``.
+
+    (``layer.input`` is that tensor for a nested Sequential, but a nested Functional's own
+    input placeholder, which ``model``'s graph does not reach.)
+    """
+    fn = model._functional if isinstance(model, keras.Sequential) else model
+    for nodes in fn._nodes_by_depth.values():
+        for node in nodes:
+            if node.operation is layer:
+                return _single(node.input_tensors)
+    raise ValueError(f"nested model {layer.name!r} is not called in {model.name!r}'s graph")
+
+
 def _extractor(model: keras.Model, targets: set[str], prefix: str = ""
                ) -> tuple[list[str], list[Any]]:
     """Symbolic ``(keys, tensors)`` in ``model``'s graph for the targets' inputs/outputs."""
@@ -67,10 +81,10 @@ def _extractor(model: keras.Model, targets: set[str], prefix: str = ""
             inner = {t for t in targets if t.startswith(f"{path}/")}
             if not inner:
                 continue
-            _check_supported_model(layer)
+            check_supported_model(layer)
             inner_keys, inner_tensors = _extractor(layer, inner, prefix=f"{path}/")
             sub = keras.Model(_single(layer.inputs), inner_tensors, name=f"{layer.name}_taps")
-            outs = sub(layer.input)
+            outs = sub(_call_input(model, layer))
             keys += inner_keys
             tensors += list(outs) if isinstance(outs, (list, tuple)) else [outs]
         elif path in targets:
@@ -102,7 +116,7 @@ def capture_activations(
         ``{path: LayerActivations}``; outputs are after the layer's activation.
     """
     targets = list(dict.fromkeys(layers))
-    _check_supported_model(model)
+    check_supported_model(model)
     x = np.asarray(x, dtype="float32")
     n = len(x)
     if n == 0:

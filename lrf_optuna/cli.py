@@ -1,10 +1,16 @@
 """The ``lrf-optuna`` command line: search, show, finetune, export, report, dashboard.
 
+This module owns the command line (``argparse``) and nothing else: each subcommand parses
+its options and calls the library. A :class:`~lrf_optuna.errors.UserError` becomes one
+line on stderr and exit status 2.
+
 Examples::
 
     lrf-optuna search --model vgg_small --n-trials 300          # sqlite:///studies/vgg_small.db
     lrf-optuna search --model my_net.keras --dataset data.npz --methods svd tucker2 tt
     lrf-optuna show --study-name vgg_small                      # the Pareto front as a table
+    lrf-optuna finetune --study-name vgg_small -k 3             # or --trials 42 57
+    lrf-optuna export --study-name vgg_small --trial 42 --out exported/
     lrf-optuna report --study-name vgg_small                    # reports/vgg_small/report.html
     lrf-optuna dashboard --study-name vgg_small                 # optuna-dashboard on 127.0.0.1
 """
@@ -12,21 +18,29 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from lrf_optuna.workspace import ProblemError, ProblemSpec, record_problem
+from lrf_optuna.errors import UserError
 
-__all__ = ["main"]
+if TYPE_CHECKING:
+    from lrf_optuna.finetune import FinetuneConfig
+
+__all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("lrf_optuna")
 
+#: Deprecated alias: user errors are :class:`~lrf_optuna.errors.UserError`.
+CLIError = UserError
 
-class CLIError(Exception):
-    """A user error: printed as one clear line, exit status 2."""
+_STORAGE_HELP = ("Optuna storage URL (default: sqlite:///studies/<study-name>.db; "
+                 "postgresql://... for many workers)")
 
 
 def _add_problem_args(p: argparse.ArgumentParser) -> None:
@@ -37,7 +51,7 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="fashion-mnist",
                    help="'fashion-mnist' (offline Debian copy, LRF_OPTUNA_DATA or keras' "
                         "downloader) or a .npz file with x_train, y_train, x_test, y_test "
-                        "(default: %(default)s)")
+                        "(uint8 images are scaled to [0, 1]) (default: %(default)s)")
     p.add_argument("--data-dir", default=None,
                    help="directory holding the Fashion-MNIST idx files")
     p.add_argument("--calibration-size", type=int, default=512,
@@ -47,112 +61,253 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
                    "the sampler (default: %(default)s)")
 
 
-def _add_study_args(p: argparse.ArgumentParser, *, need_name: bool = False) -> None:
-    p.add_argument("--study-name", required=need_name, default=None,
-                   help="study name (default: the model name)")
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default: sqlite:///studies/<study-name>.db; "
-                        "postgresql://... for many workers)")
+def _add_study_args(p: argparse.ArgumentParser, *, need_name: bool = False,
+                    name_help: str = "study name (default: the model name)") -> None:
+    p.add_argument("--study-name", required=need_name, default=None, help=name_help)
+    p.add_argument("--storage", default=None, help=_STORAGE_HELP)
 
 
-def spec_from_args(args: argparse.Namespace) -> ProblemSpec:
-    """The problem the common arguments describe."""
-    return ProblemSpec(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
-                       seed=args.seed, calibration_size=args.calibration_size,
-                       cache_dir=getattr(args, "cache_dir", ".lrf_cache"))
-
+# -- search / show ---------------------------------------------------------------------------
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    import optuna
-
     from lrf_optuna.decompose import available_methods
-    from lrf_optuna.search import (
-        LRFObjective,
-        default_storage,
-        finished_trials,
-        open_storage,
-        run_remaining,
-    )
+    from lrf_optuna.problem import ProblemSpec
+    from lrf_optuna.report.tables import front_text
+    from lrf_optuna.search import finished_trials, prepare_lrf_study
 
     if args.methods:
         unknown = sorted(set(args.methods) - set(available_methods()))
         if unknown:
-            raise CLIError(f"unknown --methods {unknown}; choose from {available_methods()}")
+            raise UserError(f"unknown --methods {unknown}; choose from {available_methods()}")
     if args.n_trials < 0:
-        raise CLIError(f"--n-trials must be >= 0, but got {args.n_trials}")
-    spec = spec_from_args(args)
-    problem = spec.load()
-    study_name = args.study_name or problem.name
-    storage = args.storage or default_storage(study_name)
-    objective = LRFObjective(
-        problem.model, problem.splits.x_cal, cache_dir=args.cache_dir, metric=args.metric,
-        aggregation=args.aggregation, objectives=args.objectives, layers=args.layers,
-        methods=args.methods, max_params=args.max_params, max_flops=args.max_flops,
-        min_proxy=args.min_proxy)
-    study = optuna.create_study(
-        study_name=study_name, storage=open_storage(storage), load_if_exists=True,
-        directions=objective.directions,
-        sampler=optuna.samplers.NSGAIISampler(seed=args.seed,
-                                              population_size=args.population_size))
-    record_problem(study, spec)
-    added = objective.seed_study(study)
-    done = finished_trials(study)
-    print(f"study {study_name!r} in {storage}: {done} finished trial(s), {added} strategy "
-          f"plan(s) enqueued; target {args.n_trials} finished trials")
+        raise UserError(f"--n-trials must be >= 0, but got {args.n_trials}")
+    spec = ProblemSpec(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
+                       seed=args.seed, calibration_size=args.calibration_size,
+                       cache_dir=args.cache_dir)
+    search = prepare_lrf_study(
+        spec.load(), study_name=args.study_name, storage=args.storage, seed=args.seed,
+        population_size=args.population_size, objectives=args.objectives,
+        cache_dir=args.cache_dir, metric=args.metric, aggregation=args.aggregation,
+        layers=args.layers, methods=args.methods, max_params=args.max_params,
+        max_flops=args.max_flops, min_proxy=args.min_proxy, progress=not args.quiet)
+    study = search.study
+    print(f"study {study.study_name!r} in {search.storage}: {finished_trials(study)} finished "
+          f"trial(s), {search.enqueued} strategy plan(s) enqueued; target {args.n_trials} "
+          "finished trials")
     try:
-        run_remaining(study, objective, args.n_trials, show_progress_bar=not args.quiet)
+        search.optimize(args.n_trials, show_progress_bar=not args.quiet)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {finished_trials(study)} finished trial(s) are stored in "
-              f"{storage}. Rerun the same command to continue.", file=sys.stderr)
+              f"{search.storage}. Rerun the same command to continue.", file=sys.stderr)
         return 130
     print()
-    print(pareto_table(study, top=args.top))
+    print(front_text(study, top=args.top))
     return 0
-
-
-def pareto_table(study: Any, *, top: int | None = None) -> str:
-    """The study's Pareto front as a plain-text table, smallest model first."""
-    from lrf_optuna.report_table import format_table
-
-    original = study.user_attrs.get("lrf_optuna:original", {})
-    trials = sorted(study.best_trials, key=lambda t: (t.user_attrs.get("params", 0),
-                                                      t.number))
-    if top is not None and len(trials) > top:
-        step = (len(trials) - 1) / max(top - 1, 1)
-        trials = [trials[round(i * step)] for i in range(top)]
-    rows = []
-    if original:
-        rows.append(["orig", f"{original['params']:,}", "1.00x", f"{original['flops']:,}",
-                     "0.0%", "1.0000", "", "(original model)"])
-    for t in trials:
-        ua = t.user_attrs
-        plan = ua.get("plan", {})
-        changed = {k: v for k, v in plan.items() if v != "keep"}
-        summary = ", ".join(f"{k}: {v}" for k, v in changed.items()) or "(all kept)"
-        rows.append([str(t.number), f"{ua.get('params', 0):,}",
-                     f"{ua.get('compression_ratio', 0):.2f}x", f"{ua.get('flops', 0):,}",
-                     f"{100 * ua.get('flops_reduction', 0):.1f}%",
-                     f"{ua.get('proxy', float('nan')):.4f}", ua.get("strategy", ""),
-                     summary])
-    header = ["trial", "params", "compress", "FLOPs", "FLOPs saved", "proxy", "seeded by",
-              "plan (changed layers)"]
-    title = (f"Pareto front of study {study.study_name!r}: {len(study.best_trials)} trial(s) "
-             f"of {len(study.trials)}")
-    return title + "\n" + format_table(header, rows)
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from lrf_optuna.dashboard import load_study
+    from lrf_optuna.report.tables import front_text
+    from lrf_optuna.study.lookup import load_study
 
-    study = load_study(args.study_name, args.storage)  # clear errors: no database / study
+    study = load_study(args.study_name, args.storage)
     if not study.best_trials:
         print(f"study {study.study_name!r} has no finished trial yet")
         return 0
-    print(pareto_table(study, top=args.top))
+    print(front_text(study, top=args.top))
     return 0
 
 
+# -- finetune --------------------------------------------------------------------------------
+
+def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
+    from lrf_optuna.finetune import FinetuneConfig
+
+    overrides = {name: getattr(args, name) for name in
+                 ("epochs", "learning_rate", "batch_size", "latency_repeats")
+                 if getattr(args, name, None) is not None}
+    try:
+        return dataclasses.replace(FinetuneConfig(), **overrides)
+    except ValueError as err:
+        raise UserError(str(err)) from err
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    from optuna.trial import TrialState
+
+    from lrf_optuna.finetune import (
+        enqueue_finetune,
+        requeue_running_jobs,
+        run_finetune_jobs,
+        select_trials,
+    )
+    from lrf_optuna.report.tables import results_text
+    from lrf_optuna.study.lookup import finetune_study_name, load_study
+    from lrf_optuna.study.records import SOURCE_TRIAL, get_search_trial
+
+    study = load_study(args.study_name, args.storage)
+    config = _finetune_config(args)
+    if args.k < 1:
+        raise UserError(f"-k must be >= 1, got {args.k}")
+    if args.requeue_running:
+        print(f"re-enqueued {requeue_running_jobs(study)} RUNNING job(s)")
+    if args.trials:
+        selected = [get_search_trial(study, n) for n in args.trials]
+        how = "chosen with --trials"
+    else:
+        selected = select_trials(study, args.k, strategy=args.strategy,
+                                 max_params=args.max_params, max_flops=args.max_flops,
+                                 min_proxy=args.min_proxy)
+        how = args.strategy
+    if not selected:
+        front = [t for t in study.best_trials if t.user_attrs.get("lrf_plan")]
+        raise UserError(f"no Pareto-optimal compressed trial of study {study.study_name!r} "
+                        f"is within the budget (front: {len(front)} compressed trial(s)); "
+                        "relax --max-params/--max-flops/--min-proxy")
+    added = enqueue_finetune(study, selected, max_attempts=config.max_attempts)
+    numbers = ", ".join(str(t.number) for t in selected)
+    print(f"study {study.study_name!r}: selected trial(s) {numbers} ({how}); "
+          f"{added} job(s) enqueued in {finetune_study_name(study)!r}")
+    try:
+        ran = run_finetune_jobs(study, config=config, artifact_dir=args.artifact_dir,
+                                max_jobs=args.max_jobs)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the running job is marked FAIL and re-enqueued by the next "
+              "`lrf-optuna finetune`; finished jobs are stored.", file=sys.stderr)
+        return 130
+    print()
+    print(results_text(study))
+    failed = [j for j in ran if j.state == TrialState.FAIL and "skipped" not in j.user_attrs]
+    for j in failed:
+        print(f"job {j.number} (trial {j.user_attrs.get(SOURCE_TRIAL)}) failed: "
+              f"{j.user_attrs.get('error', '?')}")
+    return 1 if failed else 0
+
+
+def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
+    from lrf_optuna.finetune import FinetuneConfig
+
+    d = FinetuneConfig()
+    p = sub.add_parser(
+        "finetune", help="fine-tune selected Pareto-optimal trials (resumable jobs)",
+        description="Select Pareto-optimal trials of a search study (or take --trials), "
+                    "enqueue one fine-tuning job each in the study '<study>:finetune' of the "
+                    "same storage, and run the queued jobs (several workers may run this at "
+                    "once; rerunning resumes). Prints the fine-tuned models' accuracy, "
+                    "size and latency.")
+    _add_study_args(p, need_name=True, name_help="the search study")
+    p.add_argument("-k", type=int, default=3, help="trials to fine-tune (default: 3)")
+    p.add_argument("--trials", type=int, nargs="+", default=None, metavar="N",
+                   help="fine-tune exactly these search trials instead of choosing")
+    p.add_argument("--strategy", choices=["spread", "knee"], default="spread",
+                   help="spread: extremes + evenly spaced in log(params); knee: the knee "
+                        "point and its neighbours (default: spread)")
+    p.add_argument("--max-params", type=float, default=None, help="budget: at most this "
+                   "many parameters")
+    p.add_argument("--max-flops", type=float, default=None, help="budget: at most this many "
+                   "FLOPs")
+    p.add_argument("--min-proxy", type=float, default=None, help="budget: proxy at least")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"fine-tuning epochs (default: {d.epochs})")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help=f"initial learning rate, cosine-decayed (default: {d.learning_rate})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"batch size (default: {d.batch_size})")
+    p.add_argument("--latency-repeats", type=int, default=None,
+                   help=f"timed runs per latency (default: {d.latency_repeats})")
+    p.add_argument("--artifact-dir", default=None,
+                   help="Optuna artifact store directory (default: <db stem>_artifacts "
+                        "beside a SQLite file, else studies/artifacts)")
+    p.add_argument("--max-jobs", type=int, default=None,
+                   help="run at most this many jobs in this worker")
+    p.add_argument("--requeue-running", action="store_true",
+                   help="first re-enqueue RUNNING jobs (only when no other worker runs)")
+    p.set_defaults(func=_cmd_finetune)
+
+
+# -- export / report -------------------------------------------------------------------------
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from lrf_optuna.export import ExportError, export_trial
+    from lrf_optuna.study.lookup import load_study
+
+    study = load_study(args.study_name, args.storage)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            keras_path, tflite_path = export_trial(study, args.trial, args.out,
+                                                   artifact_dir=args.artifact_dir)
+        except ExportError as err:
+            raise UserError(f"trial {args.trial} of study {args.study_name!r}: {err}") from err
+    for w in caught:
+        if issubclass(w.category, UserWarning) and "fine-tun" in str(w.message):
+            print(f"warning: {w.message}")
+    for path in (keras_path, tflite_path):
+        print(f"{path}  ({path.stat().st_size:,} bytes)")
+    print("load the .keras file with lrf_optuna.load_model(path)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from lrf_optuna.report import write_report
+    from lrf_optuna.study.lookup import load_study
+    from lrf_optuna.study.storage import safe_name
+
+    study = load_study(args.study_name, args.storage)
+    out = Path(args.out) if args.out else Path("reports") / safe_name(study.study_name)
+    html_path, md_path = write_report(study, out, cache_dir=args.cache_dir)
+    print(f"wrote {html_path} (self-contained, open it in a browser) and {md_path}")
+    return 0
+
+
+# -- dashboard -------------------------------------------------------------------------------
+
+def _url(host: str, port: int, path: str = "/dashboard") -> str:
+    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}{path}"
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import optuna
+
+    from lrf_optuna.dashboard import add_study_notes, recorded_artifact_dir, run_dashboard
+    from lrf_optuna.study.lookup import load_study, resolve_storage, search_study_names
+    from lrf_optuna.study.records import ORIGINAL_ATTR
+    from lrf_optuna.study.storage import artifact_dir_for
+
+    storage = resolve_storage(args.study_name, args.storage)
+    if args.study_name is not None:
+        studies = [load_study(args.study_name, storage)]
+    else:
+        studies = [optuna.load_study(study_name=n, storage=storage)
+                   for n in search_study_names(storage)]
+    for study in studies:
+        if ORIGINAL_ATTR in study.user_attrs:
+            try:
+                add_study_notes(study, storage_url=storage)
+            except Exception as err:  # a note is a nicety: serve anyway
+                print(f"warning: could not write the note of study {study.study_name!r}: "
+                      f"{err}", file=sys.stderr)
+    artifact_dir = (Path(args.artifact_dir) if args.artifact_dir
+                    else recorded_artifact_dir(studies) or artifact_dir_for(storage))
+    path = (f"/dashboard/studies/{studies[0]._study_id}" if args.study_name is not None
+            else "/dashboard")
+    print(f"optuna-dashboard for {storage} (artifacts: {artifact_dir})", flush=True)
+    print(f"open {_url(args.host, args.port, path)}   (Ctrl-C to stop)", flush=True)
+    try:
+        run_dashboard(storage, host=args.host, port=args.port, artifact_dir=artifact_dir)
+    except OSError as err:  # port in use, address not available, unwritable artifact dir
+        raise UserError(f"cannot serve on {args.host}:{args.port} with artifacts in "
+                        f"{artifact_dir}: {err}") from err
+    print("dashboard stopped", flush=True)
+    return 0
+
+
+# -- the parser ------------------------------------------------------------------------------
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lrf-optuna`` parser with every subcommand."""
     from lrf_optuna.search import AGGREGATIONS, DEFAULT_AGGREGATION
     from lrf_optuna.similarity import DEFAULT_METRIC, METRICS
 
@@ -200,20 +355,61 @@ def build_parser() -> argparse.ArgumentParser:
                    "along the front")
     p.set_defaults(func=_cmd_show)
 
-    from lrf_optuna.dashboard import add_dashboard_parser
-    from lrf_optuna.export import add_export_parser
-    from lrf_optuna.finetune import add_finetune_parser
-    from lrf_optuna.report import add_report_parser
+    _add_finetune_parser(sub)
 
-    add_finetune_parser(sub)
-    add_export_parser(sub)
-    add_report_parser(sub)
-    add_dashboard_parser(sub)
+    p = sub.add_parser(
+        "export", help="write a trial's compressed model as .keras and .tflite",
+        description="Write the .keras and float32 .tflite files of one search trial: the "
+                    "fine-tuned weights when `lrf-optuna finetune` has fine-tuned it, "
+                    "else the compressed model without fine-tuning (with a warning). Load "
+                    "the .keras file with lrf_optuna.load_model(path).")
+    _add_study_args(p, need_name=True, name_help="the search study")
+    p.add_argument("--trial", type=int, required=True, metavar="N",
+                   help="search trial number")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--artifact-dir", default=None,
+                   help="artifact store of the fine-tuning jobs (default: the one recorded "
+                        "by `lrf-optuna finetune`)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "report", help="write an HTML + Markdown report of a study",
+        description="Write a self-contained HTML report (interactive Pareto front, "
+                    "similarity vs rank per layer, fine-tuning results) and a Markdown "
+                    "summary of a search study and its fine-tuning study.")
+    _add_study_args(p, name_help="the search study (default: the only one in --storage)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: reports/<study-name>)")
+    p.add_argument("--cache-dir", default=None,
+                   help="similarity cache directory, if it moved since the search "
+                        "(default: the one recorded in the study)")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser(
+        "dashboard", help="browse the search and fine-tuning studies in optuna-dashboard",
+        description="Serve optuna-dashboard on the study storage, with the fine-tuned "
+                    "models' artifact store, after writing an explanatory note on each "
+                    "search study. Serves until Ctrl-C.")
+    p.add_argument("--study-name", default=None,
+                   help="study to open (its storage defaults to sqlite:///studies/"
+                        "<study-name>.db, like `lrf-optuna search`)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: from --study-name); without "
+                        "--study-name every study in it is listed")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 exposes the dashboard to the "
+                        "network (default: %(default)s)")
+    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
+    p.add_argument("--artifact-dir", default=None,
+                   help="artifact store of the fine-tuned models (default: the one the "
+                        "fine-tuning study recorded, else <db stem>_artifacts beside a "
+                        "SQLite database, else studies/artifacts)")
+    p.set_defaults(func=_cmd_dashboard)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``lrf-optuna``."""
+    """Entry point of ``lrf-optuna``; returns the exit status (2 for a user error)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -224,10 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return int(args.func(args))
-    except (CLIError, ProblemError) as err:
-        print(f"lrf-optuna {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, KeyError, ValueError) as err:
+    except (UserError, FileNotFoundError, KeyError, ValueError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"lrf-optuna {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -1,95 +1,62 @@
-"""optuna-dashboard for lrf_optuna studies: the ``dashboard`` subcommand and study notes.
+"""optuna-dashboard for lrf_optuna studies: the notes it shows, and serving it.
 
 The search study and its fine-tuning study (``"<name>:finetune"``, same storage) are served
 by `optuna-dashboard <https://optuna-dashboard.readthedocs.io>`_ together with the artifact
 store holding the fine-tuned ``.keras`` / ``.tflite`` files, so the models can be
-downloaded from the trial pages. Before serving, a Markdown note explaining the objectives,
-the original model and how to resume is written on each search study (shown on the
-study's "Note" tab); a note edited by hand in the dashboard is never overwritten.
+downloaded from the trial pages (:func:`run_dashboard`; CLI: ``lrf-optuna dashboard``).
+
+Notes (Markdown, shown on a study's or trial's "Note" tab): :func:`add_study_notes` on a
+search study (objectives, the original model, how to resume; a note edited by hand is
+never overwritten), :func:`original_note` on a fine-tuning study and :func:`job_note` on
+each fine-tuning job.
 
 Artifact store location: ``--artifact-dir``, else the ``artifact_dir`` the fine-tuning
-study recorded, else :func:`artifact_dir_for`: ``<db stem>_artifacts/`` beside the SQLite
-file for ``sqlite:///path/name.db``, else ``studies/artifacts``.
-
-Examples::
-
-    lrf-optuna dashboard --study-name vgg_small         # sqlite:///studies/vgg_small.db
-    lrf-optuna dashboard --storage postgresql://u@db/lrf --port 8081
-    python -m lrf_optuna.dashboard --study-name vgg_small --host 0.0.0.0
+study recorded, else :func:`~lrf_optuna.study.storage.artifact_dir_for`:
+``<db stem>_artifacts/`` beside the SQLite file for ``sqlite:///path/name.db``, else
+``studies/artifacts``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import hashlib
+import logging
 import os
 import shlex
-import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lrf_optuna.finetune import FINETUNE_SUFFIX, existing_finetune_study
-from lrf_optuna.search import artifact_dir_for, sqlite_path
+import optuna
 
-__all__ = ["StudyLookupError", "add_dashboard_parser", "add_study_notes", "load_study",
-           "recorded_artifact_dir", "resolve_storage", "run_dashboard", "search_study_names",
-           "study_note"]
+from lrf_optuna.errors import UserError
+from lrf_optuna.report.tables import kib, markdown_table
+from lrf_optuna.study.lookup import (
+    find_finetune_study,
+    latest_jobs,
+    load_study,
+    resolve_storage,
+    search_study_names,
+)
+from lrf_optuna.study.records import (
+    ARTIFACT_DIR_ATTR,
+    BASELINE_ATTR,
+    PROBLEM_ATTR,
+    original_info,
+)
+from lrf_optuna.study.storage import artifact_dir_for
+
+# load_study, resolve_storage and search_study_names live in lrf_optuna.study.lookup; they
+# stay importable from here for older code.
+__all__ = ["StudyLookupError", "add_study_notes", "job_note", "load_study", "original_note",
+           "recorded_artifact_dir", "resolve_storage", "run_dashboard", "save_note_quietly",
+           "search_study_names", "study_note"]
+
+logger = logging.getLogger(__name__)
 
 _NOTE_TAG = "lrf-optuna note"
-
-
-class StudyLookupError(ValueError):
-    """No such storage or study (a user error: the CLI prints it as one line)."""
-
-
-# -- storage, studies ------------------------------------------------------------------------
-def resolve_storage(study_name: str | None, storage: str | None) -> str:
-    """``storage``, or ``sqlite:///studies/<study_name>.db`` like ``lrf-optuna search``.
-
-    Raises:
-        StudyLookupError: neither is given, or the SQLite database file does not exist.
-    """
-    if storage is None:
-        if not study_name:
-            raise StudyLookupError("pass --study-name or --storage")
-        storage = f"sqlite:///{Path('studies') / f'{study_name}.db'}"
-    db = sqlite_path(storage)
-    if db is not None and not db.exists():
-        raise StudyLookupError(f"no study database at {db}; run `lrf-optuna search` first or "
-                               "pass --storage")
-    return storage
-
-
-def search_study_names(storage: Any) -> list[str]:
-    """Names of the search studies in a storage (fine-tuning studies left out)."""
-    import optuna
-
-    return [n for n in optuna.get_all_study_names(storage)
-            if not n.endswith(FINETUNE_SUFFIX)]
-
-
-def load_study(study_name: str | None, storage: str | None) -> Any:
-    """Load a search study by name (and/or storage), with clear errors.
-
-    With only ``storage``, the storage must hold exactly one search study.
-
-    Raises:
-        StudyLookupError: no database, no such study, or an ambiguous storage.
-    """
-    import optuna
-
-    url = resolve_storage(study_name, storage)
-    names = search_study_names(url)
-    if study_name is None:
-        if len(names) != 1:
-            raise StudyLookupError(f"{url} holds {len(names)} search studies {names}; pass "
-                                   "--study-name")
-        study_name = names[0]
-    if study_name not in names:
-        raise StudyLookupError(f"no study {study_name!r} in {url}; it has {names}")
-    return optuna.load_study(study_name=study_name, storage=url)
+#: Deprecated alias: study look-ups raise :class:`~lrf_optuna.errors.UserError`.
+StudyLookupError = UserError
 
 
 # -- the study note --------------------------------------------------------------------------
@@ -102,8 +69,8 @@ def _num(value: Any, fmt: str = ",") -> str:
         return str(value)
 
 
-def _resume_command(study: Any, storage_url: str | None) -> str:
-    spec = study.user_attrs.get("lrf_optuna:problem") or {}
+def _resume_command(study: optuna.Study, storage_url: str | None) -> str:
+    spec = study.user_attrs.get(PROBLEM_ATTR) or {}
     n_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
     argv = ["lrf-optuna", "search", "--model", str(spec.get("model", "<model>"))]
     if spec.get("dataset"):
@@ -129,9 +96,10 @@ def _resume_command(study: Any, storage_url: str | None) -> str:
     return " \\\n".join(lines)
 
 
-def study_note(study: Any, *, storage_url: str | None = None) -> str:
+def study_note(study: optuna.Study, *, storage_url: str | None = None) -> str:
     """The Markdown note :func:`add_study_notes` writes (without its footer)."""
-    original = study.user_attrs.get("lrf_optuna:original") or {}
+    info = original_info(study)
+    original = info.to_json() if info is not None else {}
     metric = original.get("metric", "cosine")
     aggregation = original.get("aggregation", "mean")
     names = study.metric_names or ["params", "flops", "proxy"]
@@ -179,9 +147,9 @@ def study_note(study: Any, *, storage_url: str | None = None) -> str:
         f"| similarity metric / aggregation | {metric} / {aggregation} |",
         f"| similarity cache | `{original.get('cache', 'n/a')}` |",
     ]
-    finetune = existing_finetune_study(study)
+    finetune = find_finetune_study(study)
     if finetune is not None:
-        base = finetune.user_attrs.get("original") or {}
+        base = finetune.user_attrs.get(BASELINE_ATTR) or {}
         rows = [("test accuracy", base.get("test_acc"), ".4f"),
                 ("Keras file (bytes)", base.get("keras_bytes"), ","),
                 ("TFLite file (bytes)", base.get("tflite_bytes"), ","),
@@ -190,8 +158,7 @@ def study_note(study: Any, *, storage_url: str | None = None) -> str:
         lines += [f"| {label} | {_num(value, fmt)} |" for label, value, fmt in rows
                   if value is not None]
         done = [t for t in finetune.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        sources = sorted({int(t.user_attrs["source_trial"]) for t in done
-                          if isinstance(t.user_attrs.get("source_trial"), int)})
+        sources = sorted(latest_jobs(finetune))
         lines += ["", "## Fine-tuning",
                   "",
                   f"Study `{finetune.study_name}` holds {len(done)} finished fine-tuning "
@@ -232,7 +199,7 @@ def _is_ours(note: str) -> bool:
     return bool(sep) and head + _footer(head) == note
 
 
-def add_study_notes(study: Any, *, storage_url: str | None = None,
+def add_study_notes(study: optuna.Study, *, storage_url: str | None = None,
                     force: bool = False) -> bool:
     """Write the explanatory Markdown note on a (live) search study.
 
@@ -259,8 +226,8 @@ def add_study_notes(study: Any, *, storage_url: str | None = None,
 
 
 # -- serving ---------------------------------------------------------------------------------
-def run_dashboard(storage: Any, *, host: str = "127.0.0.1", port: int = 8080,
-                  artifact_dir: str | os.PathLike[str] | None = None) -> None:
+def run_dashboard(storage: str | optuna.storages.BaseStorage, *, host: str = "127.0.0.1",
+                  port: int = 8080, artifact_dir: str | os.PathLike[str] | None = None) -> None:
     """Serve optuna-dashboard on ``storage`` with the fine-tuning artifact store; blocks.
 
     ``storage`` is a URL or an Optuna storage object; ``artifact_dir`` defaults to
@@ -279,106 +246,83 @@ def run_dashboard(storage: Any, *, host: str = "127.0.0.1", port: int = 8080,
                    artifact_store=FileSystemArtifactStore(directory))
 
 
-def recorded_artifact_dir(studies: Sequence[Any]) -> Path | None:
+def recorded_artifact_dir(studies: Sequence[optuna.Study]) -> Path | None:
     """The artifact directory the fine-tuning studies of ``studies`` recorded (user
     attribute ``artifact_dir``), if any; the first one when they disagree (with a
     warning: the dashboard serves one artifact store)."""
     found: list[str] = []
     for study in studies:
-        finetune = existing_finetune_study(study)
-        recorded = finetune.user_attrs.get("artifact_dir") if finetune is not None else None
+        finetune = find_finetune_study(study)
+        recorded = finetune.user_attrs.get(ARTIFACT_DIR_ATTR) if finetune is not None else None
         if recorded and recorded not in found:
             found.append(str(recorded))
     if len(found) > 1:
-        print(f"warning: the fine-tuning studies use several artifact directories {found}; "
-              f"serving {found[0]} (pass --artifact-dir to choose)", file=sys.stderr)
+        logger.warning("the fine-tuning studies use several artifact directories %s; serving "
+                       "%s (pass --artifact-dir to choose)", found, found[0])
     return Path(found[0]) if found else None
 
 
-def _url(host: str, port: int, path: str = "/dashboard") -> str:
-    shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
-    if ":" in shown:
-        shown = f"[{shown}]"
-    return f"http://{shown}:{port}{path}"
+# -- fine-tuning notes -----------------------------------------------------------------------
+def _with_original(label: str, mine: str, original: Mapping[str, Any] | None, key: str,
+                   fmt: str) -> list[str]:
+    theirs = "" if not original else (kib(original[key]) if fmt == "kib"
+                                      else format(original[key], fmt))
+    return [label, mine, theirs]
 
 
-def _cmd_dashboard(args: argparse.Namespace) -> int:
-    import optuna
+def job_note(source: int, study_name: str, ua: Mapping[str, Any],
+             original: Mapping[str, Any] | None) -> str:
+    """The Markdown note of a fine-tuning job (its user attributes ``ua``) against the
+    original model."""
+    rows = [_with_original("parameters", f"{ua['params']:,}", original, "params", ","),
+            _with_original("FLOPs", f"{ua['flops']:,}", original, "flops", ","),
+            _with_original("val accuracy",
+                           f"{ua['val_acc_before']:.4f} -> {ua['val_acc_after']:.4f}",
+                           original, "val_acc", ".4f"),
+            _with_original("test accuracy",
+                           f"{ua['test_acc_before']:.4f} -> {ua['test_acc']:.4f}",
+                           original, "test_acc", ".4f"),
+            _with_original(".keras size (KiB)", kib(ua["keras_bytes"]), original,
+                           "keras_bytes", "kib"),
+            _with_original(".tflite size (KiB)", kib(ua["tflite_bytes"]), original,
+                           "tflite_bytes", "kib"),
+            _with_original("latency Keras, batch 1 (ms)", f"{ua['latency_ms_keras']:.3f}",
+                           original, "latency_ms_keras", ".3f"),
+            _with_original("latency TFLite, batch 1 (ms)", f"{ua['latency_ms_tflite']:.3f}",
+                           original, "latency_ms_tflite", ".3f")]
+    note = [f"## Fine-tuned trial {source} of `{study_name}`", "",
+            markdown_table(["", "fine-tuned", "original"], rows), "",
+            f"{ua['epochs_run']} epoch(s) in {ua['finetune_seconds']:.1f} s"
+            + (" (reverted: fine-tuning did not improve validation accuracy)"
+               if ua["reverted"] else ""), "",
+            "### Plan", "",
+            markdown_table(["layer", "choice"], [[k, v] for k, v in ua["plan"].items()])]
+    return "\n".join(note)
 
-    storage = resolve_storage(args.study_name, args.storage)
-    if args.study_name is not None:
-        studies = [load_study(args.study_name, storage)]
-    else:
-        studies = [optuna.load_study(study_name=n, storage=storage)
-                   for n in search_study_names(storage)]
-    for study in studies:
-        if "lrf_optuna:original" in study.user_attrs:
-            try:
-                add_study_notes(study, storage_url=storage)
-            except Exception as err:  # a note is a nicety: serve anyway
-                print(f"warning: could not write the note of study {study.study_name!r}: "
-                      f"{err}", file=sys.stderr)
-    artifact_dir = (Path(args.artifact_dir) if args.artifact_dir
-                    else recorded_artifact_dir(studies) or artifact_dir_for(storage))
-    path = (f"/dashboard/studies/{studies[0]._study_id}" if args.study_name is not None
-            else "/dashboard")
-    print(f"optuna-dashboard for {storage} (artifacts: {artifact_dir})", flush=True)
-    print(f"open {_url(args.host, args.port, path)}   (Ctrl-C to stop)", flush=True)
+
+def original_note(study_name: str, o: Mapping[str, Any]) -> str:
+    """The Markdown note of a fine-tuning study: the original model, measured like the
+    jobs."""
+    rows = [["parameters", f"{o['params']:,}"], ["FLOPs", f"{o['flops']:,}"],
+            ["val accuracy", f"{o['val_acc']:.4f}"], ["test accuracy", f"{o['test_acc']:.4f}"],
+            [".keras size (KiB)", kib(o["keras_bytes"])],
+            [".tflite size (KiB)", kib(o["tflite_bytes"])],
+            ["latency Keras, batch 1 (ms)", f"{o['latency_ms_keras']:.3f}"],
+            ["latency TFLite, batch 1 (ms)", f"{o['latency_ms_tflite']:.3f}"]]
+    return "\n".join([f"## Fine-tuning jobs of `{study_name}`", "",
+                      "One trial per fine-tuned Pareto-optimal search trial. The original "
+                      "model, measured the same way:", "",
+                      markdown_table(["original model", ""], rows)])
+
+
+def save_note_quietly(target: optuna.Study | optuna.Trial, body: str) -> None:
+    """``optuna_dashboard.save_note``, logged instead of raised when it fails (a note is a
+    nicety: it never fails a job)."""
     try:
-        run_dashboard(storage, host=args.host, port=args.port, artifact_dir=artifact_dir)
-    except OSError as err:  # port in use, address not available, unwritable artifact dir
-        raise ValueError(f"cannot serve on {args.host}:{args.port} with artifacts in "
-                         f"{artifact_dir}: {err}") from err
-    print("dashboard stopped", flush=True)
-    return 0
+        from optuna_dashboard import save_note
+
+        save_note(target, body)
+    except Exception:
+        logger.warning("could not save a dashboard note", exc_info=True)
 
 
-def _add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--study-name", default=None,
-                   help="study to open (its storage defaults to sqlite:///studies/"
-                        "<study-name>.db, like `lrf-optuna search`)")
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default: from --study-name); without "
-                        "--study-name every study in it is listed")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on; 0.0.0.0 exposes the dashboard to the "
-                        "network (default: %(default)s)")
-    p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
-    p.add_argument("--artifact-dir", default=None,
-                   help="artifact store of the fine-tuned models (default: the one the "
-                        "fine-tuning study recorded, else <db stem>_artifacts beside a "
-                        "SQLite database, else studies/artifacts)")
-    p.set_defaults(func=_cmd_dashboard)
-
-
-def add_dashboard_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``dashboard`` subcommand to an ``argparse`` subparsers object."""
-    p: argparse.ArgumentParser = subparsers.add_parser(
-        "dashboard", help="browse the search and fine-tuning studies in optuna-dashboard",
-        description="Serve optuna-dashboard on the study storage, with the fine-tuned "
-                    "models' artifact store, after writing an explanatory note on each "
-                    "search study. Serves until Ctrl-C.")
-    _add_arguments(p)
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m lrf_optuna.dashboard``: the ``dashboard`` subcommand on its own."""
-    parser = argparse.ArgumentParser(prog="python -m lrf_optuna.dashboard",
-                                     description="Serve optuna-dashboard on an lrf_optuna "
-                                                 "study storage (until Ctrl-C).")
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    import optuna
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        return int(args.func(args))
-    except (FileNotFoundError, KeyError, ValueError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"lrf-optuna dashboard: error: {msg}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -3,7 +3,8 @@
 * :func:`save_keras` writes a ``.keras`` file **without optimizer state** (a compiled,
   fine-tuned model would otherwise carry Adam's two moment tensors per weight, tripling the
   file): the size it leaves is the size of the deployable model. Load it with
-  ``keras.saving.load_model(path)`` after ``import lrf_optuna.decompose`` (which registers
+  :func:`load_model` (or ``keras.saving.load_model(path)`` after
+  ``import lrf_optuna.decompose``, which registers
   :class:`~lrf_optuna.decompose.FactorizedLayer`).
 * :func:`to_tflite` converts with ``tf.lite.TFLiteConverter.from_keras_model``; when that
   raises, or when its output does not match Keras on a random batch, it converts through a
@@ -18,8 +19,15 @@
   layer overhead is timed), :func:`tflite_latency_ms` times ``Interpreter.invoke()``;
   both at batch size 1, on random input, median of ``repeats`` runs after ``warmup`` runs,
   in milliseconds.
+* :func:`measure_model` measures a model the way the report compares models: test
+  accuracy, params, FLOPs, both files' sizes and both latencies.
+* Fine-tuned models are Optuna artifacts of their fine-tuning job:
+  :func:`upload_model_files` stores them, :func:`download_job_files` fetches them.
 * :func:`export_trial` writes both files for a search trial, using the fine-tuned weights
   of its fine-tuning job when there is one (see :mod:`lrf_optuna.finetune`).
+* :func:`load_model` loads an exported ``.keras`` file (it registers lrf_optuna's layers
+  first: plain ``keras.saving.load_model`` fails on them unless ``lrf_optuna.decompose``
+  was imported).
 
 Example:
     >>> path = to_tflite(compressed, "small.tflite")  # doctest: +SKIP
@@ -29,28 +37,36 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
 import os
-import re
 import statistics
 import tempfile
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lrf_optuna.study.lookup import artifact_store_dir, finetune_study_name, finetuned_job
+from lrf_optuna.study.records import ARTIFACT_DIR_ATTR, Measured, get_search_trial
+from lrf_optuna.study.storage import safe_name
+
 if TYPE_CHECKING:
     import keras
     import optuna
 
-__all__ = ["ExportError", "add_export_parser", "export_trial", "keras_latency_ms", "save_keras",
-           "search_trial", "tflite_latency_ms", "tflite_predict", "to_tflite"]
+    from lrf_optuna.data import Splits
+    from lrf_optuna.problem import Problem
+
+__all__ = ["ExportError", "MeasuredFiles", "download_job_files", "export_trial",
+           "keras_latency_ms", "load_model", "measure_model", "save_keras",
+           "search_trial", "tflite_latency_ms", "tflite_predict", "to_tflite",
+           "upload_model_files"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +105,24 @@ def save_keras(model: keras.Model, path: str | os.PathLike[str]) -> Path:
         target.set_weights(model.get_weights())
     target.save(path)
     return path
+
+
+def load_model(path: str | os.PathLike[str]) -> keras.Model:
+    """Load a ``.keras`` file written by lrf_optuna (compressed or not).
+
+    Registers lrf_optuna's Keras layers (``import lrf_optuna.decompose``) first: without
+    that, Keras fails on a factorized model with a generic "could not locate class" error.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    import keras
+
+    import lrf_optuna.decompose  # noqa: F401  (registers FactorizedLayer and its parts)
+
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no model file at {path}")
+    return keras.saving.load_model(path)
 
 
 def _input_shape(model: keras.Model) -> tuple[int, ...]:
@@ -245,64 +279,128 @@ def tflite_latency_ms(path: str | os.PathLike[str], repeats: int = 50, warmup: i
     return _median_ms(interp.invoke, repeats, warmup)
 
 
+# -- measuring ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class MeasuredFiles:
+    """What :func:`measure_model` found, and the two files it wrote."""
+
+    measured: Measured
+    keras_path: Path
+    tflite_path: Path
+
+
+def measure_model(model: keras.Model, splits: Splits, out_dir: str | os.PathLike[str],
+                  stem: str, *, latency_repeats: int = 50, latency_warmup: int = 5,
+                  tflite_threads: int | None = None) -> MeasuredFiles:
+    """Test accuracy, params, FLOPs, file sizes and latencies of ``model``; writes
+    ``<out_dir>/<stem>.keras`` and ``.tflite``."""
+    from lrf_optuna.costs import model_costs
+    from lrf_optuna.models.training import evaluate
+
+    costs = model_costs(model)
+    keras_path = save_keras(model, Path(out_dir) / f"{stem}.keras")
+    tflite_path = to_tflite(model, Path(out_dir) / f"{stem}.tflite")
+    measured = Measured(
+        params=int(costs.params), flops=int(costs.flops),
+        test_acc=evaluate(model, splits.x_test, splits.y_test),
+        keras_bytes=keras_path.stat().st_size, tflite_bytes=tflite_path.stat().st_size,
+        latency_ms_keras=round(keras_latency_ms(model, None, latency_repeats,
+                                                latency_warmup), 4),
+        latency_ms_tflite=round(tflite_latency_ms(tflite_path, latency_repeats, latency_warmup,
+                                                  num_threads=tflite_threads), 4))
+    return MeasuredFiles(measured, keras_path, tflite_path)
+
+
+# -- fine-tuned models as Optuna artifacts -------------------------------------------------
+
+KERAS_ARTIFACT, TFLITE_ARTIFACT = "keras_artifact_id", "tflite_artifact_id"
+
+
+def upload_model_files(store_dir: Path, trial: optuna.Trial, files: MeasuredFiles
+                       ) -> dict[str, str]:
+    """Store the ``.keras`` and ``.tflite`` files as artifacts of ``trial``; returns the
+    user attributes naming them (``keras_artifact_id``, ``tflite_artifact_id``)."""
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    store_dir.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(store_dir)
+    return {key: upload_artifact(artifact_store=store, file_path=str(path),
+                                 study_or_trial=trial)
+            for key, path in ((KERAS_ARTIFACT, files.keras_path),
+                              (TFLITE_ARTIFACT, files.tflite_path))}
+
+
+def download_job_files(study: optuna.Study, job: optuna.trial.FrozenTrial, keras_path: Path,
+                       tflite_path: Path, *,
+                       artifact_dir: str | os.PathLike[str] | None = None) -> None:
+    """Copy a fine-tuning job's ``.keras`` and ``.tflite`` artifacts to the given paths
+    (overwriting).
+
+    Raises:
+        FileNotFoundError: the job has no artifact ids or the store lacks the files.
+    """
+    from optuna.artifacts import FileSystemArtifactStore, download_artifact
+    from optuna.artifacts.exceptions import ArtifactNotFound
+
+    directory = (Path(artifact_dir) if artifact_dir is not None
+                 else Path(job.user_attrs.get(ARTIFACT_DIR_ATTR) or artifact_store_dir(study)))
+    store = FileSystemArtifactStore(directory)
+    for key, path in ((KERAS_ARTIFACT, keras_path), (TFLITE_ARTIFACT, tflite_path)):
+        artifact_id = job.user_attrs.get(key)
+        if artifact_id is None:
+            raise FileNotFoundError(f"job {job.number} of {finetune_study_name(study)!r} has "
+                                    f"no {key!r}")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.download")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            download_artifact(artifact_store=store, file_path=str(tmp),
+                              artifact_id=artifact_id)
+        except (ArtifactNotFound, FileNotFoundError) as err:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise FileNotFoundError(f"artifact {artifact_id} of job {job.number} not in "
+                                    f"{directory}") from err
+        os.replace(tmp, path)
+
+
 # -- search trials -----------------------------------------------------------------------
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
-
-
-def search_trial(study: optuna.Study, trial_number: int) -> optuna.trial.FrozenTrial:
-    """The finished search trial ``trial_number``, with a clear error otherwise."""
-    import optuna
-
-    trials = study.get_trials(deepcopy=False)
-    found = [t for t in trials if t.number == trial_number]
-    if not found:
-        span = f"0..{len(trials) - 1}" if trials else "none"
-        raise KeyError(f"study {study.study_name!r} has no trial {trial_number} "
-                       f"(trials: {span})")
-    trial = found[0]
-    if trial.state != optuna.trial.TrialState.COMPLETE:
-        raise ValueError(f"trial {trial_number} of study {study.study_name!r} is "
-                         f"{trial.state.name}, not COMPLETE")
-    if "lrf_plan" not in trial.user_attrs:
-        raise ValueError(f"trial {trial_number} of study {study.study_name!r} has no "
-                         "'lrf_plan' user attribute (not made by lrf_optuna's search)")
-    return trial
-
 
 def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathLike[str], *,
                  artifact_dir: str | os.PathLike[str] | None = None,
-                 problem: Any = None) -> tuple[Path, Path]:
+                 problem: Problem | None = None) -> tuple[Path, Path]:
     """Write ``<study>_trial<N>.keras`` and ``.tflite`` for search trial ``N`` into
     ``out_dir``.
 
     If the study's fine-tuning study (``"<study>:finetune"``, see
     :mod:`lrf_optuna.finetune`) has a COMPLETE job for this trial, its fine-tuned files are
-    downloaded from the Optuna artifact store (the job's ``keras_artifact_id`` /
-    ``tflite_artifact_id`` user attributes; the store directory is ``artifact_dir`` or the
-    one recorded in the fine-tuning study's ``artifact_dir`` user attribute). Otherwise the
-    compressed model is rebuilt from the trial's ``lrf_plan`` (the problem is loaded from
-    the study, factors from the similarity cache) and exported **without fine-tuning**,
-    with a warning.
+    downloaded from the Optuna artifact store (:func:`download_job_files`). Otherwise the
+    compressed model is rebuilt from the trial's plan (the problem is loaded from the
+    study, factors from the similarity cache) and exported **without fine-tuning**, with a
+    warning. Load the ``.keras`` file with :func:`load_model`.
 
     Returns:
         ``(keras_path, tflite_path)``.
-    """
-    from lrf_optuna import finetune
 
-    trial = search_trial(study, trial_number)
+    Raises:
+        UserError: no such COMPLETE search trial.
+    """
+    from lrf_optuna.search import StudyModels
+
+    trial = get_search_trial(study, trial_number)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{_safe(study.study_name)}_trial{trial_number}"
+    stem = f"{safe_name(study.study_name)}_trial{trial_number}"
     keras_path, tflite_path = out / f"{stem}.keras", out / f"{stem}.tflite"
-    job = finetune.finetuned_job(study, trial_number)
+    job = finetuned_job(study, trial_number)
     if job is not None:
         try:
-            finetune.download_job_artifacts(study, job, keras_path, tflite_path,
-                                            artifact_dir=artifact_dir)
+            download_job_files(study, job, keras_path, tflite_path, artifact_dir=artifact_dir)
             logger.info("exported fine-tuned trial %d (job %d of %r) to %s", trial_number,
-                        job.number, finetune.finetune_study_name(study), out)
+                        job.number, finetune_study_name(study), out)
             return keras_path, tflite_path
         except FileNotFoundError as err:
             warnings.warn(f"the fine-tuned files of trial {trial_number} are not in the "
@@ -312,51 +410,11 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
         warnings.warn(f"trial {trial_number} of study {study.study_name!r} has not been "
                       "fine-tuned (run `lrf-optuna finetune`); exporting the compressed "
                       "model WITHOUT fine-tuning", stacklevel=2)
-    worker = finetune.JobContext(study, problem=problem)
-    model = worker.build_compressed(trial)
+    model = StudyModels(study, problem=problem).build(trial)
     save_keras(model, keras_path)
     to_tflite(model, tflite_path)
     return keras_path, tflite_path
 
 
-# -- CLI -----------------------------------------------------------------------------------
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    from lrf_optuna.cli import CLIError
-    from lrf_optuna.finetune import open_study
-
-    study = open_study(args.study_name, args.storage)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            keras_path, tflite_path = export_trial(study, args.trial, args.out,
-                                                   artifact_dir=args.artifact_dir)
-        except ExportError as err:
-            raise CLIError(f"trial {args.trial} of study {args.study_name!r}: {err}") from err
-    for w in caught:
-        if issubclass(w.category, UserWarning) and "fine-tun" in str(w.message):
-            print(f"warning: {w.message}")
-    for p in (keras_path, tflite_path):
-        print(f"{p}  ({p.stat().st_size:,} bytes)")
-    return 0
-
-
-def add_export_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add the ``export`` subcommand to an ``argparse`` subparsers object."""
-    p = subparsers.add_parser(
-        "export", help="write a trial's compressed model as .keras and .tflite",
-        description="Write the .keras and float32 .tflite files of one search trial: the "
-                    "fine-tuned weights when `lrf-optuna finetune` has fine-tuned it, "
-                    "else the compressed model without fine-tuning (with a warning).")
-    p.add_argument("--study-name", required=True, help="the search study")
-    p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default: sqlite:///studies/<study-name>.db)")
-    p.add_argument("--trial", type=int, required=True, metavar="N",
-                   help="search trial number")
-    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--artifact-dir", default=None,
-                   help="artifact store of the fine-tuning jobs (default: the one recorded "
-                        "by `lrf-optuna finetune`)")
-    p.set_defaults(func=_cmd_export)
-    return p
-
+#: Deprecated name of :func:`lrf_optuna.study.records.get_search_trial`.
+search_trial = get_search_trial

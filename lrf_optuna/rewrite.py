@@ -34,7 +34,8 @@ from lrf_optuna.decompose import (
     methods_for,
 )
 
-__all__ = ["LayerEntry", "Plan", "find_layers", "iter_layers", "rewrite_model"]
+__all__ = ["LayerEntry", "Plan", "check_supported_model", "find_layers", "iter_layers",
+           "rewrite_model"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ def _check_supported_model(model: Any) -> None:
         raise ValueError(
             f"model {model.name!r} is not built with a known input shape; build it first, "
             "e.g. with keras.Input(shape) as its first layer")
+
+
+def check_supported_model(model: Any) -> None:
+    """Raise ``TypeError`` unless ``model`` is a Sequential or Functional Keras model."""
+    _check_supported_model(model)
 
 
 def iter_layers(model: keras.Model, prefix: str = "") -> Iterator[tuple[str, keras.layers.Layer]]:
@@ -165,7 +171,8 @@ def rewrite_model(model: keras.Model, plan: Plan, *,
         if path in replacements:
             return replacements[path]
         new = layer.__class__.from_config(layer.get_config())
-        copies.append((new, layer))
+        if isinstance(layer, keras.layers.Layer):  # not the keras.ops calls of the graph
+            copies.append((new, layer))
         return new
 
     inputs = [keras.Input(batch_shape=t.shape, dtype=t.dtype, name=t._keras_history.operation.name)

@@ -44,30 +44,65 @@ import numpy as np
 import optuna
 
 from lrf_optuna.cache import Candidate, GridConfig, LayerTable, SimilarityCache
+from lrf_optuna.errors import UserError
+from lrf_optuna.problem import Problem, ProblemSpec
 from lrf_optuna.similarity import DEFAULT_METRIC
+from lrf_optuna.study.records import (
+    KEEP,
+    ORIGINAL_ATTR,
+    PROBLEM_ATTR,
+    SPACE_ATTR,
+    STRATEGY_ATTR,
+    OriginalInfo,
+    Plan,
+    decode_plan,
+    describe_choice,
+    plan_attrs,
+    record_problem,
+)
+from lrf_optuna.study.storage import (
+    artifact_dir_for,
+    default_storage,
+    open_storage,
+    safe_name,
+    storage_url,
+    study_lock,
+)
 
 if TYPE_CHECKING:
     import keras
 
+    from lrf_optuna.data import Dataset
     from lrf_optuna.strategies import Strategy
 
 __all__ = [
     "AGGREGATIONS",
     "DEFAULT_AGGREGATION",
+    "CalibrationData",
     "LRFObjective",
+    "LRFSearch",
     "PlanScore",
-    "artifact_dir_for",
     "create_lrf_study",
-    "default_storage",
     "describe_choice",
-    "open_storage",
+    "finished_trials",
+    "prepare_lrf_study",
     "run_remaining",
-    "sqlite_path",
 ]
 
 logger = logging.getLogger(__name__)
 
-KEEP = "keep"
+#: Calibration inputs: images ``(n, *input_shape)``, or an ``(images, labels)`` pair.
+CalibrationData = np.ndarray | tuple[np.ndarray, np.ndarray]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "sqlite_path":  # moved with the other storage helpers
+        warnings.warn("lrf_optuna.search.sqlite_path is deprecated; use "
+                      "lrf_optuna.study.storage.sqlite_path", DeprecationWarning, stacklevel=2)
+        from lrf_optuna.study.storage import sqlite_path
+
+        return sqlite_path
+    raise AttributeError(f"module 'lrf_optuna.search' has no attribute {name!r}")
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -96,11 +131,18 @@ _OBJECTIVES: dict[str, Direction] = {"params": "minimize", "bytes": "minimize", 
                "macs": "minimize", "proxy": "maximize"}
 
 
-def describe_choice(choice: tuple[str, int] | None) -> str:
-    """Readable form of one layer's choice: ``"keep"`` or ``"tucker2 r=8"``."""
-    if choice is None or choice[0] == KEEP:
-        return KEEP
-    return f"{choice[0]} r={int(choice[1])}"
+def directions_of(objectives: Sequence[str]) -> list[Direction]:
+    """Optimisation directions of objective names (see :class:`LRFObjective`).
+
+    Example:
+        >>> directions_of(["params", "proxy"])
+        ['minimize', 'maximize']
+    """
+    bad = [o for o in objectives if o not in _OBJECTIVES]
+    if bad or not objectives:
+        raise ValueError(f"unknown objectives {bad or list(objectives)!r}; choose from "
+                         f"{sorted(_OBJECTIVES)}")
+    return [_OBJECTIVES[o] for o in objectives]
 
 
 @dataclass(frozen=True)
@@ -199,7 +241,7 @@ class LRFObjective:
     def __init__(
         self,
         model: keras.Model,
-        calibration_data: Any,
+        calibration_data: CalibrationData,
         *,
         cache_dir: str | os.PathLike[str] = ".lrf_cache",
         metric: str = DEFAULT_METRIC,
@@ -220,10 +262,7 @@ class LRFObjective:
         if aggregation not in AGGREGATIONS:
             raise ValueError(f"unknown aggregation {aggregation!r}; choose from "
                              f"{sorted(AGGREGATIONS)}")
-        bad = [o for o in objectives if o not in _OBJECTIVES]
-        if bad or not objectives:
-            raise ValueError(f"unknown objectives {bad or objectives!r}; choose from "
-                             f"{sorted(_OBJECTIVES)}")
+        directions_of(objectives)  # raises on unknown names
         self.model = model
         self.metric = metric
         self.aggregation = aggregation
@@ -265,7 +304,7 @@ class LRFObjective:
     @property
     def directions(self) -> list[Direction]:
         """Optimisation directions, for ``optuna.create_study(directions=...)``."""
-        return [_OBJECTIVES[o] for o in self.objectives]
+        return directions_of(self.objectives)
 
     @property
     def metric_names(self) -> list[str]:
@@ -300,9 +339,8 @@ class LRFObjective:
                             round(self.original_params / max(score.params, 1), 4))
         trial.set_user_attr("flops_reduction",
                             round(1 - score.macs / max(self.original_macs, 1), 4))
-        trial.set_user_attr("plan", {p: describe_choice(score.plan.get(p))
-                                     for p in self.spaces})
-        trial.set_user_attr("lrf_plan", {p: list(c) for p, c in score.plan.items()})
+        for key, value in plan_attrs(score.plan, self.spaces).items():
+            trial.set_user_attr(key, value)
         if self.max_params is not None:
             trial.set_constraint("max_params", score.params - self.max_params)
         if self.max_flops is not None:
@@ -345,8 +383,8 @@ class LRFObjective:
             plan[path] = (method, space.candidate(method, int(params[f"{path}:rank"])).rank)
         return plan
 
-    def plan_of(self, trial: optuna.trial.FrozenTrial | optuna.Trial) -> dict[
-            str, tuple[str, int]]:
+    def plan_of(self, trial: optuna.trial.FrozenTrial | optuna.Trial) -> Plan:
+        """The plan of a trial, decoded from its parameters."""
         return self.plan_from_params(trial.params)
 
     def params_for_plan(self, plan: Mapping[str, tuple[str, int] | None]) -> dict[str, Any]:
@@ -362,9 +400,14 @@ class LRFObjective:
                 out[f"{path}:rank"] = space.level_of(choice[0], int(choice[1]))
         return out
 
-    def build_model(self, trial_or_plan: Any) -> keras.Model:
-        """The compressed Keras model of a trial (frozen or live) or a plan."""
-        plan = (self.plan_of(trial_or_plan) if hasattr(trial_or_plan, "params")
+    def build_model(self, trial_or_plan: optuna.trial.FrozenTrial | optuna.Trial
+                    | Mapping[str, tuple[str, int]]) -> keras.Model:
+        """The compressed Keras model of a trial (frozen or live) or a plan.
+
+        Pick a compressed trial with :func:`lrf_optuna.select_trials` (the original, all
+        "keep", is on every Pareto front: ``study.best_trials[0]`` may be it).
+        """
+        plan = (self.plan_of(trial_or_plan) if not isinstance(trial_or_plan, Mapping)
                 else dict(trial_or_plan))
         return self.cache.build_model(self.model, plan)
 
@@ -374,19 +417,24 @@ class LRFObjective:
         """Enqueue the rank-selection strategies' plans; returns how many were new.
 
         Plans are snapped to the rank grid; a plan already enqueued or evaluated in the
-        study (same parameters) is skipped, so calling this twice adds nothing. Also sets
-        the study's metric names and records the search space in its user attributes.
+        study (same parameters) is skipped, so calling this twice adds nothing. The study
+        must have been described (:meth:`describe_study`) with this search space.
+
+        Raises:
+            UserError: the study is not described, or with another search space.
         """
-        from lrf_optuna._locks import study_lock
         from lrf_optuna.strategies import NamedPlan, all_plans
 
+        if self._recorded_space(study) is None:
+            raise UserError(f"study {study.study_name!r} is not described yet: call "
+                            "objective.describe_study(study) first (create_lrf_study and "
+                            "`lrf-optuna search` do both)")
         named = all_plans(self.model, self.cache, strategies)
         if include_original:
             named = [NamedPlan("original", {}), *named]
         # Workers started together would each see a plan missing and enqueue it: check and
         # enqueue under one cross-process lock (Optuna's skip_if_exists is not atomic).
         with study_lock(study, "seed"):
-            self.describe_study(study)
             seen = {json.dumps(_trial_params(t), sort_keys=True)
                     for t in study.get_trials(deepcopy=False)}
             added = 0
@@ -396,40 +444,48 @@ class LRFObjective:
                 if key in seen:
                     continue
                 seen.add(key)
-                study.enqueue_trial(params, user_attrs={"strategy": item.label})
+                study.enqueue_trial(params, user_attrs={STRATEGY_ATTR: item.label})
                 added += 1
         logger.info("enqueued %d strategy plan(s) (%d already present)", added,
                     len(named) - added)
         return added
 
     def describe_study(self, study: optuna.Study) -> None:
-        """Set metric names and record the search space / originals in study attrs.
+        """Record what the study searches: metric names, the search space
+        (``"lrf_optuna:space"``) and the original model with the proxy's settings
+        (``"lrf_optuna:original"``, read by the report, the dashboard and fine-tuning).
 
         Raises:
-            ValueError: the study was created with a different search space (resuming it
+            UserError: the study was created with a different search space (resuming it
                 with other layers, methods or grid would mix incomparable trials).
         """
-        space = json.loads(json.dumps({
-            name: optuna.distributions.distribution_to_json(dist)
-            for name, dist in self.search_space().items()}))
-        recorded = study.user_attrs.get("lrf_optuna:space")
-        if recorded is not None and json.loads(json.dumps(recorded)) != space:
-            raise ValueError(
+        space = self._space_json()
+        recorded = self._recorded_space(study)
+        if recorded is not None and recorded != space:
+            raise UserError(
                 f"study {study.study_name!r} was created with another search space "
                 "(layers, methods or rank grid differ); use a new study name or the "
                 "original settings")
         if recorded is None:
-            study.set_user_attr("lrf_optuna:space", space)
-            study.set_user_attr("lrf_optuna:original",
-                                {"params": self.original_params,
-                                 "flops": 2 * self.original_macs,
-                                 "model": self.model.name, "metric": self.metric,
-                                 "aggregation": self.aggregation,
-                                 "cache": str(self.cache.directory)})
+            study.set_user_attr(SPACE_ATTR, space)
+            study.set_user_attr(ORIGINAL_ATTR, OriginalInfo(
+                params=self.original_params, flops=2 * self.original_macs,
+                model=self.model.name, metric=self.metric, aggregation=self.aggregation,
+                cache=str(self.cache.directory)).to_json())
         if study.metric_names is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(self.metric_names)
+
+    def _space_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps({
+            name: optuna.distributions.distribution_to_json(dist)
+            for name, dist in self.search_space().items()}))
+
+    @staticmethod
+    def _recorded_space(study: optuna.Study) -> dict[str, Any] | None:
+        recorded = study.user_attrs.get(SPACE_ATTR)
+        return None if recorded is None else json.loads(json.dumps(recorded))
 
 
 def _trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
@@ -438,143 +494,8 @@ def _trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return dict(trial.system_attrs.get("fixed_params") or trial.params)
 
 
-_CREATE_LOCK_KEY = 0x4C5246  # "LRF": advisory-lock key guarding Optuna's table creation
-
-
-def open_storage(url: str | optuna.storages.BaseStorage, *, heartbeat_interval: int | None = None
-                 ) -> optuna.storages.BaseStorage | str:
-    """An Optuna storage for ``url``, tuned for many small trials.
-
-    SQLite: the database is switched to write-ahead logging with ``synchronous=NORMAL``
-    (a trial makes ~25 small commits; this cut the per-trial time ~5x here, see
-    ``benchmarks/RESULTS.md``). WAL stays safe against process crashes; only a power
-    loss can drop the last committed trials. Other URLs (PostgreSQL ...) get an RDB
-    storage, with a heartbeat when ``heartbeat_interval`` is given so that trials of a
-    killed worker are failed and retried (``RetryHeartbeatStaleTrialCallback``). A storage
-    object is returned as it is.
-    """
-    if not isinstance(url, str):
-        return url
-    kwargs: dict[str, Any] = {}
-    if heartbeat_interval is not None:
-        kwargs = dict(heartbeat_interval=heartbeat_interval, grace_period=3 * heartbeat_interval,
-                      heartbeat_stale_trial_callback=(
-                          optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=3)))
-    if url.startswith("sqlite:"):
-        from sqlalchemy import event
-
-        storage = optuna.storages.RDBStorage(url, **kwargs)
-
-        @event.listens_for(storage.engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=NORMAL")
-            cursor.close()
-
-        storage.engine.dispose()  # reconnect with the pragmas
-        return storage
-    if url.startswith("postgresql"):
-        # Workers started together on an empty database race to create Optuna's tables
-        # (PostgreSQL then raises a UniqueViolation on its type catalog): serialise the
-        # creation with an advisory lock.
-        import sqlalchemy
-
-        engine = sqlalchemy.create_engine(url, poolclass=sqlalchemy.pool.NullPool)
-        try:
-            with engine.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"),
-                             {"k": _CREATE_LOCK_KEY})
-                conn.commit()
-                try:
-                    return optuna.storages.RDBStorage(url, **kwargs)
-                finally:
-                    conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"),
-                                 {"k": _CREATE_LOCK_KEY})
-                    conn.commit()
-        finally:
-            engine.dispose()
-    if url.startswith("mysql"):
-        return optuna.storages.RDBStorage(url, **kwargs)
-    return url
-
-
-def sqlite_path(storage_url: str) -> Path | None:
-    """The database file of a ``sqlite:///...`` URL (``None`` for other URLs / in-memory).
-
-    Example:
-        >>> sqlite_path("sqlite:///studies/vgg.db?timeout=30").as_posix()
-        'studies/vgg.db'
-    """
-    from urllib.parse import urlsplit
-
-    if not storage_url.startswith("sqlite:///"):
-        return None
-    path = urlsplit(storage_url[len("sqlite:///"):]).path  # drop ?timeout=... options
-    if not path or path == ":memory:":
-        return None
-    return Path(path)
-
-
-def artifact_dir_for(storage_url: str) -> Path:
-    """Default artifact directory for a storage URL.
-
-    ``sqlite:///dir/name.db`` -> ``dir/name_artifacts`` (beside the database, so a study
-    folder can be copied as a whole); any other storage (PostgreSQL, MySQL, in-memory
-    SQLite) -> ``studies/artifacts`` (relative to the working directory).
-
-    Example:
-        >>> artifact_dir_for("sqlite:///studies/vgg_small.db").as_posix()
-        'studies/vgg_small_artifacts'
-        >>> artifact_dir_for("postgresql://user@host/lrf").as_posix()
-        'studies/artifacts'
-    """
-    db = sqlite_path(str(storage_url))
-    if db is None:
-        return Path("studies") / "artifacts"
-    return db.with_name(f"{db.stem}_artifacts")
-
-
-def default_storage(study_name: str, directory: str | os.PathLike[str] = "studies") -> str:
-    """``sqlite:///studies/<study_name>.db`` (the directory is created)."""
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(directory) / f'{study_name}.db'}"
-
-
-def create_lrf_study(
-    model: keras.Model,
-    calibration_data: Any,
-    *,
-    study_name: str,
-    storage: str | optuna.storages.BaseStorage | None = None,
-    n_trials: int | None = 300,
-    seed: int = 0,
-    population_size: int = 50,
-    show_progress_bar: bool = True,
-    **objective_kwargs: Any,
-) -> tuple[optuna.Study, LRFObjective]:
-    """Everything in one call: objective, resumable NSGA-II study, seeding, optimisation.
-
-    ``n_trials`` is the *total* number of finished trials wanted: rerunning with the same
-    arguments on the same storage continues where it stopped and evaluates nothing twice.
-    ``None`` only builds the objective and seeds the study.
-
-    Example:
-        >>> study, objective = create_lrf_study(model, x_cal, study_name="vgg")  # doctest: +SKIP
-        >>> print(len(study.best_trials))  # doctest: +SKIP
-    """
-    objective = LRFObjective(model, calibration_data, **objective_kwargs)
-    study = optuna.create_study(
-        study_name=study_name, storage=open_storage(storage or default_storage(study_name)),
-        load_if_exists=True, directions=objective.directions,
-        sampler=optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size))
-    objective.seed_study(study)
-    if n_trials is not None:
-        run_remaining(study, objective, n_trials, show_progress_bar=show_progress_bar)
-    return study, objective
-
-
 def finished_trials(study: optuna.Study) -> int:
+    """How many trials of ``study`` are COMPLETE."""
     states = (optuna.trial.TrialState.COMPLETE,)
     return len(study.get_trials(deepcopy=False, states=states))
 
@@ -595,3 +516,202 @@ def run_remaining(study: optuna.Study, objective: LRFObjective, n_trials: int, *
         study.optimize(objective, n_trials=remaining, show_progress_bar=show_progress_bar,
                        callbacks=[stop])
     return remaining
+
+
+# -- the one search entry point ------------------------------------------------------------
+
+@dataclass
+class LRFSearch:
+    """A prepared search (see :func:`prepare_lrf_study`): the study, its objective and
+    problem, ready to run."""
+
+    study: optuna.Study
+    objective: LRFObjective
+    problem: Problem
+    storage: str
+    enqueued: int
+
+    def optimize(self, n_trials: int, *, show_progress_bar: bool = True) -> int:
+        """Run until the study has ``n_trials`` finished trials (:func:`run_remaining`)."""
+        return run_remaining(self.study, self.objective, n_trials,
+                             show_progress_bar=show_progress_bar)
+
+
+def prepare_lrf_study(
+    problem: Problem,
+    *,
+    study_name: str | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    seed: int = 0,
+    population_size: int = 50,
+    objectives: Sequence[str] = ("params", "flops", "proxy"),
+    cache_dir: str | os.PathLike[str] | None = None,
+    **objective_kwargs: Any,
+) -> LRFSearch:
+    """Open (or resume) the study of ``problem`` and make it ready: the one place that
+    wires a search.
+
+    In order: open the storage (``sqlite:///studies/<study_name>.db`` by default; its
+    directory is created) and create or load the NSGA-II study; record the problem in it
+    (a model or data that only exist in memory are saved first, beside the study in
+    ``<artifact dir>/problems/<study_name>/``); build (or reopen) the similarity cache
+    and the :class:`LRFObjective`; describe the study (:meth:`LRFObjective.describe_study`)
+    and seed it with the rank-selection strategies' plans
+    (:meth:`LRFObjective.seed_study`). Nothing is optimised: call
+    :meth:`LRFSearch.optimize`.
+
+    Args:
+        problem: The model and splits (:class:`~lrf_optuna.problem.Problem`).
+        study_name: Default: the problem's name.
+        storage: An Optuna storage URL or object.
+        seed: Seed of the NSGA-II sampler.
+        population_size: NSGA-II population size.
+        objectives: See :class:`LRFObjective`.
+        cache_dir: Similarity cache directory (default: the problem's, ``.lrf_cache``).
+        **objective_kwargs: More :class:`LRFObjective` arguments (``methods``,
+            ``layers``, ``metric``, constraints ...).
+    """
+    study_name = study_name or problem.name
+    url = storage if storage is not None else default_storage(study_name)
+    # the storage first: it is cheap, the similarity cache is not
+    study = optuna.create_study(
+        study_name=study_name, storage=open_storage(url), load_if_exists=True,
+        directions=directions_of(objectives),
+        sampler=optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size))
+    url_text = url if isinstance(url, str) else storage_url(study)
+    if PROBLEM_ATTR not in study.user_attrs:
+        spec = problem.save(artifact_dir_for(url_text) / "problems" / safe_name(study_name))
+        record_problem(study, spec)
+    settings = problem.spec or problem.settings or ProblemSpec(model="")
+    objective = LRFObjective(problem.model, problem.splits.x_cal,
+                             cache_dir=cache_dir or settings.cache_dir,
+                             objectives=objectives, **objective_kwargs)
+    objective.describe_study(study)
+    enqueued = objective.seed_study(study)
+    return LRFSearch(study, objective, problem, url_text, enqueued)
+
+
+def create_lrf_study(
+    model: keras.Model | str | os.PathLike[str],
+    data: Dataset | str | os.PathLike[str] = "fashion-mnist",
+    *,
+    study_name: str | None = None,
+    storage: str | optuna.storages.BaseStorage | None = None,
+    n_trials: int | None = 300,
+    seed: int = 0,
+    population_size: int = 50,
+    calibration_size: int = 512,
+    val_fraction: float = 0.1,
+    cache_dir: str | os.PathLike[str] = ".lrf_cache",
+    show_progress_bar: bool = True,
+    **objective_kwargs: Any,
+) -> tuple[optuna.Study, LRFObjective]:
+    """Everything in one call: problem, resumable NSGA-II study, description, seeding,
+    optimisation (:func:`prepare_lrf_study`, then :meth:`LRFSearch.optimize`).
+
+    The study records the problem, so ``lrf_optuna.finetune_study(study, k=3)`` and
+    ``lrf-optuna finetune / export / report`` work on it afterwards, in this process or
+    another. ``n_trials`` is the *total* number of finished trials wanted: rerunning with
+    the same arguments on the same storage continues where it stopped and evaluates
+    nothing twice. ``None`` only prepares the study.
+
+    Args:
+        model: A trained Keras model, a reference model name (``"lenet5"`` ...) or a
+            ``.keras`` file.
+        data: A :class:`~lrf_optuna.data.Dataset`, ``"fashion-mnist"`` or a ``.npz`` file
+            with ``x_train``, ``y_train``, ``x_test``, ``y_test``. The calibration images
+            (``calibration_size``, stratified) and the validation split
+            (``val_fraction``) come from its training part, never from test data.
+        study_name: Default: the model's name.
+        storage: Default ``sqlite:///studies/<study_name>.db``.
+        n_trials: Total finished trials wanted.
+        seed: Seed of the splits and of the sampler.
+        population_size: NSGA-II population size.
+        calibration_size: Calibration images.
+        val_fraction: Validation fraction of the training data.
+        cache_dir: Similarity cache directory.
+        show_progress_bar: Optuna's progress bar.
+        **objective_kwargs: More :class:`LRFObjective` arguments.
+
+    Example:
+        >>> study, objective = create_lrf_study(model, data, study_name="vgg")  # doctest: +SKIP
+        >>> print(len(study.best_trials))  # doctest: +SKIP
+    """
+    if isinstance(data, (np.ndarray, tuple)):
+        raise UserError("create_lrf_study needs the dataset (a lrf_optuna.data.Dataset, "
+                        "'fashion-mnist' or a .npz path), not calibration images: the study "
+                        "records it so that fine-tuning can rebuild the problem; for a bare "
+                        "objective use LRFObjective(model, x_cal)")
+    if isinstance(model, (str, os.PathLike)) and isinstance(data, (str, os.PathLike)):
+        problem = ProblemSpec(model=str(model), dataset=str(data), seed=seed,
+                              calibration_size=calibration_size, val_fraction=val_fraction,
+                              cache_dir=str(cache_dir)).load(verbose=show_progress_bar)
+    else:
+        from lrf_optuna.data import Dataset
+
+        if isinstance(data, (str, os.PathLike)):
+            data = ProblemSpec(model="", dataset=str(data)).load_dataset()
+        if isinstance(model, (str, os.PathLike)):
+            raise UserError("with a Dataset object, pass the trained keras.Model (or pass "
+                            "the dataset as 'fashion-mnist' / a .npz path)")
+        if not isinstance(data, Dataset):
+            raise UserError(f"data must be a lrf_optuna.data.Dataset, 'fashion-mnist' or a "
+                            f".npz path, but got {type(data).__name__}")
+        problem = Problem.from_objects(model, data, seed=seed,
+                                       calibration_size=calibration_size,
+                                       val_fraction=val_fraction, cache_dir=cache_dir)
+    search = prepare_lrf_study(problem, study_name=study_name, storage=storage, seed=seed,
+                               population_size=population_size, **objective_kwargs)
+    if n_trials is not None:
+        search.optimize(n_trials, show_progress_bar=show_progress_bar)
+    return search.study, search.objective
+
+
+class StudyModels:
+    """The compressed models of a stored study's trials, rebuilt from the study alone.
+
+    Loads, once and when first needed, the problem (from the spec the study recorded,
+    unless ``problem`` is given) and the similarity cache (the directory the search
+    recorded, else ``SimilarityCache.build`` with the spec's ``cache_dir``, which reopens
+    a complete cache without recomputing).
+
+    Example:
+        >>> models = StudyModels(study)  # doctest: +SKIP
+        >>> compressed = models.build(study.trials[42])  # doctest: +SKIP
+    """
+
+    def __init__(self, study: optuna.Study, *, problem: Problem | None = None) -> None:
+        self.study = study
+        self._problem = problem
+        self._cache: SimilarityCache | None = None
+
+    @property
+    def problem(self) -> Problem:
+        if self._problem is None:
+            from lrf_optuna.study.records import problem_spec
+
+            spec = problem_spec(self.study)
+            logger.info("loading problem of study %r: model %s, dataset %s",
+                        self.study.study_name, spec.model, spec.dataset)
+            self._problem = spec.load(verbose=False)
+        return self._problem
+
+    @property
+    def cache(self) -> SimilarityCache:
+        if self._cache is None:
+            from lrf_optuna.study.records import original_info
+
+            original = original_info(self.study)
+            if original is not None and (Path(original.cache) / "manifest.json").exists():
+                self._cache = SimilarityCache.load(original.cache)
+            else:
+                settings = self.problem.spec or self.problem.settings or ProblemSpec(model="")
+                self._cache = SimilarityCache.build(
+                    self.problem.model, self.problem.splits.x_cal,
+                    cache_dir=settings.cache_dir,
+                    metric=original.metric if original else DEFAULT_METRIC, progress=False)
+        return self._cache
+
+    def build(self, trial: optuna.trial.FrozenTrial) -> keras.Model:
+        """The compressed (not fine-tuned) model of a search trial's stored plan."""
+        return self.cache.build_model(self.problem.model, decode_plan(trial))

@@ -107,7 +107,7 @@ class SimilarityThreshold(Strategy):
 # -- weight based ---------------------------------------------------------------------------
 def _unfolding(info: LayerInfo, weights: Mapping[str, np.ndarray], method: str) -> np.ndarray:
     """The matrix whose singular values decide ``method``'s rank on this layer."""
-    from lrf_optuna.decompose._matrix import matrix_of
+    from lrf_optuna.decompose import matrix_of
 
     if method in ("svd", "qr", "tt"):
         return matrix_of(info, weights)

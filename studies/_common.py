@@ -1,11 +1,10 @@
-"""Shared by the study scripts: command-line flags and the run-until-N-trials loop."""
+"""Shared by the study scripts: their command-line flags."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
-from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -20,5 +19,4 @@ def parse_args(name: str, n_trials: int) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    Path("studies").mkdir(exist_ok=True)
     return args

@@ -10,33 +10,20 @@ Then: `lrf-optuna show --study-name vgg_small`, `lrf-optuna finetune --study-nam
 
 from __future__ import annotations
 
-import optuna
 from _common import parse_args
 
 import lrf_optuna
-from lrf_optuna.cli import pareto_table
-from lrf_optuna.data import load_fashion_mnist, prepare_splits
-from lrf_optuna.models import train_reference_model
-from lrf_optuna.search import open_storage, run_remaining
-from lrf_optuna.workspace import ProblemSpec, record_problem
+from lrf_optuna.report import front_text
 
 
 def main() -> None:
     args = parse_args("vgg_small", n_trials=400)
-    dataset = load_fashion_mnist()
-    splits = prepare_splits(dataset, calibration_size=512, seed=args.seed)
-    model = train_reference_model("vgg_small", dataset, seed=args.seed)
-
-    objective = lrf_optuna.LRFObjective(model, splits.x_cal, cache_dir=args.cache_dir)
-    study = optuna.create_study(
-        study_name="vgg_small", storage=open_storage(args.storage), load_if_exists=True,
-        directions=objective.directions,
-        sampler=optuna.samplers.NSGAIISampler(seed=args.seed))
-    record_problem(study, ProblemSpec(model="vgg_small", seed=args.seed,
-                                      cache_dir=args.cache_dir))
-    objective.seed_study(study)  # the rank-selection strategies' plans go first
-    run_remaining(study, objective, args.n_trials)  # --n-trials is the total: resumable
-    print(pareto_table(study, top=15))
+    # the reference model is trained once (then loaded from the model cache); the study
+    # records model and data, seeds the strategies' plans first and resumes when rerun
+    study, _ = lrf_optuna.create_lrf_study(
+        "vgg_small", "fashion-mnist", study_name="vgg_small", storage=args.storage,
+        n_trials=args.n_trials, seed=args.seed, cache_dir=args.cache_dir)
+    print(front_text(study, top=15))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,20 @@ def rel_err(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
+def quadrant_images(n: int, size: int, *, classes: int = 4, seed: int = 0
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Learnable toy data: ``n`` uint8 images ``size x size``, labels ``0..3`` cycling;
+    the class decides which quadrant is bright."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % classes
+    x = rng.uniform(0, 60, (n, size, size)).astype(np.uint8)
+    half = size // 2
+    for i, c in enumerate(y):
+        r, q = divmod(int(c), 2)
+        x[i, r * half:(r + 1) * half, q * half:(q + 1) * half] += 150
+    return x, y
+
+
 @pytest.fixture(scope="session")
 def tiny_study(tmp_path_factory):
     """A study made by ``lrf-optuna search`` on a tiny CNN and a tiny random dataset.
@@ -50,14 +64,7 @@ def tiny_study(tmp_path_factory):
     from lrf_optuna.cli import main
 
     d = tmp_path_factory.mktemp("tiny_study")
-    rng = np.random.default_rng(0)
-    # learnable toy data: the class decides which quadrant is bright
-    n = 400
-    y = np.arange(n) % 4
-    x = rng.uniform(0, 60, (n, 16, 16)).astype(np.uint8)
-    for i, c in enumerate(y):
-        r, q = divmod(int(c), 2)
-        x[i, r * 8:(r + 1) * 8, q * 8:(q + 1) * 8] += 150
+    x, y = quadrant_images(400, 16)
     np.savez(d / "data.npz", x_train=x[:320], y_train=y[:320], x_test=x[320:],
              y_test=y[320:])
     keras.utils.set_random_seed(0)

@@ -53,6 +53,18 @@ def test_capture_matches_submodels(data) -> None:
     np.testing.assert_allclose(acts["inner/ic"].inputs, c1(data), rtol=1e-5, atol=1e-6)
 
 
+def test_capture_inside_nested_functional_model(data) -> None:
+    inner_in = keras.Input((6, 6, 8))
+    inner = keras.Model(inner_in, L.Conv2D(4, 3, name="ic")(inner_in), name="inner")
+    x_in = keras.Input((8, 8, 3))
+    c1 = L.Conv2D(8, 3, name="c1")
+    model = keras.Model(x_in, L.Flatten()(inner(c1(x_in))))
+    acts = capture_activations(model, data, ["inner/ic"])
+    np.testing.assert_allclose(acts["inner/ic"].inputs, c1(data), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(acts["inner/ic"].outputs, inner(c1(data)), rtol=1e-5,
+                               atol=1e-6)
+
+
 def test_capture_budget_keeps_evenly_spaced_samples(data) -> None:
     model = _model()
     per_sample = 4 * (8 * 8 * 3 + 6 * 6 * 8)

@@ -7,6 +7,7 @@ import sys
 
 import keras
 import numpy as np
+import optuna
 import pytest
 
 from lrf_optuna.cli import main
@@ -31,6 +32,10 @@ def files(tmp_path_factory):
     return d
 
 
+def model_params(files) -> int:
+    return keras.saving.load_model(files / "net.keras").count_params()
+
+
 def _search(files, *extra: str) -> list[str]:
     return ["search", "--model", str(files / "net.keras"), "--dataset",
             str(files / "data.npz"), "--calibration-size", "64",
@@ -49,9 +54,18 @@ def test_search_then_resume_then_show(files, capsys) -> None:
     assert main(["show", "--study-name", "net", "--storage",
                  f"sqlite:///{files / 'net.db'}", "--top", "5"]) == 0
     out = capsys.readouterr().out
-    assert "of 3" in out or "trial(s) of" in out
-    lines = [ln for ln in out.splitlines() if ln[:1].isdigit() or ln.startswith("orig")]
-    assert 2 <= len(lines) <= 6
+    study = optuna.load_study(study_name="net", storage=f"sqlite:///{files / 'net.db'}")
+    front = sorted(study.best_trials, key=lambda t: (t.user_attrs["params"], t.number))
+    assert len(study.trials) == 30 and len(front) > 5
+    assert out.startswith(f"Pareto front of study 'net': {len(front)} trial(s) of 30, "
+                          "5 shown\n")
+    lines = out.splitlines()
+    assert lines[3].split()[:2] == ["original", f"{model_params(files):,}"]
+    rows = [ln.split()[0] for ln in lines[4:] if ln.strip()]
+    # the smallest and the largest model of the front, 3 more spread between them
+    assert len(rows) == 5 and rows[0] == str(front[0].number)
+    assert rows[-1] == str(front[-1].number)
+    assert all(int(n) in {t.number for t in front} for n in rows)
 
 
 def test_clear_errors(files, capsys) -> None:
@@ -75,6 +89,26 @@ def test_console_script_help() -> None:
                          capture_output=True, text=True, check=True).stdout
     for flag in ("--model", "--dataset", "--storage", "--n-trials", "--methods", "--metric"):
         assert flag in out
+
+
+def test_library_modules_never_import_the_cli() -> None:
+    """The CLI owns the command line: no library module imports it or argparse."""
+    import ast
+    from pathlib import Path
+
+    import lrf_optuna
+
+    root = Path(lrf_optuna.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        if path.name in ("cli.py", "demo.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {n}" for n in names
+                          if n in ("argparse", "lrf_optuna.cli")]
+    assert offenders == []
 
 
 def test_ctrl_c_says_how_to_resume(files, capsys, monkeypatch) -> None:

@@ -1,8 +1,7 @@
-"""The dashboard subcommand's helpers: artifact directory rule, parser, study notes."""
+"""The dashboard: artifact directory rule, study look-up, the command, study notes."""
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -12,15 +11,10 @@ import pytest
 from optuna_dashboard import get_note, save_note
 from test_report import copy_study, fake_finetune_study
 
-from lrf_optuna import dashboard
-from lrf_optuna.dashboard import (
-    StudyLookupError,
-    add_dashboard_parser,
-    add_study_notes,
-    load_study,
-    resolve_storage,
-)
-from lrf_optuna.search import artifact_dir_for
+from lrf_optuna.cli import build_parser, main
+from lrf_optuna.dashboard import add_study_notes
+from lrf_optuna.errors import UserError
+from lrf_optuna.study import artifact_dir_for, load_study, resolve_storage
 
 
 @pytest.mark.parametrize(("url", "expected"), [
@@ -38,37 +32,29 @@ def test_artifact_dir_for(url: str, expected: str) -> None:
 
 def test_resolve_storage_and_lookup_errors(tiny_study, tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(StudyLookupError, match=r"no study database at studies/vgg\.db"):
+    with pytest.raises(UserError, match=r"no study database at studies/vgg\.db"):
         resolve_storage("vgg", None)
-    with pytest.raises(StudyLookupError, match="pass --study-name or --storage"):
+    with pytest.raises(UserError, match="pass --study-name or --storage"):
         resolve_storage(None, None)
     (tmp_path / "studies").mkdir()
     (tmp_path / "studies" / "vgg.db").touch()
     assert resolve_storage("vgg", None) == "sqlite:///studies/vgg.db"
     assert resolve_storage("x", "postgresql://h/db") == "postgresql://h/db"
     assert load_study(None, tiny_study["storage"]).study_name == "tiny"  # the only one
-    with pytest.raises(StudyLookupError, match=r"no study 'other' .* it has \['tiny'\]"):
+    with pytest.raises(UserError, match=r"no study 'other' .* it has \['tiny'\]"):
         load_study("other", tiny_study["storage"])
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lrf-optuna")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_dashboard_parser(sub)
-    return parser
-
-
 def test_parser_defaults_and_help(capsys) -> None:
-    args = _parser().parse_args(["dashboard", "--study-name", "vgg"])
+    args = build_parser().parse_args(["dashboard", "--study-name", "vgg"])
     assert (args.study_name, args.storage, args.host, args.port, args.artifact_dir) == (
         "vgg", None, "127.0.0.1", 8080, None)
-    assert callable(args.func)
     with pytest.raises(SystemExit):
-        _parser().parse_args(["dashboard", "--help"])
+        build_parser().parse_args(["dashboard", "--help"])
     out = capsys.readouterr().out
     for flag in ("--study-name", "--storage", "--host", "--port", "--artifact-dir", "Ctrl-C"):
         assert flag in out
-    res = subprocess.run([sys.executable, "-m", "lrf_optuna.dashboard", "--help"],
+    res = subprocess.run([sys.executable, "-m", "lrf_optuna.cli", "dashboard", "--help"],
                          capture_output=True, text=True, check=True, timeout=120)
     assert "--artifact-dir" in res.stdout
 
@@ -109,9 +95,8 @@ def test_dashboard_command_serves_with_artifacts(tiny_study, tmp_path, monkeypat
     calls = []
     monkeypatch.setattr(optuna_dashboard, "run_server",
                         lambda *a, **kw: calls.append((a, kw)))
-    args = _parser().parse_args(["dashboard", "--storage", storage, "--study-name", "tiny",
-                                 "--port", "8123"])
-    assert args.func(args) == 0
+    assert main(["dashboard", "--storage", storage, "--study-name", "tiny",
+                 "--port", "8123"]) == 0
     out = capsys.readouterr().out
     assert "open http://127.0.0.1:8123/dashboard/studies/1" in out
     (served, ), kw = calls[0]
@@ -122,24 +107,22 @@ def test_dashboard_command_serves_with_artifacts(tiny_study, tmp_path, monkeypat
     assert get_note(study).startswith("# LRF compression search `tiny`")
     # the artifact directory the fine-tuning study recorded wins over the default
     fake_finetune_study(storage, artifact_dir=str(tmp_path / "recorded"))
-    args = _parser().parse_args(["dashboard", "--storage", storage])  # every study
-    assert args.func(args) == 0
+    assert main(["dashboard", "--storage", storage]) == 0  # every study
     out = capsys.readouterr().out
     assert f"(artifacts: {tmp_path / 'recorded'})" in out
     assert "http://127.0.0.1:8080/dashboard   (Ctrl-C" in out
     assert (tmp_path / "recorded").is_dir()
-    args = _parser().parse_args(["dashboard", "--storage", storage, "--artifact-dir",
-                                 str(tmp_path / "arts")])
-    assert args.func(args) == 0
+    assert main(["dashboard", "--storage", storage, "--artifact-dir",
+                 str(tmp_path / "arts")]) == 0
     assert f"(artifacts: {tmp_path / 'arts'})" in capsys.readouterr().out
     assert (tmp_path / "arts").is_dir()
 
 
 def test_dashboard_command_errors(tiny_study, tmp_path, capsys) -> None:
     missing = f"sqlite:///{tmp_path / 'missing.db'}"
-    assert dashboard.main(["--storage", missing]) == 2
+    assert main(["dashboard", "--storage", missing]) == 2
     assert "no study database at" in capsys.readouterr().err
-    assert dashboard.main(["--storage", tiny_study["storage"], "--study-name", "nope"]) == 2
+    assert main(["dashboard", "--storage", tiny_study["storage"], "--study-name", "nope"]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
 
 
@@ -151,5 +134,5 @@ def test_dashboard_port_in_use(tiny_study, tmp_path, capsys) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        assert dashboard.main(["--storage", storage, "--port", str(port)]) == 2
+        assert main(["dashboard", "--storage", storage, "--port", str(port)]) == 2
     assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err

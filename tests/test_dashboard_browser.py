@@ -1,4 +1,4 @@
-"""End to end: `python -m lrf_optuna.dashboard` in a subprocess, driven by headless Chromium.
+"""End to end: `lrf-optuna dashboard` in a subprocess, driven by headless Chromium.
 
 Needs Chromium and its chromedriver (Debian: ``apt-get install chromium chromium-driver``;
 other paths via ``CHROME_BIN`` / ``CHROMEDRIVER``). CI installs them; elsewhere the test is
@@ -60,7 +60,7 @@ def server(tiny_study, tmp_path):
     jobs = fake_finetune_study(storage)
     port = _free_port()
     log = tmp_path / "server.log"
-    cmd = [sys.executable, "-m", "lrf_optuna.dashboard", "--storage", storage,
+    cmd = [sys.executable, "-m", "lrf_optuna.cli", "dashboard", "--storage", storage,
            "--study-name", "tiny", "--port", str(port)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,

@@ -23,6 +23,7 @@ from lrf_optuna.data import (
     load_fashion_mnist_dir,
     prepare_splits,
     read_idx,
+    sources,
     stratified_indices,
     train_val_split,
 )
@@ -57,13 +58,13 @@ def _write_fake_fashion(directory: Path, *, gz: bool, seed: int = 0) -> dict[str
 @pytest.fixture
 def no_default_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Make the Debian directory, the env var and keras' downloader all fail."""
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-here")
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "no-debian-here")
     monkeypatch.delenv(data.ENV_DATA_DIR, raising=False)
 
     def offline() -> Dataset:
         raise Exception("URL fetch failure: offline (test)")
 
-    monkeypatch.setattr(data, "_load_from_keras", offline)
+    monkeypatch.setattr(sources, "_load_from_keras", offline)
 
 
 # --------------------------------------------------------------------------- idx files
@@ -140,7 +141,7 @@ def test_falls_back_after_bad_path(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_default_sources: None
 ) -> None:
     _write_fake_fashion(tmp_path / "debian", gz=True)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", tmp_path / "debian")
     ds = load_fashion_mnist(tmp_path / "does-not-exist")
     assert ds.source == str(tmp_path / "debian")
 
@@ -155,7 +156,7 @@ def test_keras_fallback(
         [0, 1],
         source="keras",
     )
-    monkeypatch.setattr(data, "_load_from_keras", lambda: fake)
+    monkeypatch.setattr(sources, "_load_from_keras", lambda: fake)
     assert load_fashion_mnist().source == "keras"
 
 

@@ -4,21 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
+from conftest import quadrant_images
 
 from lrf_optuna import data, demo
 
 
 @pytest.fixture
 def tiny_data(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    n = 240
-    y = np.arange(n) % 4
-    x = rng.uniform(0, 60, (n, 16, 16)).astype(np.uint8)
-    for i, c in enumerate(y):  # the class decides which quadrant is bright
-        r, q = divmod(int(c), 2)
-        x[i, r * 8:(r + 1) * 8, q * 8:(q + 1) * 8] += 150
+    x, y = quadrant_images(240, 16)
     dataset = data.from_arrays(x[:200], y[:200], x[200:], y[200:], name="tiny")
     monkeypatch.setattr(data, "load_fashion_mnist", lambda path=None: dataset)
     monkeypatch.setenv("LRF_OPTUNA_CACHE", str(tmp_path / "models"))

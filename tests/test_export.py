@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import shutil
 
 import keras
@@ -10,11 +9,12 @@ import numpy as np
 import optuna
 import pytest
 
+from lrf_optuna.cli import main
 from lrf_optuna.decompose import FactorizedLayer
 from lrf_optuna.export import (
-    add_export_parser,
     export_trial,
     keras_latency_ms,
+    load_model,
     save_keras,
     tflite_latency_ms,
     tflite_predict,
@@ -110,31 +110,45 @@ def test_export_trial_without_finetuning_warns_and_writes_both(tiny_study, tmp_p
         keras_path, tflite_path = export_trial(study, trial.number, tmp_path / "out")
     assert keras_path.name == f"tiny_trial{trial.number}.keras"
     assert keras_path.exists() and tflite_path.exists()
-    model = keras.saving.load_model(keras_path)
+    model = load_model(keras_path)
     assert model.count_params() == trial.user_attrs["params"]
     x = np.random.default_rng(0).random((5, 16, 16, 1)).astype("float32")
     assert np.max(np.abs(tflite_predict(tflite_path, x) - np.asarray(model(x)))) < 1e-4
 
 
+def test_load_model_registers_the_factorized_layers(factorized, tmp_path) -> None:
+    """lrf_optuna.load_model works in a fresh interpreter that never imported
+    lrf_optuna.decompose, where plain keras.saving.load_model fails."""
+    import subprocess
+    import sys
+
+    path = save_keras(factorized, tmp_path / "m.keras")
+    code = ("import sys, keras\n"
+            "try:\n    keras.saving.load_model(sys.argv[1])\n"
+            "except Exception:\n    print('plain keras fails')\n"
+            "import lrf_optuna\n"
+            "print(lrf_optuna.load_model(sys.argv[1]).count_params())\n")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                         text=True, timeout=300, check=True).stdout.split()
+    assert out[-1] == str(factorized.count_params())
+    assert "fails" in out
+    with pytest.raises(FileNotFoundError, match="no model file"):
+        load_model(tmp_path / "missing.keras")
+
+
 def test_export_cli_and_clear_errors(tiny_study, tmp_path, capsys) -> None:
     shutil.copy(tiny_study["dir"] / "study.db", tmp_path / "study.db")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    parser = argparse.ArgumentParser()
-    add_export_parser(parser.add_subparsers(dest="command"))
     study = optuna.load_study(study_name="tiny", storage=storage)
     number = next(t.number for t in study.best_trials if t.user_attrs.get("lrf_plan"))
-    args = parser.parse_args(["export", "--study-name", "tiny", "--storage", storage,
-                              "--trial", str(number), "--out", str(tmp_path / "cli")])
-    assert args.func(args) == 0
+    assert main(["export", "--study-name", "tiny", "--storage", storage,
+                 "--trial", str(number), "--out", str(tmp_path / "cli")]) == 0
     out = capsys.readouterr().out
     assert "WITHOUT fine-tuning" in out and f"tiny_trial{number}.tflite" in out
-    args = parser.parse_args(["export", "--study-name", "tiny", "--storage", storage,
-                              "--trial", "999", "--out", str(tmp_path / "cli")])
-    with pytest.raises(KeyError, match="study 'tiny' has no trial 999"):
-        args.func(args)
-    from lrf_optuna.cli import CLIError
-
-    args = parser.parse_args(["export", "--study-name", "nope", "--storage", storage,
-                              "--trial", "1", "--out", str(tmp_path)])
-    with pytest.raises(CLIError, match="no study 'nope'"):
-        args.func(args)
+    assert "lrf_optuna.load_model" in out
+    assert main(["export", "--study-name", "tiny", "--storage", storage,
+                 "--trial", "999", "--out", str(tmp_path / "cli")]) == 2
+    assert "study 'tiny' has no trial 999" in capsys.readouterr().err
+    assert main(["export", "--study-name", "nope", "--storage", storage,
+                 "--trial", "1", "--out", str(tmp_path)]) == 2
+    assert "no study 'nope'" in capsys.readouterr().err

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
@@ -15,16 +14,22 @@ import threading
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
+from lrf_optuna import cli
 from lrf_optuna import finetune as F
-from lrf_optuna._locks import study_lock
 from lrf_optuna.costs import model_costs
-from lrf_optuna.export import export_trial, tflite_predict
+from lrf_optuna.errors import UserError
+from lrf_optuna.export import download_job_files, export_trial, load_model, tflite_predict
+from lrf_optuna.finetune import jobs
+from lrf_optuna.finetune.jobs import _claim, _fail
+from lrf_optuna.search import StudyModels
+from lrf_optuna.study import open_finetune_study, study_lock
+from lrf_optuna.study.lookup import job_source
+from lrf_optuna.study.storage import heartbeat_storage
 
 #: Small and quick (288 training images: small batches, so that there are some steps).
 FAST = F.FinetuneConfig(epochs=2, batch_size=32, learning_rate=1e-3, latency_repeats=5,
@@ -43,9 +48,14 @@ def _copy_study(tiny_study, dest: Path) -> optuna.Study:
 
 
 def _complete_per_source(study: optuna.Study) -> collections.Counter:
-    ft = F.finetune_study_of(study)
-    return collections.Counter(F._source_of(j) for j in ft.get_trials(
+    ft = open_finetune_study(study)
+    return collections.Counter(job_source(j) for j in ft.get_trials(
         deepcopy=False, states=(TrialState.COMPLETE,)))
+
+
+def _worker_storage(study: optuna.Study, config: F.FinetuneConfig):
+    return heartbeat_storage(study, heartbeat_interval=config.heartbeat_interval,
+                             grace_period=config.grace_period, max_retry=config.max_retries)
 
 
 # -- selection, on a synthetic front -----------------------------------------------------------
@@ -121,7 +131,7 @@ def test_enqueue_twice_adds_nothing(tiny_study, tmp_path) -> None:
     assert F.enqueue_finetune(study, chosen) == 3
     assert F.enqueue_finetune(study, chosen) == 0
     assert F.enqueue_finetune(study, [chosen[0].number]) == 0
-    ft = F.finetune_study_of(study)
+    ft = open_finetune_study(study)
     assert ft.study_name == "tiny:finetune"
     waiting = ft.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.user_attrs["source_trial"] for t in waiting) == sorted(
@@ -145,16 +155,16 @@ def test_concurrent_workers_never_claim_the_same_job(tmp_path) -> None:
     """The pop is atomic on SQLite too (Optuna's is not: FOR UPDATE is ignored)."""
     storage, study = _sqlite_jobs_study(tmp_path, 40)
     assert F.enqueue_finetune(study, range(40)) == 40
-    ft = F.finetune_study_of(study)
+    ft = open_finetune_study(study)
     ft.enqueue_trial({"source_trial": 7}, skip_if_exists=False)  # a duplicate job
     claimed: list[int] = []
     config = dataclass_replace(FAST, heartbeat_interval=5, grace_period=60)
 
     def worker() -> None:
         mine = optuna.load_study(study_name="q", storage=storage)
-        store, rdb = F._worker_storage(mine, config)
-        fts = F.finetune_study_of(mine, storage=store)
-        while (got := F._claim(fts, rdb, lambda: study_lock(mine, "finetune"))) is not None:
+        store, rdb = _worker_storage(mine, config)
+        fts = open_finetune_study(mine, storage=store)
+        while (got := _claim(fts, rdb, lambda: study_lock(mine, "finetune"))) is not None:
             trial, source = got
             claimed.append(source)
             time.sleep(0.01)
@@ -181,26 +191,26 @@ def test_requeue_running_jobs_without_heartbeat(tmp_path) -> None:
     _, study = _sqlite_jobs_study(tmp_path, 2)
     F.enqueue_finetune(study, [0, 1])
     config = dataclass_replace(FAST, heartbeat_interval=None)
-    store, rdb = F._worker_storage(study, config)
+    store, rdb = _worker_storage(study, config)
     assert rdb is None
-    ft = F.finetune_study_of(study, storage=store)
-    trial, _ = F._claim(ft, rdb, lambda: study_lock(study, "finetune"))  # then the worker "dies"
+    ft = open_finetune_study(study, storage=store)
+    trial, _ = _claim(ft, rdb, lambda: study_lock(study, "finetune"))  # then the worker "dies"
     assert F.requeue_running_jobs(study) == 1
     states = {j.number: j.state for j in ft.get_trials()}
     assert states[trial.number] == TrialState.FAIL
     waiting = ft.get_trials(states=(TrialState.WAITING,))
-    assert sorted(F._source_of(j) for j in waiting) == sorted([0, 1])
+    assert sorted(job_source(j) for j in waiting) == sorted([0, 1])
 
 
 def test_failed_jobs_are_retried_up_to_max_attempts(tmp_path) -> None:
     _, study = _sqlite_jobs_study(tmp_path, 1)
     config = dataclass_replace(FAST, heartbeat_interval=None)
-    store, rdb = F._worker_storage(study, config)
-    ft = F.finetune_study_of(study, storage=store)
+    store, rdb = _worker_storage(study, config)
+    ft = open_finetune_study(study, storage=store)
     for _ in range(3):
         assert F.enqueue_finetune(study, [0], max_attempts=3) == 1
-        trial, _ = F._claim(ft, rdb, lambda: study_lock(study, "finetune"))
-        F._fail(ft, trial, error="RuntimeError: boom")
+        trial, _ = _claim(ft, rdb, lambda: study_lock(study, "finetune"))
+        _fail(ft, trial, error="RuntimeError: boom")
     assert F.enqueue_finetune(study, [0], max_attempts=3) == 0
     assert F.enqueue_finetune(study, [0], max_attempts=4) == 1
 
@@ -228,7 +238,7 @@ def test_jobs_complete_with_every_attribute(finetuned) -> None:
     study, jobs = finetuned["study"], finetuned["jobs"]
     chosen = F.select_trials(study, 3)
     assert [j.user_attrs["source_trial"] for j in jobs] == [t.number for t in chosen]
-    ctx = F.JobContext(study)
+    models = StudyModels(study)
     for job, source in zip(jobs, chosen):
         ua = job.user_attrs
         assert job.state == TrialState.COMPLETE
@@ -237,13 +247,13 @@ def test_jobs_complete_with_every_attribute(finetuned) -> None:
         assert ua["plan"] == source.user_attrs["plan"]
         assert ua["val_acc_after"] >= ua["val_acc_before"] - 0.05
         assert 0 <= ua["test_acc"] <= 1 and 0 <= ua["test_acc_before"] <= 1
-        compressed = ctx.build_compressed(source)
+        compressed = models.build(source)
         assert ua["params"] == model_costs(compressed).params == source.user_attrs["params"]
         assert ua["flops"] == model_costs(compressed).flops == source.user_attrs["flops"]
         assert ua["keras_bytes"] > 0 and ua["tflite_bytes"] > 0
         assert ua["latency_ms_keras"] > 0 and ua["latency_ms_tflite"] > 0
         assert 1 <= ua["epochs_run"] <= FAST.epochs and ua["finetune_seconds"] > 0
-    ft = F.finetune_study_of(study)
+    ft = open_finetune_study(study)
     original = ft.user_attrs["original"]
     assert original["params"] == study.user_attrs["lrf_optuna:original"]["params"]
     assert 0 <= original["test_acc"] <= 1 and original["latency_ms_tflite"] > 0
@@ -254,7 +264,7 @@ def test_jobs_complete_with_every_attribute(finetuned) -> None:
 def test_dashboard_notes_are_saved(finetuned) -> None:
     from optuna_dashboard._note import get_note_from_system_attrs
 
-    ft = F.finetune_study_of(finetuned["study"])
+    ft = open_finetune_study(finetuned["study"])
     attrs = ft._storage.get_study_system_attrs(ft._study_id)
     assert "original model" in get_note_from_system_attrs(attrs, None)["body"]
     job = finetuned["jobs"][0]
@@ -268,16 +278,16 @@ def test_artifacts_exist_and_download(finetuned, tmp_path) -> None:
     from optuna.artifacts import get_all_artifact_meta
 
     study, job = finetuned["study"], finetuned["jobs"][0]
-    ft = F.finetune_study_of(study)
+    ft = open_finetune_study(study)
     store = Path(ft.user_attrs["artifact_dir"])
     assert store == finetuned["dir"] / "study_artifacts"  # default: beside the database
     metas = get_all_artifact_meta(job, storage=ft._storage)
     assert {m.artifact_id for m in metas} == {job.user_attrs["keras_artifact_id"],
                                               job.user_attrs["tflite_artifact_id"]}
-    F.download_job_artifacts(study, job, tmp_path / "m.keras", tmp_path / "m.tflite")
+    download_job_files(study, job, tmp_path / "m.keras", tmp_path / "m.tflite")
     assert (tmp_path / "m.keras").stat().st_size == job.user_attrs["keras_bytes"]
     assert (tmp_path / "m.tflite").stat().st_size == job.user_attrs["tflite_bytes"]
-    model = keras.saving.load_model(tmp_path / "m.keras")
+    model = load_model(tmp_path / "m.keras")
     assert model.count_params() == job.user_attrs["params"]
     x = np.random.default_rng(0).random((6, 16, 16, 1)).astype("float32")
     assert np.max(np.abs(tflite_predict(tmp_path / "m.tflite", x) - np.asarray(model(x)))) < 1e-4
@@ -293,26 +303,30 @@ def test_export_uses_the_finetuned_weights(finetuned, tmp_path, recwarn) -> None
 
 
 @pytest.mark.slow
-def test_rerun_does_nothing_and_cli_prints_the_table(finetuned, capsys) -> None:
+def test_rerun_does_nothing_and_cli_prints_the_table(finetuned, capsys,
+                                                    monkeypatch) -> None:
     study = finetuned["study"]
     assert F.enqueue_finetune(study, F.select_trials(study, 3)) == 0
     assert F.run_finetune_jobs(study, config=FAST) == []
-    parser = argparse.ArgumentParser()
-    F.add_finetune_parser(parser.add_subparsers(dest="command"))
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished job was fine-tuned again")
+
+    monkeypatch.setattr(jobs, "finetune_model", no_training)
     storage = f"sqlite:///{finetuned['dir'] / 'study.db'}"
-    args = parser.parse_args(["finetune", "--study-name", "tiny", "--storage", storage,
-                              "-k", "3", "--epochs", "2"])
-    start = time.perf_counter()
-    assert args.func(args) == 0
-    assert time.perf_counter() - start < 10  # nothing was fine-tuned again
+    assert cli.main(["finetune", "--study-name", "tiny", "--storage", storage,
+                     "-k", "3", "--epochs", "2"]) == 0
     out = capsys.readouterr().out
     assert "0 job(s) enqueued in 'tiny:finetune'" in out
     lines = out.splitlines()
     header = next(i for i, ln in enumerate(lines) if ln.startswith("trial"))
-    assert lines[header + 2].startswith("orig")
+    assert lines[header + 2].startswith("original")
+    rows = {ln.split()[0]: ln.split() for ln in lines[header + 3:] if ln.strip()}
+    assert set(rows) == {f"#{j.user_attrs['source_trial']}" for j in finetuned["jobs"]}
     for job in finetuned["jobs"]:
-        assert any(ln.split()[0] == str(job.user_attrs["source_trial"])
-                   for ln in lines[header + 3:])
+        row = rows[f"#{job.user_attrs['source_trial']}"]
+        assert row[1] == f"{job.user_attrs['params']:,}"
+        assert f"{job.user_attrs['test_acc']:.4f}" in row
     assert _complete_per_source(study) == collections.Counter(
         j.user_attrs["source_trial"] for j in finetuned["jobs"])
 
@@ -325,33 +339,29 @@ def test_config_defaults_validation_and_cli_overrides() -> None:
         F.FinetuneConfig(epochs=0)
     with pytest.raises(ValueError, match="heartbeat_interval"):
         F.FinetuneConfig(heartbeat_interval=60, grace_period=60)
-    parser = argparse.ArgumentParser()
-    F.add_finetune_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["finetune", "--study-name", "s", "--epochs", "5",
-                              "--learning-rate", "0.01", "--batch-size", "64"])
-    c = F._config_from_args(args)
+    args = cli.build_parser().parse_args(["finetune", "--study-name", "s", "--epochs", "5",
+                                          "--learning-rate", "0.01", "--batch-size", "64"])
+    c = cli._finetune_config(args)
     assert (c.epochs, c.learning_rate, c.batch_size, c.latency_repeats) == (5, 0.01, 64, 50)
+    args = cli.build_parser().parse_args(["finetune", "--study-name", "s", "--epochs", "0"])
+    with pytest.raises(UserError, match="epochs"):
+        cli._finetune_config(args)
 
 
-def test_cli_errors_name_the_study(tiny_study, tmp_path) -> None:
-    from lrf_optuna.cli import CLIError
-
-    study = _copy_study(tiny_study, tmp_path)
+def test_cli_errors_name_the_study(tiny_study, tmp_path, capsys) -> None:
+    _copy_study(tiny_study, tmp_path)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    parser = argparse.ArgumentParser()
-    F.add_finetune_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["finetune", "--study-name", "tiny", "--storage", storage,
-                              "--max-params", "1"])
-    with pytest.raises(CLIError, match="no Pareto-optimal compressed trial of study 'tiny'"):
-        args.func(args)
-    args = parser.parse_args(["finetune", "--study-name", "other", "--storage", storage])
-    with pytest.raises(CLIError, match="no study 'other'"):
-        args.func(args)
-    args = parser.parse_args(["finetune", "--study-name", "tiny", "--storage",
-                              f"sqlite:///{tmp_path / 'missing.db'}"])
-    with pytest.raises(CLIError, match="no study database"):
-        args.func(args)
-    assert study.study_name == "tiny"
+    assert cli.main(["finetune", "--study-name", "tiny", "--storage", storage,
+                     "--max-params", "1"]) == 2
+    assert "no Pareto-optimal compressed trial of study 'tiny'" in capsys.readouterr().err
+    assert cli.main(["finetune", "--study-name", "other", "--storage", storage]) == 2
+    assert "no study 'other'" in capsys.readouterr().err
+    assert cli.main(["finetune", "--study-name", "tiny", "--storage",
+                     f"sqlite:///{tmp_path / 'missing.db'}"]) == 2
+    assert "no study database" in capsys.readouterr().err
+    assert cli.main(["finetune", "--study-name", "tiny", "--storage", storage,
+                     "--trials", "9999"]) == 2
+    assert "study 'tiny' has no trial 9999" in capsys.readouterr().err
 
 
 # -- interruption and recovery -------------------------------------------------------------------
@@ -365,11 +375,11 @@ def test_ctrl_c_fails_the_job_and_the_next_run_redoes_it(tiny_study, tmp_path,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(F, "finetune_model", interrupted)
+    monkeypatch.setattr(jobs, "finetune_model", interrupted)
     with pytest.raises(KeyboardInterrupt):
         F.run_finetune_jobs(study, config=FAST)
     monkeypatch.undo()
-    ft = F.finetune_study_of(study)
+    ft = open_finetune_study(study)
     (job,) = ft.get_trials()
     assert job.state == TrialState.FAIL and job.user_attrs["error"].startswith("Keyboard")
     assert F.enqueue_finetune(study, [source]) == 1  # a failed job is retried
@@ -383,9 +393,9 @@ def test_a_killed_workers_job_is_recovered_by_heartbeat(tiny_study, tmp_path) ->
     source = F.select_trials(study, 1)[0].number
     F.enqueue_finetune(study, [source])
     config = dataclass_replace(FAST, heartbeat_interval=1, grace_period=2)
-    store, rdb = F._worker_storage(study, config)
-    ft = F.finetune_study_of(study, storage=store)
-    trial, _ = F._claim(
+    store, rdb = _worker_storage(study, config)
+    ft = open_finetune_study(study, storage=store)
+    trial, _ = _claim(
         ft, rdb, lambda: study_lock(study, "finetune"))  # claimed, then the worker "dies"
     assert F.run_finetune_jobs(study, config=config) == []  # not stale yet: left alone
     time.sleep(3)
@@ -434,7 +444,7 @@ def test_two_worker_processes_run_each_job_once(tiny_study, tmp_path) -> None:
              for _ in range(2)]
     ran = [_ran(p) for p in procs]
     assert not set(ran[0]) & set(ran[1])
-    ft = F.finetune_study_of(study)
+    ft = open_finetune_study(study)
     complete = ft.get_trials(states=(TrialState.COMPLETE,))
     assert sorted(ran[0] + ran[1]) == sorted(j.number for j in complete)
     assert _complete_per_source(study) == collections.Counter(t.number for t in chosen)
@@ -448,7 +458,7 @@ def test_sigkilled_worker_process_is_recovered(tiny_study, tmp_path) -> None:
     F.enqueue_finetune(study, [source])
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     proc = _worker_process(storage, heartbeat_interval=1, grace_period=3)
-    ft = F.finetune_study_of(study)
+    ft = open_finetune_study(study)
     deadline = time.time() + 120
     while not ft.get_trials(states=(TrialState.RUNNING,)):
         assert proc.poll() is None and time.time() < deadline, "the worker never started"

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from test_finetune import WORKER  # the same worker script, on another storage
 
 from lrf_optuna import finetune as F
-from lrf_optuna._locks import study_lock
+from lrf_optuna.study import open_finetune_study, study_lock
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +74,7 @@ def test_two_worker_processes_on_postgres(tiny_study, postgres_url, tmp_path) ->
         ran.append(json.loads(next(ln for ln in out.splitlines()
                                    if ln.startswith("RAN "))[4:]))
     assert not set(ran[0]) & set(ran[1])
-    ft = F.finetune_study_of(study)
+    ft = open_finetune_study(study)
     complete = ft.get_trials(states=(TrialState.COMPLETE,))
     assert sorted(ran[0] + ran[1]) == sorted(j.number for j in complete)
     per_source = collections.Counter(j.user_attrs["source_trial"] for j in complete)

@@ -9,8 +9,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from lrf_optuna.dashboard import StudyLookupError, load_study
-from lrf_optuna.report import ReportError, _readable_plan, add_report_parser, write_report
+from lrf_optuna.cli import main
+from lrf_optuna.errors import UserError
+from lrf_optuna.report import write_report
+from lrf_optuna.study import load_study, readable_plan
 
 #: The fine-tuning study's ``original`` attribute, as ``lrf_optuna.finetune`` records it.
 FAKE_ORIGINAL = {"val_acc": 0.9, "test_acc": 0.9125, "params": 10720, "flops": 90880,
@@ -136,15 +138,15 @@ def test_report_without_finetune(tiny_study, tmp_path) -> None:
 
 
 def test_report_errors(tiny_study, tmp_path) -> None:
-    with pytest.raises(StudyLookupError, match="no study 'nope'"):
+    with pytest.raises(UserError, match="no study 'nope'"):
         load_study("nope", tiny_study["storage"])
-    with pytest.raises(StudyLookupError, match="no study database"):
+    with pytest.raises(UserError, match="no study database"):
         load_study("x", f"sqlite:///{tmp_path / 'missing.db'}")
     bare = optuna.create_study(study_name="bare", storage=f"sqlite:///{tmp_path / 'b.db'}")
-    with pytest.raises(ReportError, match="not made by `lrf-optuna search`"):
+    with pytest.raises(UserError, match="not described by lrf_optuna"):
         write_report(bare, tmp_path / "out")
     study = optuna.load_study(study_name="tiny", storage=tiny_study["storage"])
-    with pytest.raises(ReportError, match=r"similarity cache .* is missing"):
+    with pytest.raises(UserError, match=r"similarity cache .* is missing"):
         write_report(study, tmp_path / "out", cache_dir=tmp_path / "nowhere")
     # the search's --cache-dir (the cache's parent) is accepted too
     html_path, _ = write_report(study, tmp_path / "out2",
@@ -153,24 +155,19 @@ def test_report_errors(tiny_study, tmp_path) -> None:
 
 
 def test_report_command(tiny_study, tmp_path, capsys) -> None:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="lrf-optuna")
-    add_report_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["report", "--storage", tiny_study["storage"],
-                              "--out", str(tmp_path / "r")])
-    assert args.func(args) == 0
-    assert "report.html" in capsys.readouterr().out
-    assert (tmp_path / "r" / "report.md").exists()
-    args = parser.parse_args(["report", "--study-name", "zzz", "--storage",
-                              tiny_study["storage"]])
-    with pytest.raises(StudyLookupError, match="no study 'zzz'"):
-        args.func(args)
+    assert main(["report", "--storage", tiny_study["storage"],
+                 "--out", str(tmp_path / "r")]) == 0
+    assert f"wrote {tmp_path / 'r' / 'report.html'}" in capsys.readouterr().out
+    assert (tmp_path / "r" / "report.md").read_text().startswith(
+        "# LRF compression report: `tiny`")
+    assert main(["report", "--study-name", "zzz", "--storage", tiny_study["storage"]]) == 2
+    assert "no study 'zzz'" in capsys.readouterr().err
 
 
 def test_plan_forms() -> None:
     """Plans are shown the same whether stored readable, as [method, rank] or as dicts."""
-    assert _readable_plan({"a": "svd r=3", "b": ["tt", 4], "c": ["keep", 0], "d": None,
-                           "e": {"method": "cp", "rank": 2}}) == {
+    assert readable_plan({"plan": {"a": "svd r=3", "b": ["tt", 4], "c": ["keep", 0], "d": None,
+                           "e": {"method": "cp", "rank": 2}}}) == {
         "a": "svd r=3", "b": "tt r=4", "c": "keep", "d": "keep", "e": "cp r=2"}
-    assert _readable_plan(None) == {}
+    assert readable_plan({"plan": None}) == {}
+    assert readable_plan({"lrf_plan": {"a": ["svd", 3]}}) == {"a": "svd r=3"}

@@ -11,6 +11,8 @@ import lrf_optuna.cache as cache_mod
 import lrf_optuna.rewrite as rewrite_mod
 from lrf_optuna.cache import GridConfig, SimilarityCache
 from lrf_optuna.costs import model_costs
+from lrf_optuna.data import Dataset, from_arrays, prepare_splits
+from lrf_optuna.errors import UserError
 from lrf_optuna.search import (
     AGGREGATIONS,
     LRFObjective,
@@ -61,6 +63,7 @@ def test_space_is_two_params_per_layer_in_every_trial(setup) -> None:
     assert set(space) == {f"{p}:{k}" for p in cache.layers for k in ("method", "rank")}
     assert space["c1:method"].choices[0] == "keep"
     study = _study(objective)
+    objective.describe_study(study)
     objective.seed_study(study)
     study.optimize(objective, n_trials=40)
     assert study.metric_names == ["params", "flops", "proxy"]
@@ -125,8 +128,10 @@ def test_constraints_mark_infeasible_trials(setup) -> None:
     limit = model.count_params() // 3
     objective = LRFObjective(model, x, cache=cache, max_params=limit, min_proxy=0.2)
     study = _study(objective)
+    objective.describe_study(study)
     objective.seed_study(study)
     study.optimize(objective, n_trials=40)
+
     def constraints(t):  # Optuna 5 stores them as "constraints:<key>" system attrs
         return {k.split(":", 1)[1]: v for k, v in t.system_attrs.items()
                 if k.startswith("constraints:")}
@@ -144,6 +149,11 @@ def test_seed_study_enqueues_once_and_plans_round_trip(setup) -> None:
     model, x, cache = setup
     objective = LRFObjective(model, x, cache=cache)
     study = _study(objective)
+    with pytest.raises(UserError, match="not described yet"):
+        objective.seed_study(study)  # describing is a step of its own, never implicit
+    assert "lrf_optuna:original" not in study.user_attrs
+    objective.describe_study(study)
+    assert study.user_attrs["lrf_optuna:original"]["params"] == model.count_params()
     added = objective.seed_study(study, [SimilarityThreshold(taus=(0.5, 0.9, 0.99))])
     assert 1 <= added <= 4
     assert objective.seed_study(study, [SimilarityThreshold(taus=(0.5, 0.9, 0.99))]) == 0
@@ -182,12 +192,19 @@ def test_restrictions(setup) -> None:
         LRFObjective(model, x, cache=cache, objectives=("accuracy",))
 
 
+def _dataset() -> Dataset:
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (120, 10, 10, 2), dtype=np.uint8)
+    return from_arrays(x[:100], np.arange(100) % 4, x[100:], np.arange(20) % 4, name="toy")
+
+
 def test_resume_from_sqlite_continues_without_rework(setup, tmp_path, monkeypatch) -> None:
-    model, x, _ = setup
-    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    model, _, _ = setup
+    x = _dataset()
+    storage = f"sqlite:///{tmp_path / 'new_dir' / 'study.db'}"  # the directory is created
     kwargs = dict(study_name="r", storage=storage, cache_dir=tmp_path / "c",
                   grid=GridConfig(points=4), population_size=10, show_progress_bar=False,
-                  progress=False)
+                  progress=False, calibration_size=32)
     study, _ = create_lrf_study(model, x, n_trials=25, **kwargs)
     assert finished_trials(study) == 25
     done = optuna.trial.TrialState.COMPLETE
@@ -207,8 +224,39 @@ def test_resume_from_sqlite_continues_without_rework(setup, tmp_path, monkeypatc
     study3, _ = create_lrf_study(model, x, n_trials=40, **kwargs)
     assert len(study3.trials) == before and finished_trials(study3) == 40
     # a different search space on the same study is refused
-    with pytest.raises(ValueError, match="another search space"):
+    with pytest.raises(UserError, match="another search space"):
         create_lrf_study(model, x, n_trials=40, methods=["svd"], **kwargs)
+
+
+def test_create_lrf_study_records_the_problem_it_can_rebuild(setup, tmp_path) -> None:
+    """A model and data that exist only in memory are saved beside the study, so the
+    problem can be rebuilt from the study alone (what fine-tuning does)."""
+    from lrf_optuna.search import StudyModels
+    from lrf_optuna.study import problem_spec
+
+    model, _, _ = setup
+    data = _dataset()
+    storage = f"sqlite:///{tmp_path / 'p.db'}"
+    study, _ = create_lrf_study(model, data, study_name="p", storage=storage,
+                                        n_trials=12, cache_dir=tmp_path / "c",
+                                        grid=GridConfig(points=4), population_size=10,
+                                        calibration_size=32, show_progress_bar=False,
+                                        progress=False)
+    spec = problem_spec(study)
+    assert spec.model == str((tmp_path / "p_artifacts" / "problems" / "p" /
+                              "model.keras").resolve())
+    assert spec.calibration_size == 32 and spec.seed == 0
+    rebuilt = spec.load(verbose=False)
+    expected = prepare_splits(data, calibration_size=32, seed=0)
+    np.testing.assert_array_equal(rebuilt.splits.x_cal, expected.x_cal)
+    np.testing.assert_array_equal(rebuilt.splits.x_test, data.x_test)  # uint8 round trip
+    x = data.x_test[:4]
+    np.testing.assert_allclose(rebuilt.model(x), model(x), atol=1e-6)
+    trial = next(t for t in study.best_trials if t.user_attrs["lrf_plan"])
+    built = StudyModels(study).build(trial)  # in a fresh context: from the study alone
+    assert built.count_params() == trial.user_attrs["params"]
+    with pytest.raises(UserError, match="not calibration images"):
+        create_lrf_study(model, data.x_train, study_name="p", storage=storage)
 
 
 def test_interrupt_leaves_consistent_study(setup, tmp_path) -> None:
@@ -237,7 +285,7 @@ def test_interrupt_leaves_consistent_study(setup, tmp_path) -> None:
 def test_open_storage_uses_wal_for_sqlite(tmp_path) -> None:
     import sqlite3
 
-    from lrf_optuna.search import open_storage
+    from lrf_optuna.study import open_storage
 
     url = f"sqlite:///{tmp_path / 'w.db'}"
     storage = open_storage(url)

@@ -13,7 +13,7 @@ from lrf_optuna.data import Dataset, from_arrays, prepare_splits
 from lrf_optuna.models import training
 from lrf_optuna.models.training import (
     TrainingRecord,
-    default_cache_dir,
+    default_model_cache_dir,
     evaluate,
     train_or_load,
     train_reference_model,
@@ -38,7 +38,7 @@ def test_second_call_loads_from_cache(
     tiny: Dataset, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first = train_or_load(
-        "lenet5", tiny, epochs=1, batch_size=32, cache_dir=tmp_path, verbose=False
+        "lenet5", tiny, epochs=1, batch_size=32, model_cache_dir=tmp_path, verbose=False
     )
     assert not first.cached
     assert first.path.parent == tmp_path / "models"
@@ -59,7 +59,7 @@ def test_second_call_loads_from_cache(
 
     monkeypatch.setattr(keras.Model, "fit", _no_fit)
     second = train_or_load(
-        "lenet5", tiny, epochs=1, batch_size=32, cache_dir=tmp_path, verbose=False
+        "lenet5", tiny, epochs=1, batch_size=32, model_cache_dir=tmp_path, verbose=False
     )
     assert second.cached
     assert second.path == first.path
@@ -74,19 +74,20 @@ def test_second_call_loads_from_cache(
     )
     # The thin wrapper goes through the same cache.
     model = train_reference_model(
-        "lenet5", tiny, epochs=1, batch_size=32, cache_dir=tmp_path, verbose=False
+        "lenet5", tiny, epochs=1, batch_size=32, model_cache_dir=tmp_path, verbose=False
     )
     assert isinstance(model, keras.Model)
 
 
 def test_key_changes_with_data_seed_and_epochs(tiny: Dataset, tmp_path: Path) -> None:
-    base = train_or_load("lenet5", tiny, epochs=1, batch_size=32, cache_dir=tmp_path, verbose=False)
+    base = train_or_load("lenet5", tiny, epochs=1, batch_size=32, model_cache_dir=tmp_path,
+                         verbose=False)
     other_seed = train_or_load(
-        "lenet5", tiny, epochs=1, batch_size=32, seed=1, cache_dir=tmp_path, verbose=False
+        "lenet5", tiny, epochs=1, batch_size=32, seed=1, model_cache_dir=tmp_path, verbose=False
     )
     changed = from_arrays(tiny.x_train * 0.5, tiny.y_train, tiny.x_test, tiny.y_test)
     other_data = train_or_load(
-        "lenet5", changed, epochs=1, batch_size=32, cache_dir=tmp_path, verbose=False
+        "lenet5", changed, epochs=1, batch_size=32, model_cache_dir=tmp_path, verbose=False
     )
     assert not other_seed.cached and not other_data.cached
     assert len({base.path, other_seed.path, other_data.path}) == 3
@@ -95,10 +96,10 @@ def test_key_changes_with_data_seed_and_epochs(tiny: Dataset, tmp_path: Path) ->
 
 def test_seed_makes_training_reproducible(tiny: Dataset, tmp_path: Path) -> None:
     a = train_or_load(
-        "lenet5", tiny, epochs=1, batch_size=32, cache_dir=tmp_path / "a", verbose=False
+        "lenet5", tiny, epochs=1, batch_size=32, model_cache_dir=tmp_path / "a", verbose=False
     )
     b = train_or_load(
-        "lenet5", tiny, epochs=1, batch_size=32, cache_dir=tmp_path / "b", verbose=False
+        "lenet5", tiny, epochs=1, batch_size=32, model_cache_dir=tmp_path / "b", verbose=False
     )
     assert a.path.name == b.path.name
     for wa, wb in zip(a.model.get_weights(), b.model.get_weights(), strict=True):
@@ -110,7 +111,7 @@ def test_splits_input_and_missing_sidecar(
 ) -> None:
     splits = prepare_splits(tiny, val_fraction=0.25, calibration_size=8, seed=0)
     first = train_or_load(
-        "lenet5", splits, epochs=1, batch_size=32, cache_dir=tmp_path, verbose=False
+        "lenet5", splits, epochs=1, batch_size=32, model_cache_dir=tmp_path, verbose=False
     )
     assert first.record.val_fraction == pytest.approx(0.25)
     # Same split as a Dataset with val_fraction=0.25 and the same seed -> same cache entry.
@@ -121,14 +122,14 @@ def test_splits_input_and_missing_sidecar(
         epochs=1,
         batch_size=32,
         val_fraction=0.25,
-        cache_dir=tmp_path,
+        model_cache_dir=tmp_path,
         verbose=False,
     )
     assert same.cached and same.path == first.path
     # A lost sidecar is rebuilt from the cached model, without training.
     first.path.with_suffix(".json").unlink()
     again = train_or_load(
-        "lenet5", splits, epochs=1, batch_size=32, cache_dir=tmp_path, verbose=False
+        "lenet5", splits, epochs=1, batch_size=32, model_cache_dir=tmp_path, verbose=False
     )
     assert again.cached
     assert again.record.train_seconds is None
@@ -138,22 +139,22 @@ def test_splits_input_and_missing_sidecar(
 
 def test_corrupt_cache_file_is_retrained(tiny: Dataset, tmp_path: Path) -> None:
     first = train_or_load(
-        "lenet5", tiny, epochs=1, batch_size=32, cache_dir=tmp_path, verbose=False
+        "lenet5", tiny, epochs=1, batch_size=32, model_cache_dir=tmp_path, verbose=False
     )
     first.path.write_bytes(b"not a zip file")
     again = train_or_load(
-        "lenet5", tiny, epochs=1, batch_size=32, cache_dir=tmp_path, verbose=False
+        "lenet5", tiny, epochs=1, batch_size=32, model_cache_dir=tmp_path, verbose=False
     )
     assert not again.cached
     assert keras.saving.load_model(again.path).count_params() == first.model.count_params()
 
 
-def test_default_cache_dir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_default_model_cache_dir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(training.ENV_CACHE_DIR, str(tmp_path / "c"))
-    assert default_cache_dir() == tmp_path / "c"
+    assert default_model_cache_dir() == tmp_path / "c"
     monkeypatch.delenv(training.ENV_CACHE_DIR)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert default_cache_dir() == tmp_path / "xdg" / "lrf_optuna"
+    assert default_model_cache_dir() == tmp_path / "xdg" / "lrf_optuna"
 
 
 def test_evaluate_and_argument_errors(tiny: Dataset, tmp_path: Path) -> None:
@@ -168,8 +169,8 @@ def test_evaluate_and_argument_errors(tiny: Dataset, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="4 examples but y has 3"):
         evaluate(Oracle(), x, np.array([0, 0, 1]))
     with pytest.raises(ValueError, match="epochs must be >= 1"):
-        train_or_load("lenet5", tiny, epochs=0, cache_dir=tmp_path)
+        train_or_load("lenet5", tiny, epochs=0, model_cache_dir=tmp_path)
     with pytest.raises(KeyError, match="valid choices"):
-        train_or_load("nope", tiny, epochs=1, cache_dir=tmp_path, verbose=False)
+        train_or_load("nope", tiny, epochs=1, model_cache_dir=tmp_path, verbose=False)
     with pytest.raises(TypeError, match="Dataset or Splits"):
-        train_or_load("lenet5", (tiny.x_train, tiny.y_train), cache_dir=tmp_path)  # type: ignore[arg-type]
+        train_or_load("lenet5", (tiny.x_train, tiny.y_train), model_cache_dir=tmp_path)  # type: ignore[arg-type]

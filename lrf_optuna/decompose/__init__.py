@@ -47,6 +47,7 @@ from lrf_optuna.decompose._base import (
     register_method,
     validate_weights,
 )
+from lrf_optuna.decompose._matrix import matrix_of
 from lrf_optuna.decompose.layers import FactorizedLayer
 
 # Every ``conv_*`` / ``fc_*`` module of this package is a method: adding a method is adding
@@ -67,6 +68,7 @@ __all__ = [
     "describe_layer",
     "get_method",
     "layer_weights",
+    "matrix_of",
     "methods_for",
     "register_method",
     "validate_weights",

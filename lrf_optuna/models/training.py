@@ -7,7 +7,7 @@ and a digest of the training data, the validation data, the model architecture a
 the training recipe, so a cached file is only reused for exactly the same training
 run. Writes are atomic (temporary file, then ``os.replace``).
 
-The cache root is ``cache_dir`` if given, else ``$LRF_OPTUNA_CACHE``, else
+The cache root is ``model_cache_dir`` if given, else ``$LRF_OPTUNA_CACHE``, else
 ``$XDG_CACHE_HOME/lrf_optuna`` (``~/.cache/lrf_optuna``).
 
 Example:
@@ -29,6 +29,7 @@ import os
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -47,6 +48,7 @@ __all__ = [
     "TrainingResult",
     "cache_key",
     "default_cache_dir",
+    "default_model_cache_dir",
     "evaluate",
     "train_or_load",
     "train_reference_model",
@@ -155,11 +157,11 @@ class TrainingResult:
     path: Path
 
 
-def default_cache_dir() -> Path:
-    """The cache root: ``$LRF_OPTUNA_CACHE``, else ``$XDG_CACHE_HOME/lrf_optuna``.
+def default_model_cache_dir() -> Path:
+    """The model cache root: ``$LRF_OPTUNA_CACHE``, else ``$XDG_CACHE_HOME/lrf_optuna``.
 
     Example:
-        >>> default_cache_dir()  # doctest: +SKIP
+        >>> default_model_cache_dir()  # doctest: +SKIP
         PosixPath('/home/me/.cache/lrf_optuna')
     """
     env = os.environ.get(ENV_CACHE_DIR)
@@ -167,6 +169,10 @@ def default_cache_dir() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
     return Path(xdg).expanduser() / "lrf_optuna"
+
+
+#: Deprecated name of :func:`default_model_cache_dir`.
+default_cache_dir = default_model_cache_dir
 
 
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512) -> float:
@@ -322,7 +328,7 @@ def train_or_load(
     epochs: int | None = None,
     batch_size: int = 128,
     seed: int = 0,
-    cache_dir: str | os.PathLike[str] | None = None,
+    model_cache_dir: str | os.PathLike[str] | None = None,
     val_fraction: float = 0.1,
     verbose: bool = True,
     use_cache: bool = True,
@@ -345,8 +351,9 @@ def train_or_load(
         epochs: Training epochs; ``None`` uses :data:`DEFAULT_EPOCHS`.
         batch_size: Batch size.
         seed: Random seed for weights, shuffling and the validation split.
-        cache_dir: Cache root (files go to ``<cache_dir>/models/``); ``None`` uses
-            :func:`default_cache_dir`.
+        model_cache_dir: Model cache root (files go to ``<model_cache_dir>/models/``);
+            ``None`` uses :func:`default_model_cache_dir`. (``cache_dir=`` is a deprecated
+            name of it; the similarity cache is another cache.)
         val_fraction: Validation fraction when ``dataset`` is a ``Dataset``.
         verbose: Show keras' progress bar and log at INFO level.
         use_cache: ``False`` always trains (and still writes the cache).
@@ -361,10 +368,14 @@ def train_or_load(
         ValueError: If ``epochs`` or ``batch_size`` is not positive.
 
     Example:
-        >>> res = train_or_load("lenet5", ds, epochs=1, cache_dir="/tmp/c")  # doctest: +SKIP
+        >>> res = train_or_load("lenet5", ds, epochs=1, model_cache_dir="/tmp/c")  # doctest: +SKIP
         >>> res.record.params  # doctest: +SKIP
         61706
     """
+    if "cache_dir" in build_kwargs:
+        warnings.warn("train_or_load(cache_dir=...) is deprecated; use model_cache_dir=",
+                      DeprecationWarning, stacklevel=2)
+        model_cache_dir = build_kwargs.pop("cache_dir")
     if epochs is None:
         epochs = DEFAULT_EPOCHS.get(name, _FALLBACK_EPOCHS)
     if epochs < 1:
@@ -392,7 +403,8 @@ def train_or_load(
         architecture_fingerprint=arch_fp,
         val_fraction=frac,
     )
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    root = (Path(model_cache_dir).expanduser() if model_cache_dir is not None
+            else default_model_cache_dir())
     model_dir = root / "models"
     path = model_dir / f"{key}.keras"
     record_path = path.with_suffix(".json")
@@ -498,7 +510,7 @@ def train_reference_model(
     epochs: int | None = None,
     batch_size: int = 128,
     seed: int = 0,
-    cache_dir: str | os.PathLike[str] | None = None,
+    model_cache_dir: str | os.PathLike[str] | None = None,
     verbose: bool = True,
     **kwargs: Any,
 ) -> keras.Model:
@@ -513,7 +525,7 @@ def train_reference_model(
         epochs: Training epochs; ``None`` uses :data:`DEFAULT_EPOCHS`.
         batch_size: Batch size.
         seed: Random seed.
-        cache_dir: Cache root; ``None`` uses :func:`default_cache_dir`.
+        model_cache_dir: Model cache root; ``None`` uses :func:`default_model_cache_dir`.
         verbose: Show progress and log at INFO level.
         **kwargs: Other :func:`train_or_load` arguments (``val_fraction``,
             ``use_cache``, builder keyword arguments).
@@ -530,7 +542,7 @@ def train_reference_model(
         epochs=epochs,
         batch_size=batch_size,
         seed=seed,
-        cache_dir=cache_dir,
+        model_cache_dir=model_cache_dir,
         verbose=verbose,
         **kwargs,
     ).model

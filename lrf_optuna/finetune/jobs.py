@@ -1,0 +1,503 @@
+"""Fine-tuning as resumable, multi-worker Optuna jobs.
+
+Fine-tuning results live in the search study's fine-tuning study
+``"<study_name>:finetune"`` (:func:`lrf_optuna.study.open_finetune_study`). Each of its
+trials is one *job*:
+
+* parameter ``source_trial`` (``IntDistribution(0, 10**9)``): the search trial fine-tuned;
+* values ``(params, test_accuracy)`` (minimize, maximize; metric names set), so the
+  dashboard plots the fine-tuned front;
+* user attributes: ``source_trial``, ``plan`` (readable), ``lrf_plan``, ``val_acc_before``,
+  ``val_acc_after``, ``test_acc_before``, ``test_acc``, ``params``, ``flops``,
+  ``compression_ratio``, ``keras_bytes``, ``tflite_bytes``, ``latency_ms_keras``,
+  ``latency_ms_tflite``, ``epochs_run``, ``finetune_seconds``, ``reverted``,
+  ``from_logits``, ``keras_artifact_id``, ``tflite_artifact_id``, ``artifact_dir``,
+  ``worker`` (read back with :class:`lrf_optuna.study.records.FinetuneRecord`);
+* Optuna artifacts: the fine-tuned ``.keras`` (no optimizer state) and float32 ``.tflite``
+  (:func:`lrf_optuna.export.upload_model_files`);
+* an optuna-dashboard Markdown note (:func:`lrf_optuna.dashboard.job_note`).
+
+The fine-tuning study also holds user attribute ``original`` (the original model measured
+the same way, once) with a study note, ``artifact_dir`` and ``source_study``.
+
+Workflow: :func:`~lrf_optuna.finetune.select.select_trials` -> :func:`enqueue_finetune` ->
+:func:`run_finetune_jobs` (or all three: :func:`finetune_study`; CLI:
+``lrf-optuna finetune``).
+
+Workers and resumption
+----------------------
+Any number of workers (processes, machines for a server database) may run
+:func:`run_finetune_jobs` on the same storage; each takes one WAITING job at a time.
+
+* **No job runs twice.** Optuna pops an enqueued trial by setting it RUNNING; on
+  PostgreSQL/MySQL that update is row-locked (``SELECT ... FOR UPDATE``), but SQLite ignores
+  ``FOR UPDATE`` and two processes *can* pop the same trial (observed with Optuna 5.0). So
+  every pop, enqueue and stale-job check holds :func:`lrf_optuna.study.study_lock`: a file
+  lock on ``<db>.finetune.lock`` beside a SQLite database, a PostgreSQL advisory lock on a
+  server database (two ``finetune`` commands started together would otherwise enqueue the
+  same jobs twice). In addition a worker drops a popped job when another job of the same
+  source trial is already COMPLETE or started earlier and still RUNNING; the dropped job is
+  marked FAIL with user attribute ``skipped``.
+* **A COMPLETE job is never redone**, and :func:`enqueue_finetune` adds nothing for a
+  source trial with a COMPLETE, WAITING or RUNNING job (so enqueueing twice adds nothing).
+* **Killed workers** (SIGKILL, power loss): for RDB storages the worker opens its own
+  storage with a heartbeat (``FinetuneConfig.heartbeat_interval``, default 10 s) and
+  ``grace_period`` (default 60 s) and
+  ``optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)``. Before popping, each
+  worker fails RUNNING jobs whose heartbeat is older than the grace period; the callback
+  re-enqueues them as WAITING copies, which are then run normally. So rerunning the same
+  command after the grace period resumes a killed job. (A job that is RUNNING but not yet
+  stale belongs to a live worker, or becomes stale later: the log says so.)
+* **Errors and Ctrl-C** mark the job FAIL (user attribute ``error``); the next
+  :func:`enqueue_finetune` (e.g. rerunning ``lrf-optuna finetune``) enqueues a new job for
+  that source trial, up to ``max_attempts`` (3) failed attempts.
+* Storages without heartbeat (in-memory, journal): :func:`requeue_running_jobs` re-enqueues
+  RUNNING jobs explicitly (only when no worker is alive).
+
+Example:
+    >>> study = optuna.load_study(study_name="lenet5",  # doctest: +SKIP
+    ...                           storage="sqlite:///studies/lenet5.db")
+    >>> jobs = finetune_study(study, k=3, config=FinetuneConfig(epochs=2))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import socket
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lrf_optuna import dashboard
+from lrf_optuna.export import measure_model, upload_model_files
+from lrf_optuna.finetune.config import FinetuneConfig
+from lrf_optuna.finetune.recipe import finetune_model, outputs_probabilities
+from lrf_optuna.finetune.select import Selection, select_trials
+from lrf_optuna.search import StudyModels
+from lrf_optuna.study.lookup import (
+    artifact_store_dir,
+    find_finetune_study,
+    job_source,
+    jobs_by_source,
+    latest_jobs,
+    open_finetune_study,
+)
+from lrf_optuna.study.records import (
+    ARTIFACT_DIR_ATTR,
+    BASELINE_ATTR,
+    LRF_PLAN_ATTR,
+    PLAN_ATTR,
+    SOURCE_TRIAL,
+    get_search_trial,
+)
+from lrf_optuna.study.storage import heartbeat_storage, safe_name, study_lock
+
+if TYPE_CHECKING:
+    from lrf_optuna.problem import Problem
+
+__all__ = ["JOB_DISTRIBUTION", "enqueue_finetune", "finetune_study", "requeue_running_jobs",
+           "run_finetune_jobs"]
+
+logger = logging.getLogger(__name__)
+
+#: Any trial number fits (enqueued jobs never sample it).
+JOB_DISTRIBUTION = optuna.distributions.IntDistribution(0, 10**9)
+
+
+# -- the queue -----------------------------------------------------------------------------
+
+def _attempts(jobs: Iterable[FrozenTrial]) -> int:
+    return sum(1 for j in jobs if j.state == TrialState.FAIL and "skipped" not in j.user_attrs)
+
+
+def enqueue_finetune(study: optuna.Study, trials: Iterable[FrozenTrial | int], *,
+                     max_attempts: int = FinetuneConfig.max_attempts) -> int:
+    """Enqueue one fine-tuning job per source trial; returns how many were added.
+
+    A source trial with a COMPLETE, WAITING or RUNNING job gets nothing (so calling this
+    twice adds nothing); one whose jobs all FAILed gets a new job until it has
+    ``max_attempts`` failed attempts. Jobs carry user attributes ``source_trial`` and
+    ``plan`` from the start, so the dashboard shows what is queued.
+
+    Raises:
+        KeyError: a trial number is not in ``study``.
+        ValueError: a trial is not COMPLETE.
+    """
+    numbers = [t if isinstance(t, int) else t.number for t in trials]
+    by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+    missing = [n for n in numbers if n not in by_number]
+    if missing:
+        raise KeyError(f"study {study.study_name!r} has no trial(s) {missing}")
+    unfinished = [n for n in numbers if by_number[n].state != TrialState.COMPLETE]
+    if unfinished:
+        raise ValueError(f"trial(s) {unfinished} of study {study.study_name!r} are not "
+                         "COMPLETE; only finished search trials can be fine-tuned")
+    ft = open_finetune_study(study)
+    added = 0
+    with study_lock(study, "finetune"):
+        existing = jobs_by_source(ft)
+        for n in dict.fromkeys(numbers):
+            jobs = existing.get(n, [])
+            if any(j.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
+                   for j in jobs):
+                continue
+            if _attempts(jobs) >= max_attempts:
+                logger.warning("trial %d of study %r failed fine-tuning %d time(s); not "
+                               "enqueued again (see the 'error' attribute of jobs %s of %r)",
+                               n, study.study_name, _attempts(jobs),
+                               [j.number for j in jobs], ft.study_name)
+                continue
+            ft.enqueue_trial({SOURCE_TRIAL: n},
+                             user_attrs={SOURCE_TRIAL: n,
+                                         PLAN_ATTR: by_number[n].user_attrs.get(PLAN_ATTR, {})},
+                             skip_if_exists=not jobs)
+            added += 1
+    logger.info("enqueued %d fine-tuning job(s) in %r", added, ft.study_name)
+    return added
+
+
+def requeue_running_jobs(study: optuna.Study) -> int:
+    """Mark every RUNNING job FAIL and enqueue a new job for its source trial.
+
+    For storages without heartbeat, after a worker was killed. Only call it when no
+    worker is running: a live worker's job would run twice.
+    """
+    ft = find_finetune_study(study)
+    if ft is None:
+        return 0
+    sources = []
+    with study_lock(study, "finetune"):
+        for job in ft.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+                ft.tell(job.number, state=TrialState.FAIL)
+                source = job_source(job)
+                if source is not None:
+                    sources.append(source)
+    return enqueue_finetune(study, sources, max_attempts=10**9) if sources else 0
+
+
+def _job(ft: optuna.Study, number: int) -> FrozenTrial:
+    return next(j for j in ft.get_trials(deepcopy=False) if j.number == number)
+
+
+def _fail(ft: optuna.Study, trial: optuna.Trial, **attrs: Any) -> None:
+    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        ft.tell(trial, state=TrialState.FAIL)
+
+
+def _started(job: FrozenTrial) -> tuple[datetime.datetime, int]:
+    return (job.datetime_start or datetime.datetime.min, job.number)
+
+
+def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
+           lock: Callable[[], contextlib.AbstractContextManager[None]]
+           ) -> tuple[optuna.Trial, int] | None:
+    """Pop the next WAITING job (under the study lock); ``None`` when the queue is empty.
+
+    Also fails stale RUNNING jobs first (their callback re-enqueues them) and drops
+    duplicate jobs of a source trial that is done or being done by another worker.
+    """
+    while True:
+        with lock(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            if rdb is not None:
+                optuna.storages.fail_stale_trials(ft)
+            if not ft.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+                return None
+            trial = ft.ask()
+            if rdb is not None:  # beat now: a job without heartbeat never becomes stale
+                rdb.record_heartbeat(trial._trial_id)
+            jobs = ft.get_trials(deepcopy=False)
+        mine = next(j for j in jobs if j.number == trial.number)
+        source = job_source(mine)
+        if source is None:
+            _fail(ft, trial, error="the fine-tuning queue emptied while this worker asked "
+                  "for a job (another worker took the last one): nothing to do")
+            return None
+        trial.suggest_int(SOURCE_TRIAL, JOB_DISTRIBUTION.low, JOB_DISTRIBUTION.high)
+        other = [j for j in jobs if j.number != mine.number and job_source(j) == source and (
+            j.state == TrialState.COMPLETE or (
+                j.state == TrialState.RUNNING and _started(j) < _started(mine)))]
+        if other:
+            logger.info("job %d: trial %d is already handled by job %d; skipped",
+                        trial.number, source, other[0].number)
+            _fail(ft, trial, skipped=f"duplicate of job {other[0].number}")
+            continue
+        return trial, source
+
+
+class _Heartbeat:
+    """Records a trial's heartbeat every ``interval`` seconds in a daemon thread."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage | None, trial_id: int) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _Heartbeat:
+        if self.storage is not None:
+            self._thread = threading.Thread(target=self._beat, daemon=True,
+                                            name=f"lrf-heartbeat-{self.trial_id}")
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        assert self.storage is not None
+        interval = self.storage.heartbeat_interval or 10
+        while not self._stop.wait(interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # a missed beat is not fatal; the next one retries
+                logger.debug("heartbeat of trial id %d failed", self.trial_id, exc_info=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+# -- the worker ----------------------------------------------------------------------------
+
+def _worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+
+
+def _kb(n: float) -> str:
+    return f"{n / 1024:,.1f}"
+
+
+class _Worker:
+    """Runs jobs: what it loads (problem, cache, the original's numbers) is loaded once."""
+
+    def __init__(self, study: optuna.Study, ft: optuna.Study, config: FinetuneConfig,
+                 store_dir: Path, problem: Problem | None) -> None:
+        self.study, self.ft, self.config = study, ft, config
+        self.store_dir = store_dir
+        self.models = StudyModels(study, problem=problem)
+        self._from_logits: bool | None = None
+
+    @property
+    def from_logits(self) -> bool:
+        if self._from_logits is None:
+            problem = self.models.problem
+            self._from_logits = not outputs_probabilities(problem.model, problem.splits.x_val)
+        return self._from_logits
+
+    def _measure(self, model: Any, directory: str, stem: str) -> Any:
+        c = self.config
+        return measure_model(model, self.models.problem.splits, directory, stem,
+                             latency_repeats=c.latency_repeats,
+                             latency_warmup=c.latency_warmup,
+                             tflite_threads=c.tflite_threads)
+
+    def ensure_original(self) -> dict[str, Any]:
+        """The original model measured like the jobs (once per fine-tuning study)."""
+        from lrf_optuna.models.training import evaluate
+
+        original = self.ft.user_attrs.get(BASELINE_ATTR)
+        if original is not None:
+            return dict(original)
+        problem = self.models.problem
+        with tempfile.TemporaryDirectory(prefix="lrf_original_") as tmp:
+            measured = self._measure(problem.model, tmp, "original").measured
+        measured = dataclasses.replace(
+            measured, val_acc=evaluate(problem.model, problem.splits.x_val,
+                                       problem.splits.y_val))
+        original = {**dataclasses.asdict(measured), "name": problem.name}
+        self.ft.set_user_attr(BASELINE_ATTR, original)
+        dashboard.save_note_quietly(self.ft, dashboard.original_note(self.study.study_name,
+                                                                     original))
+        logger.info("original model: test acc %.4f, %s params, .keras %s KiB, .tflite %s "
+                    "KiB, latency %.3f / %.3f ms", original["test_acc"],
+                    f"{original['params']:,}", _kb(original["keras_bytes"]),
+                    _kb(original["tflite_bytes"]), original["latency_ms_keras"],
+                    original["latency_ms_tflite"])
+        return original
+
+    def run(self, trial: optuna.Trial, source: int) -> FrozenTrial:
+        from lrf_optuna.models.training import evaluate
+
+        src = get_search_trial(self.study, source)
+        ua: dict[str, Any] = {SOURCE_TRIAL: source, PLAN_ATTR: src.user_attrs.get(PLAN_ATTR, {}),
+                              LRF_PLAN_ATTR: src.user_attrs[LRF_PLAN_ATTR],
+                              "worker": _worker_id()}
+        for key, value in ua.items():
+            trial.set_user_attr(key, value)
+        original = self.ensure_original()
+        splits = self.models.problem.splits
+        model = self.models.build(src)
+        test_before = evaluate(model, splits.x_test, splits.y_test)
+        outcome = finetune_model(model, splits, self.config, from_logits=self.from_logits,
+                                 seed=self.config.seed + source)
+        with tempfile.TemporaryDirectory(prefix="lrf_finetune_") as tmp:
+            files = self._measure(model, tmp,
+                                  safe_name(f"{self.study.study_name}_trial{source}"))
+            ids = upload_model_files(self.store_dir, trial, files)
+        m = files.measured
+        assert m.params is not None and m.test_acc is not None
+        ua.update({
+            "val_acc_before": round(outcome.val_acc_before, 6),
+            "val_acc_after": round(outcome.val_acc_after, 6),
+            "test_acc_before": round(test_before, 6),
+            "test_acc": round(m.test_acc, 6),
+            "params": m.params, "flops": m.flops,
+            "compression_ratio": round(original["params"] / max(m.params, 1), 4),
+            "keras_bytes": m.keras_bytes, "tflite_bytes": m.tflite_bytes,
+            "latency_ms_keras": m.latency_ms_keras,
+            "latency_ms_tflite": m.latency_ms_tflite,
+            "epochs_run": outcome.epochs_run,
+            "finetune_seconds": round(outcome.seconds, 3),
+            "reverted": outcome.reverted, "from_logits": outcome.from_logits, **ids,
+            ARTIFACT_DIR_ATTR: str(self.store_dir),
+        })
+        for key, value in ua.items():
+            trial.set_user_attr(key, value)
+        dashboard.save_note_quietly(trial, dashboard.job_note(source, self.study.study_name,
+                                                              ua, original))
+        frozen = self.ft.tell(trial, [float(m.params), float(m.test_acc)])
+        logger.info("job %d: trial %d fine-tuned: val %.4f -> %.4f, test %.4f -> %.4f, "
+                    "%s params (%.2fx), .keras %s KiB, .tflite %s KiB, latency %.3f / %.3f ms, "
+                    "%d epoch(s), %.1f s", trial.number, source, ua["val_acc_before"],
+                    ua["val_acc_after"], ua["test_acc_before"], ua["test_acc"],
+                    f"{ua['params']:,}", ua["compression_ratio"], _kb(ua["keras_bytes"]),
+                    _kb(ua["tflite_bytes"]), ua["latency_ms_keras"], ua["latency_ms_tflite"],
+                    ua["epochs_run"], ua["finetune_seconds"])
+        return frozen
+
+
+def _store_dir(ft: optuna.Study, study: optuna.Study,
+               artifact_dir: str | os.PathLike[str] | None) -> Path:
+    """The artifact store of the jobs, recorded in the fine-tuning study the first time."""
+    path = artifact_store_dir(study, artifact_dir, finetune=ft).resolve()
+    if ARTIFACT_DIR_ATTR not in ft.user_attrs:
+        ft.set_user_attr(ARTIFACT_DIR_ATTR, str(path))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = None,
+                      artifact_dir: str | os.PathLike[str] | None = None,
+                      max_jobs: int | None = None,
+                      problem: Problem | None = None) -> list[FrozenTrial]:
+    """Worker loop: run WAITING jobs of ``"<study>:finetune"`` one at a time until none is
+    left (or ``max_jobs`` ran). Safe to run in several processes at once (module
+    docstring).
+
+    A job: build the compressed model of the source trial's plan (factors from the
+    similarity cache), measure val and test accuracy, fine-tune once
+    (:func:`~lrf_optuna.finetune.recipe.finetune_model`), measure test accuracy, params,
+    FLOPs, ``.keras`` / ``.tflite`` sizes and batch-1 latencies
+    (:func:`lrf_optuna.export.measure_model`), upload both files as Optuna artifacts to
+    ``artifact_dir`` (default: :func:`lrf_optuna.study.lookup.artifact_store_dir`), save a
+    dashboard note, tell COMPLETE with ``(params, test_accuracy)``. The original model is
+    measured once per fine-tuning study (user attribute ``original``).
+
+    An exception fails the job (user attribute ``error``) and the loop goes on;
+    ``KeyboardInterrupt`` fails the job and propagates.
+
+    Args:
+        study: The search study.
+        config: Fine-tuning and measurement settings.
+        artifact_dir: Artifact store directory.
+        max_jobs: Stop after this many jobs (``None``: until the queue is empty).
+        problem: The already loaded :class:`~lrf_optuna.problem.Problem` (default: loaded
+            from the study's recorded problem, once).
+
+    Returns:
+        The jobs this worker ran, finished (COMPLETE or FAIL), in order.
+    """
+    config = config or FinetuneConfig()
+    storage, rdb = heartbeat_storage(study, heartbeat_interval=config.heartbeat_interval,
+                                     grace_period=config.grace_period,
+                                     max_retry=config.max_retries)
+    ft = open_finetune_study(study, storage=storage)
+    store_dir = _store_dir(ft, study, artifact_dir)
+    worker = _Worker(study, ft, config, store_dir, problem)
+
+    def lock() -> contextlib.AbstractContextManager[None]:
+        return study_lock(study, "finetune")
+
+    ran: list[FrozenTrial] = []
+    while max_jobs is None or len(ran) < max_jobs:
+        claimed = _claim(ft, rdb, lock)
+        if claimed is None:
+            break
+        trial, source = claimed
+        with _Heartbeat(rdb, trial._trial_id):
+            try:
+                ran.append(worker.run(trial, source))
+            except optuna.exceptions.UpdateFinishedTrialError:
+                logger.warning("job %d (trial %d) was declared stale by another worker and "
+                               "re-enqueued meanwhile; its result is dropped", trial.number,
+                               source)
+            except BaseException as err:
+                _fail(ft, trial, error=f"{type(err).__name__}: {err}"[:2000])
+                ran.append(_job(ft, trial.number))
+                if not isinstance(err, Exception):
+                    raise
+                logger.exception("job %d (trial %d of study %r) failed", trial.number,
+                                 source, study.study_name)
+    running = ft.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if running:
+        hint = (f"once its heartbeat is older than {config.grace_period} s a job is "
+                "re-enqueued by the next worker" if rdb is not None else
+                "if their worker was killed, call requeue_running_jobs (CLI: "
+                "--requeue-running)")
+        logger.info("%d job(s) still RUNNING in %r (other workers, or killed ones: %s)",
+                    len(running), ft.study_name, hint)
+    return ran
+
+
+def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "spread",
+                   trials: Iterable[int] | None = None, max_params: float | None = None,
+                   max_flops: float | None = None, min_proxy: float | None = None,
+                   config: FinetuneConfig | None = None,
+                   artifact_dir: str | os.PathLike[str] | None = None,
+                   max_jobs: int | None = None,
+                   problem: Problem | None = None) -> list[FrozenTrial]:
+    """Choose trials, enqueue their jobs and run them: ``select_trials`` +
+    :func:`enqueue_finetune` + :func:`run_finetune_jobs`.
+
+    Args:
+        study: The search study (made by ``create_lrf_study`` or ``lrf-optuna search``:
+            it records the problem the jobs rebuild).
+        k: How many Pareto-optimal trials to choose (see ``select_trials``).
+        strategy: ``"spread"`` or ``"knee"``.
+        trials: Fine-tune exactly these search trial numbers instead of choosing.
+        max_params: Budget of the choice.
+        max_flops: Budget of the choice.
+        min_proxy: Budget of the choice.
+        config: Fine-tuning settings (default :class:`FinetuneConfig`).
+        artifact_dir: Artifact store of the fine-tuned files.
+        max_jobs: Run at most this many jobs in this call.
+        problem: The loaded problem, to skip loading it from the study.
+
+    Returns:
+        The latest COMPLETE job of each chosen trial (jobs run now or earlier), in the
+        choice's order; a trial whose job failed or is still running is missing.
+    """
+    config = config or FinetuneConfig()
+    if trials is not None:
+        selected: list[FrozenTrial | int] = [get_search_trial(study, n) for n in trials]
+    else:
+        selected = list(select_trials(study, k, strategy=strategy, max_params=max_params,
+                                      max_flops=max_flops, min_proxy=min_proxy))
+    enqueue_finetune(study, selected, max_attempts=config.max_attempts)
+    run_finetune_jobs(study, config=config, artifact_dir=artifact_dir, max_jobs=max_jobs,
+                      problem=problem)
+    done = latest_jobs(find_finetune_study(study))
+    numbers = [t if isinstance(t, int) else t.number for t in selected]
+    return [done[n] for n in numbers if n in done]

@@ -1,0 +1,322 @@
+"""Every table lrf_optuna prints or writes: the Pareto front, the fine-tuning results,
+per-layer plans, the similarity cache, the baselines; as terminal text, Markdown or HTML.
+
+The CLI (``show``, ``search``, ``finetune``), the demo, the report and the dashboard notes
+all take their tables from here.
+
+Example:
+    >>> print(markdown_table(["a", "b"], [[1, "x|y"]]))
+    | a | b |
+    | --- | --- |
+    | 1 | x\\|y |
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from lrf_optuna.study.records import SearchRecord, as_float
+
+if TYPE_CHECKING:
+    import optuna
+
+    from lrf_optuna.models.training import TrainingResult
+    from lrf_optuna.report.data import ReportData
+
+__all__ = ["CACHE_HEADER", "FRONT_HEADER", "RESULT_HEADER", "Table", "baselines_table",
+           "cache_table", "fmt", "format_table", "front_table", "front_text", "html_table",
+           "kib", "markdown_table", "plan_table", "results_table", "results_text", "spread"]
+
+
+def _is_number(cell: str) -> bool:
+    """``"1,234"``, ``"0.5"``, ``"12.5 %"``, ``"1.50x"``: a number, maybe with thousands
+    separators and a ``%`` or ``x`` suffix."""
+    stripped = cell.strip().replace(",", "").rstrip("%x").strip()
+    try:
+        float(stripped)
+    except ValueError:
+        return False
+    return True
+
+
+def format_table(header: Sequence[object], rows: Sequence[Sequence[object]]) -> str:
+    """Align columns for a terminal (``tabulate``'s ``simple`` format); a column whose
+    cells are all numbers (``"1,234"``, ``"2.50x"``, ``"12.5%"``) is right-aligned.
+
+    Example:
+        >>> print(format_table(["name", "n"], [["a", 1], ["bb", 22]]))
+        name      n
+        ------  ---
+        a         1
+        bb       22
+    """
+    from tabulate import tabulate
+
+    cells = [[str(c) for c in row] for row in rows]
+    align = ["right" if cells and all(_is_number(r[i]) for r in cells if r[i])
+             and any(r[i] for r in cells) else "left" for i in range(len(header))]
+    return str(tabulate(cells, headers=[str(h) for h in header], tablefmt="simple",
+                        colalign=align, disable_numparse=True))
+
+
+def _markdown_cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(header: Sequence[object], rows: Sequence[Sequence[object]], *,
+                   align: bool = False) -> str:
+    """A GitHub-flavoured Markdown table; ``|`` in a cell is escaped, a newline becomes a
+    space.
+
+    With ``align``, columns are padded to a common width and a column whose cells are all
+    numbers (empty or ``-`` cells count as missing) is right-aligned.
+
+    Raises:
+        ValueError: if a row has a different number of cells than ``header``.
+
+    Example:
+        >>> print(markdown_table(["a", "b"], [[1, "x"]]))
+        | a | b |
+        | --- | --- |
+        | 1 | x |
+        >>> print(markdown_table(["method", "time (s)"], [["svd", 1.5], ["qr", "-"]],
+        ...                      align=True))
+        | method | time (s) |
+        |--------|---------:|
+        | svd    |      1.5 |
+        | qr     |        - |
+    """
+    head = [_markdown_cell(h) for h in header]
+    body = [[_markdown_cell(c) for c in row] for row in rows]
+    for i, row in enumerate(body):
+        if len(row) != len(head):
+            raise ValueError(f"row {i} has {len(row)} cells, but there are {len(head)} headers")
+    if align:
+        widths = [max([len(h), 3, *(len(r[j]) for r in body)]) for j, h in enumerate(head)]
+        right = [bool(body) and all(_is_number(r[j]) or r[j].strip() in ("", "-") for r in body)
+                 and any(_is_number(r[j]) for r in body) for j in range(len(head))]
+        rule = "|" + "|".join("-" * (w + 1) + ":" if r else "-" * (w + 2)
+                              for w, r in zip(widths, right)) + "|"
+    else:
+        widths, right = [0] * len(head), [False] * len(head)
+        rule = "| " + " | ".join("---" for _ in head) + " |"
+
+    def line(cells: Sequence[str], to_right: Sequence[bool]) -> str:
+        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w)
+                                 for c, w, r in zip(cells, widths, to_right)) + " |"
+
+    return "\n".join([line(head, [False] * len(head)), rule, *(line(r, right) for r in body)])
+
+
+def html_table(header: Sequence[object], rows: Sequence[Sequence[object]], css: str = "") -> str:
+    """An HTML ``<table>`` (every cell escaped)."""
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                   for r in rows)
+    return (f'<table class="{css}"><thead><tr>{head}</tr></thead>'
+            f"<tbody>{body}</tbody></table>")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A header, rows of text cells and a title; rendered for the terminal, Markdown or
+    HTML."""
+
+    header: list[str]
+    rows: list[list[str]]
+    title: str = ""
+
+    def text(self) -> str:
+        """Title, then the aligned table (for the terminal)."""
+        body = format_table(self.header, self.rows)
+        return f"{self.title}\n{body}" if self.title else body
+
+    def markdown(self, *, align: bool = False) -> str:
+        return markdown_table(self.header, self.rows, align=align)
+
+    def html(self, css: str = "") -> str:
+        return html_table(self.header, self.rows, css)
+
+    def columns(self, names: Iterable[str]) -> Table:
+        """The same table with only these columns, in this order."""
+        index = [self.header.index(n) for n in names]
+        return Table([self.header[i] for i in index], [[r[i] for i in index] for r in self.rows],
+                     self.title)
+
+
+def kib(n: float | None) -> str:
+    """Bytes as KiB with one decimal.
+
+    Example:
+        >>> kib(2560)
+        '2.5'
+    """
+    return "n/a" if n is None else f"{n / 1024:,.1f}"
+
+
+def spread(items: Sequence[Any], top: int | None) -> list[Any]:
+    """At most ``top`` items, evenly spaced (first and last kept)."""
+    if top is None or len(items) <= top:
+        return list(items)
+    step = (len(items) - 1) / max(top - 1, 1)
+    return [items[round(i * step)] for i in range(top)]
+
+
+def fmt(value: Any, spec: str) -> str:
+    """``value`` formatted with ``spec`` (``","``: a rounded integer with separators);
+    ``"n/a"`` when it is not a number."""
+    number = as_float(value)
+    if number is None:
+        return "n/a"
+    if spec == ",":
+        return f"{round(number):,}"
+    return format(number, spec)
+
+
+def _ratio(original: Any, value: Any) -> str:
+    """``original / value`` as ``"2.00x"`` (n/a when unknown)."""
+    a, b = as_float(original), as_float(value)
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def _delta(value: Any, original: Any) -> str:
+    a, b = as_float(value), as_float(original)
+    if a is None or b is None:
+        return "n/a"
+    return f"{a - b:+.4f}"
+
+
+def _changed(plan: Mapping[str, str]) -> str:
+    changed = [f"{k}: {v}" for k, v in plan.items() if v != "keep"]
+    return ", ".join(changed) or "(all kept)"
+
+
+RESULT_HEADER = ["trial", "job", "params", "params ratio", "FLOPs", "FLOPs ratio",
+                 "val acc before", "val acc after", "test acc", "test acc delta",
+                 "Keras ms", "Keras speed-up", "TFLite ms", "TFLite speed-up",
+                 ".keras bytes", ".keras ratio", ".tflite bytes", ".tflite ratio",
+                 "epochs", "fine-tune s"]
+#: The columns of the results table that fit a terminal.
+RESULT_TEXT_COLUMNS = ["trial", "params", "params ratio", "FLOPs", "val acc before",
+                       "val acc after", "test acc", "test acc delta", "Keras ms", "TFLite ms",
+                       ".tflite bytes", "epochs"]
+
+
+def results_table(data: ReportData) -> Table:
+    """The original model, then each fine-tuned trial (its latest COMPLETE job), smallest
+    first; ratios are original / compressed."""
+    base = {**{k: data.original.get(k) for k in ("params", "flops")}, **data.baseline}
+    val = fmt(base.get("val_acc"), ".4f") if "val_acc" in base else ""
+    rows = [["original", "", fmt(base.get("params"), ","), "1.00x",
+             fmt(base.get("flops"), ","), "1.00x", val, val,
+             fmt(base.get("test_acc"), ".4f"), "", fmt(base.get("latency_ms_keras"), ".3f"),
+             "1.00x", fmt(base.get("latency_ms_tflite"), ".3f"), "1.00x",
+             fmt(base.get("keras_bytes"), ","), "1.00x", fmt(base.get("tflite_bytes"), ","),
+             "1.00x", "", ""]]
+    for r in data.finetuned:
+        job = r.record
+        m = job.measured
+        rows.append([
+            f"#{r.source}", str(r.job), fmt(m.params, ","),
+            _ratio(base.get("params"), m.params), fmt(m.flops, ","),
+            _ratio(base.get("flops"), m.flops), fmt(job.val_acc_before, ".4f"),
+            fmt(job.val_acc_after, ".4f"), fmt(m.test_acc, ".4f"),
+            _delta(m.test_acc, base.get("test_acc")),
+            fmt(m.latency_ms_keras, ".3f"),
+            _ratio(base.get("latency_ms_keras"), m.latency_ms_keras),
+            fmt(m.latency_ms_tflite, ".3f"),
+            _ratio(base.get("latency_ms_tflite"), m.latency_ms_tflite),
+            fmt(m.keras_bytes, ","), _ratio(base.get("keras_bytes"), m.keras_bytes),
+            fmt(m.tflite_bytes, ","), _ratio(base.get("tflite_bytes"), m.tflite_bytes),
+            fmt(job.epochs_run, ".0f"), fmt(job.finetune_seconds, ".1f")])
+    title = (f"Fine-tuned trials of study {data.study_name!r} ({len(data.finetuned)} in "
+             f"{data.finetune_name!r}; latencies: batch 1, median)")
+    return Table(RESULT_HEADER, rows, title)
+
+
+def plan_table(data: ReportData, trials: Sequence[tuple[str, Mapping[str, str]]]) -> Table:
+    """One row per layer, one column per trial (``(label, plan)`` pairs)."""
+    rows = []
+    for layer in data.layers:
+        table = data.cache.tables.get(layer) if data.cache is not None else None
+        kind = table.class_name if table is not None else ""
+        rows.append([layer, kind, *[plan.get(layer, "keep") for _, plan in trials]])
+    return Table(["layer", "type", *[label for label, _ in trials]], rows)
+
+
+FRONT_HEADER = ["trial", "params", "compression", "FLOPs", "FLOPs saved", "proxy",
+                "seeded by", "fine-tuned", "plan (changed layers)"]
+
+
+def front_table(data: ReportData, *, top: int | None = 20) -> Table:
+    """The Pareto front, smallest model first (at most ``top`` trials spread along it),
+    after the original model's row."""
+    tuned = {r.source for r in data.finetuned}
+    trials = sorted(data.front, key=lambda t: (t.user_attrs.get("params", 0), t.number))
+    o = data.original
+    rows = [["original", fmt(o.get("params"), ","), "1.00x", fmt(o.get("flops"), ","),
+             "0.0%", "1.0000", "", "", "(original model)"]]
+    for t in spread(trials, top):
+        rec = SearchRecord.of(t)
+        rows.append([str(rec.number), fmt(rec.params, ","),
+                     f"{rec.compression_ratio or 0:.2f}x", fmt(rec.flops, ","),
+                     f"{100 * (rec.flops_reduction or 0):.1f}%", fmt(rec.proxy, ".4f"),
+                     rec.strategy, "yes" if rec.number in tuned else "", _changed(rec.plan)])
+    shown = f", {min(len(trials), top)} shown" if top is not None and len(trials) > top else ""
+    title = (f"Pareto front of study {data.study_name!r}: {len(data.front)} trial(s) of "
+             f"{data.n_trials}{shown}")
+    return Table(FRONT_HEADER, rows, title)
+
+
+CACHE_HEADER = ["layer", "type", "params", "MACs", "methods", "candidates",
+                "cheapest >= 0.99", "cheapest >= 0.95"]
+
+
+def cache_table(data: ReportData) -> Table:
+    """One row per layer: what the cache scored and the cheapest good candidates."""
+    rows = []
+    for layer in data.layers:
+        table = data.cache.tables.get(layer) if data.cache is not None else None
+        if table is None:
+            continue
+        cells = [layer, table.class_name, fmt(table.original_params, ","),
+                 fmt(table.original_macs, ","), ", ".join(table.methods),
+                 str(len(table.candidates))]
+        for threshold in (0.99, 0.95):
+            best = table.best(metric=data.metric, min_similarity=threshold)
+            cells.append("none" if best is None else
+                         f"{best.method} r={best.rank} ({best.params:,} params)")
+        rows.append(cells)
+    return Table(CACHE_HEADER, rows)
+
+
+def baselines_table(results: Mapping[str, TrainingResult]) -> Table:
+    """The trained (or cached) reference models: size, test accuracy, training."""
+    rows = []
+    for name, result in results.items():
+        rec = result.record
+        when = "cached" if result.cached else f"trained in {rec.train_seconds or 0:.0f} s"
+        rows.append([name, f"{rec.params:,}", f"{rec.test_accuracy:.4f}", str(rec.epochs),
+                     when])
+    return Table(["model", "params", "test accuracy", "epochs", "train time"], rows)
+
+
+# -- straight from a study, for the terminal ---------------------------------------------------
+
+def front_text(study: optuna.Study, *, top: int | None = None) -> str:
+    """The Pareto front of a described study as terminal text (``lrf-optuna show``)."""
+    from lrf_optuna.report.data import read_study
+
+    return front_table(read_study(study), top=top).text()
+
+
+def results_text(study: optuna.Study) -> str:
+    """The fine-tuned trials against the original model as terminal text."""
+    from lrf_optuna.report.data import read_study
+
+    return results_table(read_study(study)).columns(RESULT_TEXT_COLUMNS).text()

@@ -1,0 +1,318 @@
+"""What lrf_optuna writes into studies: attribute names, typed readers, the plan codec.
+
+A **plan** maps a layer path to ``(method, rank)``; a layer not in it is kept. A search
+trial stores its plan twice: ``"lrf_plan"`` (``{layer: [method, rank]}``, changed layers
+only, for the code) and ``"plan"`` (``{layer: "tucker2 r=8" | "keep"}`` for every searched
+layer, for people and the dashboard). :func:`plan_attrs` writes both, :func:`decode_plan`
+is the one reader of the first, :func:`readable_plan` of the second.
+
+Study attributes: :data:`PROBLEM_ATTR` (how to rebuild model and data,
+:class:`~lrf_optuna.problem.ProblemSpec`), :data:`SPACE_ATTR` (the search space),
+:data:`ORIGINAL_ATTR` (the original model's costs and the proxy's settings,
+:class:`OriginalInfo`). Fine-tuning jobs: :class:`FinetuneRecord`; the original model
+measured the same way: :class:`Measured`.
+
+Example:
+    >>> attrs = plan_attrs({"fc1": ("svd", 8)}, layers=["conv1", "fc1"])
+    >>> attrs["plan"]
+    {'conv1': 'keep', 'fc1': 'svd r=8'}
+    >>> decode_plan(attrs)
+    {'fc1': ('svd', 8)}
+    >>> parse_choice("tucker2 r=4"), parse_choice("keep")
+    (('tucker2', 4), None)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lrf_optuna.errors import UserError
+
+if TYPE_CHECKING:
+    from lrf_optuna.problem import ProblemSpec
+
+__all__ = [
+    "KEEP",
+    "LRF_PLAN_ATTR",
+    "ORIGINAL_ATTR",
+    "PLAN_ATTR",
+    "PROBLEM_ATTR",
+    "SOURCE_TRIAL",
+    "SPACE_ATTR",
+    "STRATEGY_ATTR",
+    "FinetuneRecord",
+    "Measured",
+    "OriginalInfo",
+    "Plan",
+    "SearchRecord",
+    "as_float",
+    "decode_plan",
+    "describe_choice",
+    "get_search_trial",
+    "original_info",
+    "parse_choice",
+    "plan_attrs",
+    "problem_spec",
+    "readable_plan",
+    "record_problem",
+]
+
+KEEP = "keep"
+#: ``{layer path: (method, rank)}``; layers not in it are kept.
+Plan = dict[str, tuple[str, int]]
+
+# study user attributes
+PROBLEM_ATTR = "lrf_optuna:problem"
+SPACE_ATTR = "lrf_optuna:space"
+ORIGINAL_ATTR = "lrf_optuna:original"
+# search-trial user attributes
+PLAN_ATTR = "plan"
+LRF_PLAN_ATTR = "lrf_plan"
+STRATEGY_ATTR = "strategy"
+# fine-tuning: the job's source trial (parameter and user attribute), study attributes
+SOURCE_TRIAL = "source_trial"
+BASELINE_ATTR = "original"
+ARTIFACT_DIR_ATTR = "artifact_dir"
+SOURCE_STUDY_ATTR = "source_study"
+
+
+# -- plans ------------------------------------------------------------------------------------
+
+def describe_choice(choice: Any) -> str:
+    """A layer's choice as ``"tucker2 r=8"`` / ``"keep"``, whatever form it was stored in
+    (``(method, rank)``, ``[method, rank]``, ``{"method", "rank"}``, text or ``None``)."""
+    if choice is None:
+        return KEEP
+    if isinstance(choice, str):
+        return choice
+    if isinstance(choice, Mapping) and "method" in choice:
+        choice = (choice["method"], choice.get("rank", 0))
+    if isinstance(choice, (list, tuple)) and len(choice) == 2:
+        method, rank = choice
+        return KEEP if method == KEEP else f"{method} r={int(rank)}"
+    return str(choice)
+
+
+def parse_choice(text: str) -> tuple[str, int] | None:
+    """``"tucker2 r=8"`` -> ``("tucker2", 8)``; ``"keep"`` (or unparsable) -> ``None``."""
+    method, _, rank = text.partition(" r=")
+    if method == KEEP or not rank:
+        return None
+    try:
+        return method, int(rank)
+    except ValueError:
+        return None
+
+
+def plan_attrs(plan: Mapping[str, tuple[str, int]], layers: Iterable[str]) -> dict[str, Any]:
+    """The user attributes that store ``plan`` in a trial: ``plan`` (readable, every
+    searched layer) and ``lrf_plan`` (machine-readable)."""
+    return {PLAN_ATTR: {p: describe_choice(plan.get(p)) for p in layers},
+            LRF_PLAN_ATTR: {p: [str(m), int(r)] for p, (m, r) in plan.items()}}
+
+
+def _attrs(trial_or_attrs: FrozenTrial | Mapping[str, Any]) -> Mapping[str, Any]:
+    return (trial_or_attrs.user_attrs if isinstance(trial_or_attrs, FrozenTrial)
+            else trial_or_attrs)
+
+
+def decode_plan(trial_or_attrs: FrozenTrial | Mapping[str, Any]) -> Plan:
+    """The plan a trial stored (its ``lrf_plan`` attribute) as ``{layer: (method, rank)}``.
+
+    Raises:
+        ValueError: the trial has no ``lrf_plan`` (it was not made by lrf_optuna).
+    """
+    raw = _attrs(trial_or_attrs).get(LRF_PLAN_ATTR)
+    if raw is None:
+        what = (f"trial {trial_or_attrs.number}" if isinstance(trial_or_attrs, FrozenTrial)
+                else "these attributes")
+        raise ValueError(f"{what} has no {LRF_PLAN_ATTR!r} user attribute (not made by "
+                         "lrf_optuna's search)")
+    return {str(p): (str(m), int(r)) for p, (m, r) in raw.items()}
+
+
+def readable_plan(trial_or_attrs: FrozenTrial | Mapping[str, Any]) -> dict[str, str]:
+    """``{layer: "svd r=8" | "keep"}`` of a trial (its ``plan`` attribute, else derived from
+    ``lrf_plan``)."""
+    attrs = _attrs(trial_or_attrs)
+    raw = attrs.get(PLAN_ATTR)
+    if not isinstance(raw, Mapping):
+        raw = attrs.get(LRF_PLAN_ATTR)
+    if not isinstance(raw, Mapping):
+        return {}
+    return {str(k): describe_choice(v) for k, v in raw.items()}
+
+
+# -- typed readers ----------------------------------------------------------------------------
+
+def as_float(value: Any) -> float | None:
+    """``float(value)``, or ``None`` for missing, non-numeric or NaN values.
+
+    Example:
+        >>> as_float("0.5"), as_float(None), as_float(float("nan"))
+        (0.5, None, None)
+    """
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+def _int(value: Any) -> int | None:
+    number = as_float(value)
+    return None if number is None else int(number)
+
+
+@dataclass(frozen=True)
+class SearchRecord:
+    """A search trial's user attributes, typed (missing numbers are ``None``)."""
+
+    number: int
+    params: int | None
+    flops: int | None
+    proxy: float | None
+    compression_ratio: float | None
+    flops_reduction: float | None
+    strategy: str
+    plan: dict[str, str]
+
+    @classmethod
+    def of(cls, trial: FrozenTrial) -> SearchRecord:
+        ua = trial.user_attrs
+        return cls(trial.number, _int(ua.get("params")), _int(ua.get("flops")),
+                   as_float(ua.get("proxy")), as_float(ua.get("compression_ratio")),
+                   as_float(ua.get("flops_reduction")), str(ua.get(STRATEGY_ATTR) or ""),
+                   readable_plan(ua))
+
+
+@dataclass(frozen=True)
+class OriginalInfo:
+    """The study attribute :data:`ORIGINAL_ATTR`: the original model and the proxy's
+    settings, recorded by :meth:`~lrf_optuna.search.LRFObjective.describe_study`."""
+
+    params: int
+    flops: int
+    model: str
+    metric: str
+    aggregation: str
+    cache: str
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def original_info(study: optuna.Study) -> OriginalInfo | None:
+    """The :class:`OriginalInfo` of a described study, or ``None``."""
+    raw = study.user_attrs.get(ORIGINAL_ATTR)
+    if not raw:
+        return None
+    return OriginalInfo(params=int(raw.get("params", 0)), flops=int(raw.get("flops", 0)),
+                        model=str(raw.get("model", "?")),
+                        metric=str(raw.get("metric", "cosine")),
+                        aggregation=str(raw.get("aggregation", "mean")),
+                        cache=str(raw.get("cache", "")))
+
+
+@dataclass(frozen=True)
+class Measured:
+    """A model measured for deployment (the original, or a fine-tuned trial): test (and
+    validation) accuracy, size, files and batch-1 latencies."""
+
+    params: int | None = None
+    flops: int | None = None
+    test_acc: float | None = None
+    val_acc: float | None = None
+    keras_bytes: int | None = None
+    tflite_bytes: int | None = None
+    latency_ms_keras: float | None = None
+    latency_ms_tflite: float | None = None
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Measured:
+        a = attrs.get
+        return cls(params=_int(a("params")), flops=_int(a("flops")),
+                   test_acc=as_float(a("test_acc")), val_acc=as_float(a("val_acc")),
+                   keras_bytes=_int(a("keras_bytes")), tflite_bytes=_int(a("tflite_bytes")),
+                   latency_ms_keras=as_float(a("latency_ms_keras")),
+                   latency_ms_tflite=as_float(a("latency_ms_tflite")))
+
+
+@dataclass(frozen=True)
+class FinetuneRecord:
+    """A finished fine-tuning job's user attributes, typed."""
+
+    job: int
+    source: int
+    measured: Measured
+    val_acc_before: float | None
+    val_acc_after: float | None
+    test_acc_before: float | None
+    epochs_run: int | None
+    finetune_seconds: float | None
+    reverted: bool
+    plan: dict[str, str]
+
+    @classmethod
+    def of(cls, job: FrozenTrial) -> FinetuneRecord:
+        ua = job.user_attrs
+        return cls(job.number, int(_int(ua.get(SOURCE_TRIAL)) or -1), Measured.from_attrs(ua),
+                   as_float(ua.get("val_acc_before")), as_float(ua.get("val_acc_after")),
+                   as_float(ua.get("test_acc_before")), _int(ua.get("epochs_run")),
+                   as_float(ua.get("finetune_seconds")), bool(ua.get("reverted", False)),
+                   readable_plan(ua))
+
+
+# -- the problem --------------------------------------------------------------------------------
+
+def record_problem(study: optuna.Study, spec: ProblemSpec) -> None:
+    """Store ``spec`` in the study (once), so later commands can rebuild the problem."""
+    if PROBLEM_ATTR not in study.user_attrs:
+        study.set_user_attr(PROBLEM_ATTR, spec.to_json())
+
+
+def problem_spec(study: optuna.Study) -> ProblemSpec:
+    """The :class:`~lrf_optuna.problem.ProblemSpec` recorded in a study.
+
+    Raises:
+        UserError: the study has none (it was not made by ``create_lrf_study`` or
+            ``lrf-optuna search``).
+    """
+    from lrf_optuna.problem import ProblemSpec
+
+    raw = study.user_attrs.get(PROBLEM_ATTR)
+    if raw is None:
+        raise UserError(f"study {study.study_name!r} has no {PROBLEM_ATTR!r} attribute; it "
+                        "was not made by lrf_optuna.create_lrf_study or `lrf-optuna search` "
+                        "(pass problem= explicitly)")
+    return ProblemSpec.from_json(raw)
+
+
+# -- trials -----------------------------------------------------------------------------------
+
+def get_search_trial(study: optuna.Study, number: int) -> FrozenTrial:
+    """The COMPLETE search trial ``number`` of ``study``, made by lrf_optuna.
+
+    Raises:
+        UserError: no such trial, not COMPLETE, or without a plan.
+    """
+    trials = study.get_trials(deepcopy=False)
+    found = [t for t in trials if t.number == number]
+    if not found:
+        span = f"0..{len(trials) - 1}" if trials else "none"
+        raise UserError(f"study {study.study_name!r} has no trial {number} (trials: {span})")
+    trial = found[0]
+    if trial.state != TrialState.COMPLETE:
+        raise UserError(f"trial {number} of study {study.study_name!r} is "
+                        f"{trial.state.name}, not COMPLETE")
+    if LRF_PLAN_ATTR not in trial.user_attrs:
+        raise UserError(f"trial {number} of study {study.study_name!r} has no "
+                        f"{LRF_PLAN_ATTR!r} user attribute (not made by lrf_optuna's search)")
+    return trial
