@@ -14,6 +14,7 @@ from collections.abc import Sequence
 BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("benchmarks.baselines", [], []),
     ("benchmarks.decomposition_speed", [], ["--quick"]),
+    ("benchmarks.activation_aware", [], ["--models", "lenet5"]),
     ("benchmarks.cache_build", [], ["--models", "lenet5"]),
     ("benchmarks.similarity_metrics", [], ["--plans", "15", "--models", "lenet5"]),
     ("benchmarks.proxy_cost", [], ["--model", "lenet5"]),

@@ -11,11 +11,15 @@ On disk (safe formats only, each file written atomically)::
     <cache_dir>/<fingerprint[:16]>/
         manifest.json                  fingerprint inputs, metric, grid, versions, layers
         layers/<NNN>-<path>.json       one file per finished layer: its candidates
-        factors/<path>--<method>.npz   factors of methods flagged ``cache_factors`` (CP,
-                                       Tucker-2: iterative, so not recomputed bit-exactly)
+        factors/<path>--<method>.npz   factors of methods flagged ``cache_factors`` (CP:
+                                       iterative, so not recomputed bit-exactly; the
+                                       activation-aware methods: fitted to the calibration
+                                       inputs, which are not kept)
 
 The fingerprint hashes the model architecture and weights, the calibration inputs, the
-metrics, the grid and the library versions: change any of them and a new cache is built.
+metrics, the grid (with the methods it resolves to) and the library versions: change any of
+them and a new cache is built. Data-aware methods (``needs_inputs``) are prepared with each
+layer's captured inputs.
 A build killed halfway keeps the layers it finished and continues from there.
 
 Example:
@@ -53,7 +57,9 @@ __all__ = ["CACHE_FORMAT", "Candidate", "GridConfig", "LayerTable", "SimilarityC
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+#: 2: the fingerprint covers the registered methods (a cache built before the
+#: activation-aware methods existed would otherwise be reused without them).
+CACHE_FORMAT = 2
 #: CKA costs ``n^2 x features``; it is computed on at most this many samples.
 CKA_MAX_SAMPLES = 256
 
@@ -182,7 +188,10 @@ def fingerprint(model: keras.Model, x: np.ndarray, *, metrics: Sequence[str],
     xa = np.ascontiguousarray(np.asarray(x, dtype="float32"))
     h.update(str(xa.shape).encode())
     h.update(xa.tobytes())
+    from lrf_optuna.decompose import available_methods
+
     h.update(json.dumps({"metrics": list(metrics), "grid": grid.to_json(),
+                         "methods": list(grid.methods or available_methods()),
                          "layers": list(layers), "versions": _versions()},
                         sort_keys=True).encode())
     return h.hexdigest()
@@ -282,6 +291,7 @@ class SimilarityCache:
         ``model`` must be the model the cache was built from (checked by fingerprint of
         its architecture and weights is costly, so only the layer names are checked).
         """
+        from lrf_optuna.decompose import get_method
         from lrf_optuna.rewrite import rewrite_model
 
         factors = {}
@@ -291,6 +301,12 @@ class SimilarityCache:
             cached = self.factors(path, choice[0], int(choice[1]))
             if cached is not None:
                 factors[(path, choice[0], int(choice[1]))] = cached
+            elif get_method(choice[0]).needs_inputs:
+                scored = sorted(c.rank for c in self.layer(path).for_method(choice[0]))
+                raise ValueError(
+                    f"layer {path!r}: method {choice[0]!r} is fitted to calibration inputs "
+                    f"and the cache has its factors only at the scored ranks {scored}, "
+                    f"but the plan asks for rank {int(choice[1])}")
         return rewrite_model(model, plan, factors=factors)
 
     # -- building ------------------------------------------------------------------------
@@ -461,7 +477,8 @@ def _score_layer(path: str, info: LayerInfo, layer: Any, acts: Any,
     for name, method_ranks in ranks.items():
         method = get_method(name)
         t0 = time.perf_counter()
-        prepared = method.prepare(info, weights)
+        prepared = (method.prepare_with_inputs(info, weights, x_in) if method.needs_inputs
+                    else method.prepare(info, weights))
         prep_secs[name] = time.perf_counter() - t0
         for rank in method_ranks:
             t1 = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -95,8 +96,10 @@ def test_build_scores_every_candidate(tmp_path, data) -> None:
                                             method.macs(info, cand.rank))
         assert method.saves(info, cand.rank)
     # the last layer's similarity is the whole model's output similarity: check it directly
+    # (through build_model: data-aware methods' factors exist only in the cache)
+    assert "svd_aware" in cache.layer("fc2").methods
     for cand in cache.layer("fc2").candidates:
-        small = rewrite_model(model, {"fc2": (cand.method, cand.rank)})
+        small = cache.build_model(model, {"fc2": (cand.method, cand.rank)})
         expected = similarity("cosine", model.predict(data, verbose=0),
                               small.predict(data, verbose=0))
         assert cand.scores["cosine"] == pytest.approx(expected, abs=1e-5)
@@ -174,8 +177,9 @@ def test_build_model_from_cache_matches_direct_rewrite(tmp_path, data, rng) -> N
     cache = SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(points=4),
                                   progress=False)
     plan = {}
-    for path, table in cache.tables.items():
-        cand = table.candidates[len(table.candidates) // 2]
+    for path, table in cache.tables.items():  # rewrite_model cannot refit data-aware ones
+        cands = [c for c in table.candidates if not get_method(c.method).needs_inputs]
+        cand = cands[len(cands) // 2]
         plan[path] = (cand.method, cand.rank)
     a = cache.build_model(model, plan).predict(data, verbose=0)
     b = rewrite_model(model, plan).predict(data, verbose=0)
@@ -219,3 +223,49 @@ def test_cache_builds_on_a_strided_conv_with_every_method(tmp_path, rng) -> None
     table = cache.tables["c"]
     assert set(table.methods) == {"tucker2", "cp", "channel_svd", "spatial_svd"}
     assert all(np.isfinite(c.scores["cosine"]) for c in table.candidates)
+
+
+def test_activation_aware_methods_end_to_end(tmp_path, data, rng) -> None:
+    """The cache fits the data-aware methods to each layer's captured inputs, stores their
+    factors and rebuilds exactly the layers it scored; off-grid ranks and rewrites without
+    factors fail clearly."""
+    from lrf_optuna.decompose import DecompositionError, layer_weights, validate_weights
+
+    model = _model()
+    randomize_weights(model, rng, scale=0.3)
+    methods = ("channel_svd", "channel_svd_aware", "svd", "svd_aware")
+    cache = SimilarityCache.build(model, data, cache_dir=tmp_path, progress=False,
+                                  grid=GridConfig(points=4, methods=methods))
+    found = find_layers(model)
+    acts = capture_activations(model, data, list(found))
+    for path, table in cache.tables.items():
+        info, layer = found[path].info, found[path].layer
+        aware = "svd_aware" if info.is_matrix else "channel_svd_aware"
+        plain = aware.removesuffix("_aware")
+        assert set(table.methods) == {aware, plain}
+        assert [(c.rank, c.params, c.macs) for c in table.for_method(aware)] == [
+            (c.rank, c.params, c.macs) for c in table.for_method(plain)]
+        assert cache.factors(path, plain, table.for_method(plain)[0].rank) is None
+        method = get_method(aware)
+        prepared = method.prepare_with_inputs(
+            info, validate_weights(info, layer_weights(layer)), acts[path].inputs)
+        for cand in table.for_method(aware):
+            stored = cache.factors(path, aware, cand.rank)
+            assert stored is not None
+            for got, want in zip(stored, method.factorize(info, prepared, cand.rank),
+                                 strict=True):
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+            small = cache.build_model(model, {path: (aware, cand.rank)})
+            rebuilt = small.get_layer(path.split("/")[0])
+            if path.startswith("inner/"):
+                rebuilt = rebuilt.get_layer(path.split("/")[1])
+            y_hat = keras.ops.convert_to_numpy(rebuilt(acts[path].inputs))
+            assert cand.scores["cosine"] == pytest.approx(
+                similarity("cosine", acts[path].outputs, y_hat), abs=1e-6)
+    ranks = [c.rank for c in cache.layer("fc1").for_method("svd_aware")]
+    off_grid = next(r for r in range(1, ranks[-1]) if r not in ranks)
+    with pytest.raises(ValueError, match=rf"layer 'fc1'.*'svd_aware'.*{re.escape(str(ranks))}"
+                                         rf".*rank {off_grid}"):
+        cache.build_model(model, {"fc1": ("svd_aware", off_grid)})
+    with pytest.raises(DecompositionError, match=r"'svd_aware' fits layer 'fc1'.*inputs="):
+        rewrite_model(model, {"fc1": ("svd_aware", ranks[0])})

@@ -56,9 +56,11 @@ def test_search_then_resume_then_show(files, capsys) -> None:
     out = capsys.readouterr().out
     study = optuna.load_study(study_name="net", storage=f"sqlite:///{files / 'net.db'}")
     front = sorted(study.best_trials, key=lambda t: (t.user_attrs["params"], t.number))
-    assert len(study.trials) == 30 and len(front) > 5
-    assert out.startswith(f"Pareto front of study 'net': {len(front)} trial(s) of 30, "
-                          "5 shown\n")
+    # strategy plans beyond the trial budget stay enqueued (WAITING) for a later run
+    finished = [t for t in study.trials if t.state.is_finished()]
+    assert len(finished) == 30 and len(front) > 5
+    assert out.startswith(f"Pareto front of study 'net': {len(front)} trial(s) of "
+                          f"{len(study.trials)}, 5 shown\n")
     lines = out.splitlines()
     assert lines[3].split()[:2] == ["original", f"{model_params(files):,}"]
     rows = [ln.split()[0] for ln in lines[4:] if ln.strip()]

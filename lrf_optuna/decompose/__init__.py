@@ -1,19 +1,22 @@
 """Decompose: the registry of LRF methods and the replacement layer they build.
 
 One module per method (``conv_*.py`` / ``fc_*.py``); importing this package finds and
-registers them all:
+registers them all (the ``*_aware`` methods are data-aware: they also need the layer's
+calibration inputs, see :class:`LRFMethod`):
 
-=================== ======================== ===========================================
-method              module                   applies to
-=================== ======================== ===========================================
-``tucker2``         ``conv_tucker2``         Conv1D/2D/3D (grouped), ConvTranspose
-``cp``              ``conv_cp``              Conv1D/2D/3D
-``channel_svd``     ``conv_channel_svd``     Conv1D/2D/3D (grouped), ConvTranspose
-``spatial_svd``     ``conv_spatial_svd``     Conv2D (grouped), DepthwiseConv2D
-``svd``             ``fc_svd``               Dense, 1x1 Conv, SeparableConv pointwise
-``qr``              ``fc_qr``                Dense, 1x1 Conv, SeparableConv pointwise
-``tt``              ``fc_tensor_train``      Dense, 1x1 Conv, SeparableConv pointwise
-=================== ======================== ===========================================
+===================== ========================== ========================================
+method                module                     applies to
+===================== ========================== ========================================
+``tucker2``           ``conv_tucker2``           Conv1D/2D/3D (grouped), ConvTranspose
+``cp``                ``conv_cp``                Conv1D/2D/3D
+``channel_svd``       ``conv_channel_svd``       Conv1D/2D/3D (grouped), ConvTranspose
+``channel_svd_aware`` ``conv_channel_svd_aware`` same; fitted to the calibration inputs
+``spatial_svd``       ``conv_spatial_svd``       Conv2D (grouped), DepthwiseConv2D
+``svd``               ``fc_svd``                 Dense, 1x1 Conv, SeparableConv pointwise
+``svd_aware``         ``fc_svd_aware``           same; fitted to the calibration inputs
+``qr``                ``fc_qr``                  Dense, 1x1 Conv, SeparableConv pointwise
+``tt``                ``fc_tensor_train``        Dense, 1x1 Conv, SeparableConv pointwise
+===================== ========================== ========================================
 
 Example:
     >>> import keras, numpy as np

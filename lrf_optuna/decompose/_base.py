@@ -22,6 +22,7 @@ __all__ = [
     "available_methods",
     "describe_layer",
     "get_method",
+    "inputs_required",
     "layer_weights",
     "methods_for",
     "register_method",
@@ -334,6 +335,10 @@ class LRFMethod(abc.ABC):
     The expensive part is split in two so that a grid of ranks costs one decomposition:
     :meth:`prepare` runs once per layer (an SVD, a QR ...), :meth:`factorize` cuts the
     prepared result at one rank.
+
+    Data-aware methods (``needs_inputs = True``, e.g. the activation-aware SVDs) also fit
+    the layer's calibration inputs: they are prepared by :meth:`prepare_with_inputs`, and
+    :meth:`decompose` needs ``inputs=`` unless it gets ``prepared=`` or ``factors=``.
     """
 
     #: Registry name, e.g. ``"tucker2"``.
@@ -343,6 +348,10 @@ class LRFMethod(abc.ABC):
     #: Whether the similarity cache stores this method's factors (iterative methods whose
     #: result is costly or not bit-reproducible); others are recomputed on demand.
     cache_factors: ClassVar[bool] = False
+    #: Whether the factors depend on the layer's calibration inputs as well as its weights
+    #: (then :meth:`prepare_with_inputs` does the work, and ``cache_factors`` should be set:
+    #: the cache is where the inputs are).
+    needs_inputs: ClassVar[bool] = False
 
     # -- applicability -------------------------------------------------------------------
     @abc.abstractmethod
@@ -372,6 +381,16 @@ class LRFMethod(abc.ABC):
     @abc.abstractmethod
     def prepare(self, info: LayerInfo, weights: Mapping[str, np.ndarray]) -> Any:
         """Per-layer work shared by all ranks (e.g. one SVD). Weights are validated."""
+
+    def prepare_with_inputs(self, info: LayerInfo, weights: Mapping[str, np.ndarray],
+                            inputs: np.ndarray) -> Any:
+        """:meth:`prepare` given the layer's calibration inputs as well.
+
+        ``inputs`` is what the original layer receives, ``(n, *input_shape)`` in the layer's
+        own ``data_format``. Weight-only methods ignore it (this default); data-aware
+        methods (``needs_inputs``) override it.
+        """
+        return self.prepare(info, weights)
 
     @abc.abstractmethod
     def factorize(self, info: LayerInfo, prepared: Any, rank: int) -> list[np.ndarray]:
@@ -411,21 +430,27 @@ class LRFMethod(abc.ABC):
 
     def decompose(self, info: LayerInfo, weights: Mapping[str, np.ndarray], rank: int,
                   *, prepared: Any = None,
-                  factors: list[np.ndarray] | None = None) -> FactorizedLayer:
+                  factors: list[np.ndarray] | None = None,
+                  inputs: np.ndarray | None = None) -> FactorizedLayer:
         """Build the replacement layer at ``rank``, with factor weights and original bias.
 
         Args:
             info: The layer description (:func:`describe_layer`).
             weights: The original weights (:func:`layer_weights`).
             rank: The rank knob, in ``[min_rank, max_rank]``.
-            prepared: The result of :meth:`prepare` on the same weights, to reuse it.
+            prepared: The result of :meth:`prepare` (or :meth:`prepare_with_inputs`) on
+                the same weights, to reuse it.
             factors: Ready factors (from :meth:`factorize`, e.g. cached); skips the work.
+            inputs: The layer's calibration inputs, ``(n, *input_shape)`` in its own
+                ``data_format``; required by data-aware methods (``needs_inputs``) when
+                neither ``prepared`` nor ``factors`` is given, ignored by the others.
 
         Raises:
             UnsupportedLayerError: the method does not apply, or the replacement does not
                 run here or outputs another shape than the layer (it is run once on a
                 zero sample: :func:`verify_replacement`).
-            DecompositionError: invalid rank or non-finite weights.
+            DecompositionError: a data-aware method got none of ``inputs``, ``prepared``
+                and ``factors``; a bad rank or non-finite weights or inputs.
         """
         if rank is None:
             raise DecompositionError(
@@ -433,7 +458,11 @@ class LRFMethod(abc.ABC):
         self.check(info, rank)
         weights = validate_weights(info, weights)  # cheap, and guards the bias too
         if factors is None:
-            if prepared is None:
+            if prepared is None and inputs is not None:
+                prepared = self.prepare_with_inputs(info, weights, inputs)
+            elif prepared is None:
+                if self.needs_inputs:
+                    raise inputs_required(self, info)
                 prepared = self.prepare(info, weights)
             factors = self.factorize(info, prepared, int(rank))
         layer = FactorizedLayer(
@@ -491,6 +520,18 @@ def verify_replacement(method: str, info: LayerInfo, layer: keras.layers.Layer) 
     if got != expected:
         raise UnsupportedLayerError(
             f"{where}: the replacement outputs shape {got}, but the layer outputs {expected}")
+
+
+def inputs_required(method: LRFMethod, info: LayerInfo) -> DecompositionError:
+    """The error of a data-aware method asked to decompose ``info`` without its inputs."""
+    shape = info.input_shape
+    if info.data_format == "channels_first" and len(shape) > 1:
+        shape = (shape[-1], *shape[:-1])
+    return DecompositionError(
+        f"method {method.name!r} fits layer {info.name!r} to its calibration inputs, but "
+        f"got none: pass inputs= (what the layer receives on calibration data, shape "
+        f"(n, {', '.join(map(str, shape))})) to decompose(), or prepared= / factors= (the "
+        "similarity cache stores this method's factors: use SimilarityCache.build_model)")
 
 
 def validate_weights(info: LayerInfo, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -4,8 +4,10 @@ A method must be exact at its max rank, have an output error non-increasing in r
 closed-form params / MACs equal to the built layer's count / an independent brute-force
 count (:mod:`.brute_force`), raise clear errors on bad ranks, non-finite weights and
 unsupported layers, and survive a ``.keras`` round-trip with ``safe_mode=True``.
-``test_contract.py`` runs every ``check_*`` below for every method; the ``test_<method>``
-files use the harness (``build``, the case lists) for what is specific to one method.
+Data-aware methods (``needs_inputs``) are fitted to the case's input batch ``x``, the
+inputs the checks then measure on. ``test_contract.py`` runs every ``check_*`` below for
+every method; the ``test_<method>`` files use the harness (``build``, the case lists) for
+what is specific to one method.
 
 The conv and the FC methods differ only in their cases' :class:`Family`: the name every
 case layer has, the input batch size, and how many ranks a check samples.
@@ -17,7 +19,7 @@ import itertools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
@@ -29,6 +31,7 @@ from lrf_optuna.decompose import (
     DecompositionError,
     FactorizedLayer,
     LayerInfo,
+    LRFMethod,
     UnsupportedLayerError,
     describe_layer,
     get_method,
@@ -129,9 +132,15 @@ def some_ranks(method_name: str, info: LayerInfo, most: int) -> list[int]:
     return [int(v) for v in np.unique(np.linspace(1, hi, most).round())]
 
 
+def prepare(method: LRFMethod, b: Built) -> Any:
+    """The method's per-layer work on the case; data-aware methods fit the case's input
+    batch (weight-only methods ignore it)."""
+    return method.prepare_with_inputs(b.info, validate_weights(b.info, b.weights), b.x)
+
+
 def output_errors(method_name: str, b: Built, ranks: Sequence[int]) -> list[float]:
     method = get_method(method_name)
-    prepared = method.prepare(b.info, validate_weights(b.info, b.weights))
+    prepared = prepare(method, b)
     return [rel_err(keras.ops.convert_to_numpy(
         method.decompose(b.info, b.weights, r, prepared=prepared)(b.x)), b.y) for r in ranks]
 
@@ -141,7 +150,7 @@ def check_exact_at_max_rank(method_name: str, case: Case) -> None:
     b = build(case)
     method = get_method(method_name)
     assert method.applies_to(b.info), method.unsupported_reason(b.info)
-    new = method.decompose(b.info, b.weights, method.max_rank(b.info))
+    new = method.decompose(b.info, b.weights, method.max_rank(b.info), inputs=b.x)
     assert isinstance(new, FactorizedLayer)
     assert new.name == b.layer.name == case.family.layer_name and new.method == method_name
     out = keras.ops.convert_to_numpy(new(b.x))
@@ -164,7 +173,7 @@ def check_error_non_increasing(method_name: str, case: Case, *, slack: float = 0
 def check_params(method_name: str, case: Case) -> None:
     b = build(case)
     method = get_method(method_name)
-    prepared = method.prepare(b.info, validate_weights(b.info, b.weights))
+    prepared = prepare(method, b)
     for r in some_ranks(method_name, b.info, case.family.most_ranks):
         new = method.decompose(b.info, b.weights, r, prepared=prepared)
         assert method.params(b.info, r) == new.count_params(), f"rank {r}"
@@ -173,7 +182,7 @@ def check_params(method_name: str, case: Case) -> None:
 def check_macs(method_name: str, case: Case) -> None:
     b = build(case)
     method = get_method(method_name)
-    prepared = method.prepare(b.info, validate_weights(b.info, b.weights))
+    prepared = prepare(method, b)
     for r in some_ranks(method_name, b.info, 4):
         new = method.decompose(b.info, b.weights, r, prepared=prepared)
         assert method.macs(b.info, r) == brute_force_macs(new, case.input_shape), f"rank {r}"
@@ -221,7 +230,7 @@ def check_save_load(method_name: str, case: Case, tmp_path: object) -> None:
     b = build(case)
     method = get_method(method_name)
     rank = max(1, method.max_rank(b.info) // 2)
-    new = method.decompose(b.info, b.weights, rank)
+    new = method.decompose(b.info, b.weights, rank, inputs=b.x)
     inp = keras.Input(case.input_shape)
     hidden = new(inp)
     model = keras.Model(inp, [hidden, L.Activation("linear", name="after")(hidden)])
@@ -338,4 +347,6 @@ FC_CASES = [
 CASES: dict[str, list[ConvCase] | list[FCCase]] = {
     "tucker2": TUCKER2_CASES, "cp": CP_CASES, "spatial_svd": SPATIAL_SVD_CASES,
     "channel_svd": TUCKER2_CASES,  # the same layer kinds: Conv1D/2D/3D, grouped, transposed
-    "svd": FC_CASES, "qr": FC_CASES, "tt": FC_CASES}
+    "svd": FC_CASES, "qr": FC_CASES, "tt": FC_CASES,
+    # activation-aware variants: the same layers as their plain counterparts
+    "channel_svd_aware": TUCKER2_CASES, "svd_aware": FC_CASES}

@@ -28,7 +28,8 @@ from .contract import (
 
 L = keras.layers
 METHODS = list(CASES)
-FC_METHODS = ("svd", "qr", "tt")
+FC_METHODS = ("svd", "qr", "tt", "svd_aware")
+CHANNEL_SVD_METHODS = ("channel_svd", "channel_svd_aware")
 
 
 def method_cases(picks: Mapping[str, Sequence[int]] | None = None) -> list[Any]:
@@ -38,12 +39,12 @@ def method_cases(picks: Mapping[str, Sequence[int]] | None = None) -> list[Any]:
 
 
 # The checks that need not see every case run on a few chosen ones (indices into CASES).
-BAD_RANK_CASES = {"tucker2": (0, 8), "channel_svd": (0, 8), "cp": (0, 3), "spatial_svd": (0, 4),
-                  **dict.fromkeys(FC_METHODS, (0, 7))}
-NON_FINITE_CASES = {"tucker2": (0, 3), "channel_svd": (0, 3), "cp": (0, 6), "spatial_svd": (2, 4),
-                    **dict.fromkeys(FC_METHODS, (0, 6))}
-SAVE_LOAD_CASES = {"tucker2": (3, 9), "channel_svd": (3, 9), "cp": (1, 6), "spatial_svd": (2, 4),
-                   **dict.fromkeys(FC_METHODS, (1, 6))}
+BAD_RANK_CASES = {"tucker2": (0, 8), **dict.fromkeys(CHANNEL_SVD_METHODS, (0, 8)),
+                  "cp": (0, 3), "spatial_svd": (0, 4), **dict.fromkeys(FC_METHODS, (0, 7))}
+NON_FINITE_CASES = {"tucker2": (0, 3), **dict.fromkeys(CHANNEL_SVD_METHODS, (0, 3)),
+                    "cp": (0, 6), "spatial_svd": (2, 4), **dict.fromkeys(FC_METHODS, (0, 6))}
+SAVE_LOAD_CASES = {"tucker2": (3, 9), **dict.fromkeys(CHANNEL_SVD_METHODS, (3, 9)),
+                   "cp": (1, 6), "spatial_svd": (2, 4), **dict.fromkeys(FC_METHODS, (1, 6))}
 
 #: Extra room for the error to grow between neighbouring ranks: ALS (cp) finds a local
 #: optimum per rank.
@@ -61,12 +62,12 @@ UNSUPPORTED: dict[str, Callable[[], Unsupported]] = {
         (L.SeparableConv2D(8, 3, name="sep"), (5, 5, 4), "not SeparableConv2D"),
         (L.Dense(8, name="fc"), (4,), "not Dense"),
     ],
-    "channel_svd": lambda: [
+    **dict.fromkeys(CHANNEL_SVD_METHODS, lambda: [
         (L.Conv2D(8, 1, name="pointwise"), (5, 5, 4), "FC method"),
         (L.DepthwiseConv2D(3, name="dw"), (5, 5, 4), "not DepthwiseConv2D"),
         (L.SeparableConv2D(8, 3, name="sep"), (5, 5, 4), "not SeparableConv2D"),
         (L.Dense(8, name="fc"), (4,), "not Dense"),
-    ],
+    ]),
     "cp": lambda: [
         (L.Conv2D(8, 1, name="pointwise"), (5, 5, 4), "FC method"),
         (L.Conv2D(8, 3, groups=2, name="grouped"), (5, 5, 4), "grouped"),

@@ -108,7 +108,7 @@ def test_depthwise_1d_is_exact(kernel) -> None:
 def _replacements(case: Case, method: str) -> list[tuple[int, FactorizedLayer]]:
     b = build(case)
     m = get_method(method)
-    return [(r, m.decompose(b.info, b.weights, r))
+    return [(r, m.decompose(b.info, b.weights, r, inputs=b.x))
             for r in sorted({1, m.max_rank(b.info) // 2 or 1, m.max_rank(b.info)})]
 
 

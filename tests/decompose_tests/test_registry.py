@@ -16,8 +16,9 @@ def test_every_method_module_registers_exactly_one_method() -> None:
                if p.stem.startswith(("conv_", "fc_"))}
     registered = [type(get_method(name)).__module__ for name in available_methods()]
     assert sorted(registered) == sorted(modules)
-    assert len(available_methods()) == 7
-    assert available_methods()[:4] == ["channel_svd", "cp", "spatial_svd", "tucker2"]
+    assert len(available_methods()) == 9
+    assert available_methods()[:5] == ["channel_svd", "channel_svd_aware", "cp", "spatial_svd",
+                                       "tucker2"]
 
 
 def test_names_are_unique_and_unknown_names_are_explained() -> None:
