@@ -12,6 +12,10 @@ cloning the graph: no masks. The pipeline, one module each:
                                 layer, without building it
 ``_rebuild``                    clone the model with fewer filters and sliced weights
 ``pruner``                      :class:`PruneGraph` and the functions below
+``cache``                       the pruning candidates of the similarity cache
+                                (:class:`PruneCache`): each (group, ratio) scored on its
+                                consumers, each (layer, ratio, method, rank) on the
+                                pruned kernel; building a searched plan
 =============================== =========================================================
 
 What is adjusted when a layer's filters go: the next Conv / ConvTranspose /
@@ -43,6 +47,7 @@ Example:
 
 from __future__ import annotations
 
+from lrf_optuna.prune.cache import PruneCache, PruneConfig, build_pruned_model
 from lrf_optuna.prune.costs import kept_count, pruned_layer_cost, pruned_layer_info
 from lrf_optuna.prune.importance import CRITERIA, select_channels
 from lrf_optuna.prune.pruner import (
@@ -59,8 +64,11 @@ from lrf_optuna.prune.pruner import (
 __all__ = [
     "CRITERIA",
     "Choice",
+    "PruneCache",
+    "PruneConfig",
     "PruneEntry",
     "PruneGraph",
+    "build_pruned_model",
     "find_prunable",
     "kept_channels",
     "kept_count",

@@ -22,6 +22,7 @@ from lrf_optuna.study.lookup import (
     search_study_names,
 )
 from lrf_optuna.study.records import (
+    CompressionPlan,
     decode_plan,
     get_search_trial,
     original_info,
@@ -39,6 +40,7 @@ from lrf_optuna.study.storage import (
 
 __all__ = [
     "FINETUNE_SUFFIX",
+    "CompressionPlan",
     "artifact_dir_for",
     "decode_plan",
     "default_storage",
