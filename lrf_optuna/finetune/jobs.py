@@ -381,7 +381,7 @@ class _Worker:
 def _store_dir(ft: optuna.Study, study: optuna.Study,
                artifact_dir: str | os.PathLike[str] | None) -> Path:
     """The artifact store of the jobs, recorded in the fine-tuning study the first time."""
-    path = artifact_store_dir(study, artifact_dir, finetune=ft).resolve()
+    path = artifact_store_dir(study, artifact_dir).resolve()
     if ARTIFACT_DIR_ATTR not in ft.user_attrs:
         ft.set_user_attr(ARTIFACT_DIR_ATTR, str(path))
     path.mkdir(parents=True, exist_ok=True)

@@ -226,39 +226,38 @@ def _sqlite_error(db: Path, doing: str, err: Exception) -> UserError:
     return UserError(f"cannot {doing} the study database {db}: {cause}; {hint}")
 
 
-def _sqlite_tables(db: Path) -> set[str]:
-    """Table names of an existing SQLite file, read without changing it."""
+def _sqlite_tables(db: Path, *, probe_write: bool) -> set[str]:
+    """Table names of an existing SQLite file; with ``probe_write``, also write to it and
+    roll back (fails when the file or, in WAL mode, its directory is not writable).
+    Nothing is stored."""
     import sqlite3
 
     try:
-        con = sqlite3.connect(_sqlite_uri(db, "ro"), uri=True, timeout=SQLITE_LOCK_TIMEOUT)
+        con = sqlite3.connect(_sqlite_uri(db, "rw" if probe_write else "ro"), uri=True,
+                              timeout=SQLITE_LOCK_TIMEOUT, isolation_level=None)
         try:
             rows = con.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+            tables = {str(r[0]) for r in rows}
+            if probe_write:
+                con.execute("BEGIN IMMEDIATE")
+                try:
+                    con.execute(_WRITE_PROBE[tables >= _OPTUNA_TABLES])
+                finally:
+                    con.execute("ROLLBACK")
         finally:
             con.close()
     except sqlite3.Error as err:
-        raise _sqlite_error(db, "read", err) from err
-    return {str(r[0]) for r in rows}
+        raise _sqlite_error(db, "write to" if probe_write else "read", err) from err
+    return tables
 
 
-def _sqlite_write_probe(db: Path, has_studies: bool) -> None:
-    """Write to the database and roll back: fails when the file (or, in WAL mode, its
-    directory) is not writable. Nothing is stored."""
-    import sqlite3
-
-    try:
-        con = sqlite3.connect(_sqlite_uri(db, "rw"), uri=True, timeout=SQLITE_LOCK_TIMEOUT,
-                              isolation_level=None)
-        try:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                con.execute(_WRITE_PROBE[has_studies])
-            finally:
-                con.execute("ROLLBACK")
-        finally:
-            con.close()
-    except sqlite3.Error as err:
-        raise _sqlite_error(db, "write to", err) from err
+def _check_writable(db: Path) -> None:
+    """The file and its directory (where SQLite writes its journal) must be writable."""
+    for path, what in ((db, "the file"), (db.parent, "its directory")):
+        if not os.access(path, os.W_OK | (os.X_OK if path.is_dir() else 0)):
+            raise UserError(f"cannot write to the study database {db}: {what} {path} is "
+                            "read-only (SQLite writes its journal, -wal and -shm files, beside "
+                            "the database); check the permissions or pass another --storage")
 
 
 def _check_sqlite(db: Path, write: bool) -> bool:
@@ -271,20 +270,16 @@ def _check_sqlite(db: Path, write: bool) -> bool:
                 head = f.read(len(_SQLITE_MAGIC))
         except OSError as err:
             raise UserError(f"cannot read the study database {db}: {err.strerror}") from err
-        if not head:  # an empty file: SQLite makes it a new database
-            if write:
-                _sqlite_write_probe(db, False)
-            return False
-        if head != _SQLITE_MAGIC:
+        if head and head != _SQLITE_MAGIC:
             raise UserError(f"{db} is not a SQLite database (it starts with {head[:8]!r}); "
                             "pass the URL of an Optuna study database, or a new file name")
-        tables = _sqlite_tables(db)
+        if write:
+            _check_writable(db)
+        tables = _sqlite_tables(db, probe_write=write)  # an empty file: a new database
         if tables and not tables >= _OPTUNA_TABLES:
             raise UserError(f"{db} is a SQLite database of another application (tables "
                             f"{sorted(tables)[:6]}), not an Optuna study database; pass "
                             "another --storage")
-        if write:
-            _sqlite_write_probe(db, bool(tables))
         return bool(tables)
     # a new database: its nearest existing ancestor directory must let us create it
     ancestor = db.absolute().parent
