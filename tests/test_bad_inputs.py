@@ -26,12 +26,14 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import optuna
 import pytest
 
 import lrf_optuna.cache as cache_mod
 from lrf_optuna.cache import SimilarityCache
 from lrf_optuna.cli import main
 from lrf_optuna.errors import UserError
+from lrf_optuna.study import original_info
 
 L = keras.layers
 STUDY = "tiny"
@@ -417,7 +419,9 @@ def api(ws):
 
     problem = ProblemSpec(model=str(ws / "net.keras"), dataset=str(ws / "data.npz"),
                           calibration_size=64).load(verbose=False)
-    cache = SimilarityCache.load(next(p.parent for p in (ws / "cache").glob("*/manifest.json")))
+    recorded = Path(original_info(optuna.load_study(
+        study_name=STUDY, storage=f"sqlite:///{ws / 'study.db'}")).cache)
+    cache = SimilarityCache.load(ws / "cache" / recorded.name)  # the copy in the workspace
     return problem, cache
 
 
