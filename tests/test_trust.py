@@ -197,3 +197,16 @@ def test_report_and_export_of_a_study_with_a_hostile_name(tiny_study, tmp_path, 
     assert [p.parts[:2] for p in written] == [("db", "evil.db"), ("work", "exported"),
                                               ("work", "exported")], written
     capsys.readouterr()
+
+
+def test_finetune_refuses_an_untrusted_problem_before_running_a_job(tiny_study, tmp_path,
+                                                                    capsys) -> None:
+    storage = _copy(tiny_study, tmp_path / "db")
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    raw = dict(study.user_attrs[PROBLEM_ATTR])
+    study.set_user_attr(PROBLEM_ATTR, {**raw, "model": "../../../outside.keras"})
+    assert main(["finetune", "--study-name", "tiny", "--storage", storage, "-k", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "leads out of its artifact store" in err[0], err
+    ft = optuna.load_study(study_name="tiny:finetune", storage=storage)
+    assert [j.state.name for j in ft.trials] == ["WAITING"]  # queued, not failed

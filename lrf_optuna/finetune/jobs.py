@@ -430,6 +430,10 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
     def lock() -> contextlib.AbstractContextManager[None]:
         return study_lock(study, "finetune")
 
+    if max_jobs != 0 and ft.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        # a problem that cannot be found or trusted is the user's error: raise it (one
+        # UserError) before claiming a job, rather than failing every job with it
+        worker.models.problem.check()
     ran: list[FrozenTrial] = []
     while max_jobs is None or len(ran) < max_jobs:
         claimed = _claim(ft, rdb, lock)

@@ -305,11 +305,10 @@ def _check_server(url: str, kind: str, write: bool) -> bool:
             tables = set(sqlalchemy.inspect(conn).get_table_names())
             has_studies = tables >= _OPTUNA_TABLES
             if write:
-                trans = conn.begin()
-                try:  # a write the database must allow; rolled back
+                try:  # a write the database must allow, in the transaction inspect began
                     conn.execute(sqlalchemy.text(_WRITE_PROBE[has_studies]))
                 finally:
-                    trans.rollback()
+                    conn.rollback()
     except sqlalchemy.exc.SQLAlchemyError as err:
         what = "write to" if "permission denied" in str(err).lower() else "use"
         raise UserError(f"cannot {what} the storage {shown_url(url)}: {one_line(err)}") from err
