@@ -17,6 +17,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("benchmarks.cache_build", [], ["--models", "lenet5"]),
     ("benchmarks.similarity_metrics", [], ["--plans", "15", "--models", "lenet5"]),
     ("benchmarks.proxy_cost", [], ["--model", "lenet5"]),
+    ("benchmarks.search_soak", [], ["--trials", "600", "--no-write"]),
 ]
 
 

@@ -7,7 +7,9 @@ mix. So a study records, once, a :class:`Binding` (study attribute
 (architecture and weights), the data (every split) and the calibration images, and the
 search settings (objectives, metric, aggregation, layer / method / rank restrictions,
 rank grid). :func:`check_binding` refuses, before anything expensive, to resume a study
-with anything else, and says how to start a new study instead.
+with anything else, and says how to start a new study instead. Constraints
+(``max_params`` ...) may change between runs: they only mark trials feasible or not. A
+study made before bindings existed is not checked; the next search records its binding.
 
 The same fingerprints make a study's files safe to reopen: :func:`load_study_problem`
 loads the model and data a study names and refuses them unless they are the ones the
