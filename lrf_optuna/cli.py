@@ -70,6 +70,8 @@ def _add_study_args(p: argparse.ArgumentParser, *, need_name: bool = False,
 # -- search / show ---------------------------------------------------------------------------
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    import time
+
     from lrf_optuna.decompose import available_methods
     from lrf_optuna.problem import ProblemSpec
     from lrf_optuna.report.tables import front_text
@@ -84,18 +86,23 @@ def _cmd_search(args: argparse.Namespace) -> int:
     spec = ProblemSpec(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
                        seed=args.seed, calibration_size=args.calibration_size,
                        cache_dir=args.cache_dir)
-    search = prepare_lrf_study(
-        spec.load(), study_name=args.study_name, storage=args.storage, seed=args.seed,
+    search = prepare_lrf_study(  # checks everything cheap, then loads the spec
+        spec, study_name=args.study_name, storage=args.storage, seed=args.seed,
         population_size=args.population_size, objectives=args.objectives,
-        cache_dir=args.cache_dir, metric=args.metric, aggregation=args.aggregation,
-        layers=args.layers, methods=args.methods, max_params=args.max_params,
-        max_flops=args.max_flops, min_proxy=args.min_proxy, progress=not args.quiet)
+        cache_dir=args.cache_dir, grace_period=args.grace_period, metric=args.metric,
+        aggregation=args.aggregation, layers=args.layers, methods=args.methods,
+        max_params=args.max_params, max_flops=args.max_flops, min_proxy=args.min_proxy,
+        progress=not args.quiet)
     study = search.study
     print(f"study {study.study_name!r} in {search.storage}: {finished_trials(study)} finished "
           f"trial(s), {search.enqueued} strategy plan(s) enqueued; target {args.n_trials} "
           "finished trials")
     try:
-        search.optimize(args.n_trials, show_progress_bar=not args.quiet)
+        start = time.perf_counter()
+        ran = search.optimize(args.n_trials, show_progress_bar=not args.quiet)
+        seconds = time.perf_counter() - start
+        print(f"this worker ran {ran} trial(s) in {seconds:.1f} s"
+              + (f" ({ran / seconds:.1f} trials/s)" if ran and seconds > 0 else ""))
     except KeyboardInterrupt:
         print(f"\ninterrupted: {finished_trials(study)} finished trial(s) are stored in "
               f"{search.storage}. Rerun the same command to continue.", file=sys.stderr)
@@ -144,7 +151,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from lrf_optuna.study.lookup import finetune_study_name, load_study
     from lrf_optuna.study.records import SOURCE_TRIAL, get_search_trial
 
-    study = load_study(args.study_name, args.storage)
+    study = load_study(args.study_name, args.storage, write=True)
     config = _finetune_config(args)
     if args.k < 1:
         raise UserError(f"-k must be >= 1, got {args.k}")
@@ -271,12 +278,14 @@ def _url(host: str, port: int, path: str = "/dashboard") -> str:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna
 
-    from lrf_optuna.dashboard import add_study_notes, recorded_artifact_dir, run_dashboard
+    from lrf_optuna.dashboard import add_study_notes, check_can_serve, run_dashboard
     from lrf_optuna.study.lookup import load_study, resolve_storage, search_study_names
     from lrf_optuna.study.records import ORIGINAL_ATTR
-    from lrf_optuna.study.storage import artifact_dir_for
+    from lrf_optuna.study.storage import artifact_dir_for, check_storage
 
     storage = resolve_storage(args.study_name, args.storage)
+    check_storage(storage, write=False)
+    check_can_serve(args.host, args.port)
     if args.study_name is not None:
         studies = [load_study(args.study_name, storage)]
     else:
@@ -289,8 +298,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
             except Exception as err:  # a note is a nicety: serve anyway
                 print(f"warning: could not write the note of study {study.study_name!r}: "
                       f"{err}", file=sys.stderr)
-    artifact_dir = (Path(args.artifact_dir) if args.artifact_dir
-                    else recorded_artifact_dir(studies) or artifact_dir_for(storage))
+    # never a directory a study names: a study file is not trusted with paths
+    artifact_dir = Path(args.artifact_dir) if args.artifact_dir else artifact_dir_for(storage)
     path = (f"/dashboard/studies/{studies[0]._study_id}" if args.study_name is not None
             else "/dashboard")
     print(f"optuna-dashboard for {storage} (artifacts: {artifact_dir})", flush=True)
@@ -310,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``lrf-optuna`` parser with every subcommand."""
     from lrf_optuna.search import AGGREGATIONS, DEFAULT_AGGREGATION
     from lrf_optuna.similarity import DEFAULT_METRIC, METRICS
+    from lrf_optuna.study.recovery import DEFAULT_GRACE_PERIOD
 
     parser = argparse.ArgumentParser(
         prog="lrf-optuna",
@@ -345,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-proxy", type=float, default=None, help="constraint")
     p.add_argument("--cache-dir", default=".lrf_cache",
                    help="similarity cache directory (default: %(default)s)")
+    p.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD,
+                   metavar="SECONDS",
+                   help="a RUNNING trial without a sign of its worker for this long belongs "
+                        "to a killed worker and is marked FAIL (a live trial takes "
+                        "milliseconds; keep it above any pause of a live worker) "
+                        "(default: %(default)s)")
     p.add_argument("--top", type=int, default=15, help="rows of the final table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_search)
@@ -368,8 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search trial number")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--artifact-dir", default=None,
-                   help="artifact store of the fine-tuning jobs (default: the one recorded "
-                        "by `lrf-optuna finetune`)")
+                   help="artifact store of the fine-tuning jobs (default: <db "
+                        "stem>_artifacts beside a SQLite database, else studies/artifacts)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
@@ -401,9 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "network (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
     p.add_argument("--artifact-dir", default=None,
-                   help="artifact store of the fine-tuned models (default: the one the "
-                        "fine-tuning study recorded, else <db stem>_artifacts beside a "
-                        "SQLite database, else studies/artifacts)")
+                   help="artifact store of the fine-tuned models (default: <db "
+                        "stem>_artifacts beside a SQLite database, else studies/artifacts)")
     p.set_defaults(func=_cmd_dashboard)
     return parser
 

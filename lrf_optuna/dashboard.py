@@ -10,20 +10,23 @@ search study (objectives, the original model, how to resume; a note edited by ha
 never overwritten), :func:`original_note` on a fine-tuning study and :func:`job_note` on
 each fine-tuning job.
 
-Artifact store location: ``--artifact-dir``, else the ``artifact_dir`` the fine-tuning
-study recorded, else :func:`~lrf_optuna.study.storage.artifact_dir_for`:
-``<db stem>_artifacts/`` beside the SQLite file for ``sqlite:///path/name.db``, else
-``studies/artifacts``.
+Artifact store location: ``--artifact-dir``, else
+:func:`~lrf_optuna.study.storage.artifact_dir_for`: ``<db stem>_artifacts/`` beside the
+SQLite file for ``sqlite:///path/name.db``, else ``studies/artifacts``. Never a directory
+a study names (the ``artifact_dir`` a fine-tuning study records is for information only):
+a study file is shared and not trusted with paths.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import shlex
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +42,17 @@ from lrf_optuna.study.lookup import (
     search_study_names,
 )
 from lrf_optuna.study.records import (
-    ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,
     PROBLEM_ATTR,
     original_info,
+    problem_spec,
 )
 from lrf_optuna.study.storage import artifact_dir_for
 
 # load_study, resolve_storage and search_study_names live in lrf_optuna.study.lookup; they
 # stay importable from here for older code.
-__all__ = ["StudyLookupError", "add_study_notes", "job_note", "load_study", "original_note",
-           "recorded_artifact_dir", "resolve_storage", "run_dashboard", "save_note_quietly",
+__all__ = ["StudyLookupError", "add_study_notes", "check_can_serve", "job_note", "load_study",
+           "original_note", "resolve_storage", "run_dashboard", "save_note_quietly",
            "search_study_names", "study_note"]
 
 logger = logging.getLogger(__name__)
@@ -71,7 +74,9 @@ def _num(value: Any, fmt: str = ",") -> str:
 
 def _resume_command(study: optuna.Study, storage_url: str | None) -> str:
     spec = study.user_attrs.get(PROBLEM_ATTR) or {}
-    n_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    with contextlib.suppress(UserError):  # the paths as they resolve (store-relative ones)
+        spec = problem_spec(study).to_json()
+    n_done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     argv = ["lrf-optuna", "search", "--model", str(spec.get("model", "<model>"))]
     if spec.get("dataset"):
         argv += ["--dataset", str(spec["dataset"])]
@@ -103,13 +108,13 @@ def study_note(study: optuna.Study, *, storage_url: str | None = None) -> str:
     metric = original.get("metric", "cosine")
     aggregation = original.get("aggregation", "mean")
     names = study.metric_names or ["params", "flops", "proxy"]
-    trials = study.get_trials(deepcopy=False)
-    n_complete = sum(1 for t in trials if t.state.name == "COMPLETE")
+    n_complete = len(study.get_trials(deepcopy=False,
+                                      states=(optuna.trial.TrialState.COMPLETE,)))
     lines = [
         f"# LRF compression search `{study.study_name}`",
         "",
         f"Per-layer low-rank factorization of model **{original.get('model', '?')}**, "
-        f"searched with NSGA-II: {n_complete} complete trial(s) of {len(trials)} when this "
+        f"searched with NSGA-II: {n_complete} complete trial(s) when this "
         "note was written. Every trial picks, for each decomposable layer, a method "
         "(`keep`, `svd`, `tucker2`, `cp`, `tt` ...) and a rank level; trials are "
         "scored from the similarity cache only, nothing is trained during the search.",
@@ -226,6 +231,30 @@ def add_study_notes(study: optuna.Study, *, storage_url: str | None = None,
 
 
 # -- serving ---------------------------------------------------------------------------------
+def check_can_serve(host: str, port: int) -> None:
+    """Raise unless a server can listen on ``host:port`` now (checked before saying where
+    the dashboard is).
+
+    Raises:
+        UserError: the port is in use, or the address is not one of this machine's.
+    """
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be in 1..65535, but got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise UserError(f"cannot serve on {host}:{port}: unknown address ({err})") from err
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+        try:
+            sock.bind(address)
+        except OSError as err:
+            what = "the port is in use" if err.errno == errno.EADDRINUSE else err.strerror
+            raise UserError(f"cannot serve on {host}:{port}: {what}; pass another --port "
+                            "(or stop the other server)") from err
+
+
 def run_dashboard(storage: str | optuna.storages.BaseStorage, *, host: str = "127.0.0.1",
                   port: int = 8080, artifact_dir: str | os.PathLike[str] | None = None) -> None:
     """Serve optuna-dashboard on ``storage`` with the fine-tuning artifact store; blocks.
@@ -246,23 +275,6 @@ def run_dashboard(storage: str | optuna.storages.BaseStorage, *, host: str = "12
                    artifact_store=FileSystemArtifactStore(directory))
 
 
-def recorded_artifact_dir(studies: Sequence[optuna.Study]) -> Path | None:
-    """The artifact directory the fine-tuning studies of ``studies`` recorded (user
-    attribute ``artifact_dir``), if any; the first one when they disagree (with a
-    warning: the dashboard serves one artifact store)."""
-    found: list[str] = []
-    for study in studies:
-        finetune = find_finetune_study(study)
-        recorded = finetune.user_attrs.get(ARTIFACT_DIR_ATTR) if finetune is not None else None
-        if recorded and recorded not in found:
-            found.append(str(recorded))
-    if len(found) > 1:
-        logger.warning("the fine-tuning studies use several artifact directories %s; serving "
-                       "%s (pass --artifact-dir to choose)", found, found[0])
-    return Path(found[0]) if found else None
-
-
-# -- fine-tuning notes -----------------------------------------------------------------------
 def _with_original(label: str, mine: str, original: Mapping[str, Any] | None, key: str,
                    fmt: str) -> list[str]:
     theirs = "" if not original else (kib(original[key]) if fmt == "kib"

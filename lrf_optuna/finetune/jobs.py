@@ -381,7 +381,7 @@ class _Worker:
 def _store_dir(ft: optuna.Study, study: optuna.Study,
                artifact_dir: str | os.PathLike[str] | None) -> Path:
     """The artifact store of the jobs, recorded in the fine-tuning study the first time."""
-    path = artifact_store_dir(study, artifact_dir, finetune=ft).resolve()
+    path = artifact_store_dir(study, artifact_dir).resolve()
     if ARTIFACT_DIR_ATTR not in ft.user_attrs:
         ft.set_user_attr(ARTIFACT_DIR_ATTR, str(path))
     path.mkdir(parents=True, exist_ok=True)
@@ -430,6 +430,10 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
     def lock() -> contextlib.AbstractContextManager[None]:
         return study_lock(study, "finetune")
 
+    if max_jobs != 0 and ft.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        # a problem that cannot be found or trusted is the user's error: raise it (one
+        # UserError) before claiming a job, rather than failing every job with it
+        worker.models.problem.check()
     ran: list[FrozenTrial] = []
     while max_jobs is None or len(ran) < max_jobs:
         claimed = _claim(ft, rdb, lock)

@@ -56,7 +56,7 @@ class ReportData:
     baseline: Mapping[str, Any]
     metric: str
     aggregation: str
-    n_trials: int
+    n_trials: int  # COMPLETE trials: failed, pruned or RUNNING ones do not count
     complete: list[FrozenTrial]
     front: list[FrozenTrial]
     finetune_name: str
@@ -92,7 +92,7 @@ def read_study(study: optuna.Study) -> ReportData:
         layers += [name for name in readable_plan(t) if name not in layers]
     data = ReportData(
         study_name=study.study_name, original=info.to_json(), baseline={},
-        metric=info.metric, aggregation=info.aggregation, n_trials=len(trials),
+        metric=info.metric, aggregation=info.aggregation, n_trials=len(complete),
         complete=complete, front=list(study.best_trials) if complete else [],
         finetune_name=finetune_study_name(study), finetune_exists=False, layers=layers)
     finetune = find_finetune_study(study)

@@ -84,8 +84,8 @@ def _finetune_status(data: ReportData) -> str:
 def _summary(data: ReportData) -> str:
     o = data.original
     return (f"Model **{o.get('model', '?')}**: {fmt(o.get('params'), ',')} parameters, "
-            f"{fmt(o.get('flops'), ',')} FLOPs. {len(data.complete)} complete trial(s) of "
-            f"{data.n_trials}; {len(data.front)} on the Pareto front (objectives: params, "
+            f"{fmt(o.get('flops'), ',')} FLOPs. {data.n_trials} complete trial(s), "
+            f"{len(data.front)} on the Pareto front (objectives: params, "
             f"FLOPs minimised; proxy = {data.aggregation} {data.metric} similarity, "
             "maximised).")
 

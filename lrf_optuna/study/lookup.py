@@ -25,6 +25,7 @@ from lrf_optuna.errors import UserError
 from lrf_optuna.study.records import ARTIFACT_DIR_ATTR, SOURCE_STUDY_ATTR, SOURCE_TRIAL
 from lrf_optuna.study.storage import (
     artifact_dir_for,
+    check_storage,
     default_storage,
     sqlite_path,
     storage_of,
@@ -42,6 +43,7 @@ __all__ = [
     "latest_jobs",
     "load_study",
     "open_finetune_study",
+    "recorded_artifact_dir",
     "resolve_storage",
     "search_study_names",
 ]
@@ -64,7 +66,7 @@ def resolve_storage(study_name: str | None, storage: str | None) -> str:
         if not study_name:
             raise UserError("pass --study-name or --storage")
         storage = default_storage(study_name)
-    db = sqlite_path(storage)
+    db = sqlite_path(storage) if "://" in storage else None
     if db is not None and not db.exists():
         raise UserError(f"no study database at {db}; run `lrf-optuna search` first or pass "
                         "--storage")
@@ -76,16 +78,23 @@ def search_study_names(storage: str | optuna.storages.BaseStorage) -> list[str]:
     return [n for n in optuna.get_all_study_names(storage) if not n.endswith(FINETUNE_SUFFIX)]
 
 
-def load_study(study_name: str | None, storage: str | None = None) -> optuna.Study:
+def load_study(study_name: str | None, storage: str | None = None, *,
+               write: bool = False) -> optuna.Study:
     """Load a search study by name (and/or storage URL), with clear errors.
 
     With only ``storage``, the storage must hold exactly one search study; with only
-    ``study_name``, the storage is ``sqlite:///studies/<study_name>.db``.
+    ``study_name``, the storage is ``sqlite:///studies/<study_name>.db``. The storage is
+    checked first (:func:`~lrf_optuna.study.storage.check_storage`; with ``write``, that it
+    can be written too).
 
     Raises:
-        UserError: no database, no such study, or an ambiguous storage.
+        UserError: a bad or unusable storage, no database, no such study, or an
+            ambiguous storage.
     """
     url = resolve_storage(study_name, storage)
+    if not check_storage(url, write=write).has_studies:
+        raise UserError(f"{url} holds no Optuna study; run `lrf-optuna search` first or pass "
+                        "another --storage")
     names = search_study_names(url)
     if study_name is None:
         if len(names) != 1:
@@ -130,17 +139,27 @@ def find_finetune_study(study: optuna.Study) -> optuna.Study | None:
     return optuna.load_study(study_name=name, storage=storage_of(study))
 
 
-def artifact_store_dir(study: optuna.Study, explicit: str | os.PathLike[str] | None = None, *,
-                       finetune: optuna.Study | None = None) -> Path:
-    """The artifact store of ``study``'s fine-tuning jobs: ``explicit``, else the
-    directory the fine-tuning study (``finetune``, found when not given) recorded, else
-    :func:`~lrf_optuna.study.storage.artifact_dir_for` of the storage (``<db
-    stem>_artifacts`` beside a SQLite file, else ``studies/artifacts``)."""
+def artifact_store_dir(study: optuna.Study, explicit: str | os.PathLike[str] | None = None
+                       ) -> Path:
+    """The artifact store of ``study``'s fine-tuning jobs: ``explicit`` (one the user
+    names), else :func:`~lrf_optuna.study.storage.artifact_dir_for` of the storage URL
+    (``<db stem>_artifacts`` beside a SQLite file, else ``studies/artifacts``).
+
+    Never a directory the study records: studies are shared files (and rows anyone with
+    access to the server can write), so a path read from one could point anywhere. The
+    ``artifact_dir`` a fine-tuning study records (:func:`recorded_artifact_dir`) is only
+    shown as a hint."""
     if explicit is not None:
         return Path(explicit)
-    ft = finetune if finetune is not None else find_finetune_study(study)
-    recorded = ft.user_attrs.get(ARTIFACT_DIR_ATTR) if ft is not None else None
-    return Path(recorded) if recorded else artifact_dir_for(storage_url(study))
+    return artifact_dir_for(storage_url(study))
+
+
+def recorded_artifact_dir(study: optuna.Study) -> str | None:
+    """The artifact directory ``study``'s fine-tuning study says it used, for messages
+    only (see :func:`artifact_store_dir`)."""
+    ft = find_finetune_study(study)
+    value = ft.user_attrs.get(ARTIFACT_DIR_ATTR) if ft is not None else None
+    return str(value) if value else None
 
 
 def job_source(job: FrozenTrial) -> int | None:

@@ -9,8 +9,18 @@ is the one reader of the first, :func:`readable_plan` of the second.
 Study attributes: :data:`PROBLEM_ATTR` (how to rebuild model and data,
 :class:`~lrf_optuna.problem.ProblemSpec`), :data:`SPACE_ATTR` (the search space),
 :data:`ORIGINAL_ATTR` (the original model's costs and the proxy's settings,
-:class:`OriginalInfo`). Fine-tuning jobs: :class:`FinetuneRecord`; the original model
-measured the same way: :class:`Measured`.
+:class:`OriginalInfo`), :data:`BINDING_ATTR` (fingerprints of the model and data and the
+search settings, :mod:`lrf_optuna.study.binding`).
+
+A study is a shared file (or rows anyone with access to the server can write), so the
+paths it records are not trusted: :func:`problem_spec` resolves the problem files
+lrf_optuna saved (recorded relative to the artifact store the storage URL implies) inside
+that store only, and accepts a path outside it only when the study also records the
+fingerprints the loaded model and data must then match
+(:func:`lrf_optuna.study.binding.load_study_problem` checks them).
+
+Fine-tuning jobs: :class:`FinetuneRecord`; the original model measured the same way:
+:class:`Measured`.
 
 Example:
     >>> attrs = plan_attrs({"fc1": ("svd", 8)}, layers=["conv1", "fc1"])
@@ -26,8 +36,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -39,6 +51,7 @@ if TYPE_CHECKING:
     from lrf_optuna.problem import ProblemSpec
 
 __all__ = [
+    "BINDING_ATTR",
     "KEEP",
     "LRF_PLAN_ATTR",
     "ORIGINAL_ATTR",
@@ -72,6 +85,7 @@ Plan = dict[str, tuple[str, int]]
 PROBLEM_ATTR = "lrf_optuna:problem"
 SPACE_ATTR = "lrf_optuna:space"
 ORIGINAL_ATTR = "lrf_optuna:original"
+BINDING_ATTR = "lrf_optuna:binding"
 # search-trial user attributes
 PLAN_ATTR = "plan"
 LRF_PLAN_ATTR = "lrf_plan"
@@ -272,27 +286,89 @@ class FinetuneRecord:
 
 # -- the problem --------------------------------------------------------------------------------
 
-def record_problem(study: optuna.Study, spec: ProblemSpec) -> None:
-    """Store ``spec`` in the study (once), so later commands can rebuild the problem."""
-    if PROBLEM_ATTR not in study.user_attrs:
-        study.set_user_attr(PROBLEM_ATTR, spec.to_json())
+_PATH_FIELDS = ("model", "dataset", "data_dir")
+
+
+def _is_name(field: str, value: str) -> bool:
+    """A value that is not a path: a reference model or the Fashion-MNIST dataset."""
+    from lrf_optuna.models import REFERENCE_MODELS
+
+    return (field == "model" and value in REFERENCE_MODELS) or (
+        field == "dataset" and value in ("fashion-mnist", "fashion_mnist"))
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return os.path.commonpath([path, directory]) == str(directory)
+
+
+def record_problem(study: optuna.Study, spec: ProblemSpec, *,
+                   store: str | os.PathLike[str] | None = None) -> None:
+    """Store ``spec`` in the study (once), so later commands can rebuild the problem.
+
+    Files inside ``store`` (the artifact store, where lrf_optuna saves in-memory models
+    and data) are recorded relative to it, so that :func:`problem_spec` finds them in the
+    store of whoever opens the study, never at a path the study names.
+    """
+    if PROBLEM_ATTR in study.user_attrs:
+        return
+    raw = spec.to_json()
+    if store is not None:
+        root = Path(store).resolve()
+        for field in _PATH_FIELDS:
+            value = raw.get(field)
+            if value and not _is_name(field, value) and _inside(Path(value).resolve(), root):
+                raw[field] = Path(value).resolve().relative_to(root).as_posix()
+    study.set_user_attr(PROBLEM_ATTR, raw)
 
 
 def problem_spec(study: optuna.Study) -> ProblemSpec:
-    """The :class:`~lrf_optuna.problem.ProblemSpec` recorded in a study.
+    """The :class:`~lrf_optuna.problem.ProblemSpec` recorded in a study, its paths made
+    safe to open.
+
+    A relative path is a file lrf_optuna saved in the artifact store the storage URL
+    implies (:func:`~lrf_optuna.study.storage.artifact_dir_for`) and resolves inside it;
+    an absolute path (the user's own ``--model`` / ``--dataset`` files) is returned only
+    when the study records the fingerprints (:data:`BINDING_ATTR`) that the loaded files
+    must match.
 
     Raises:
         UserError: the study has none (it was not made by ``create_lrf_study`` or
-            ``lrf-optuna search``).
+            ``lrf-optuna search``), a relative path leaves the artifact store, or an
+            absolute path cannot be verified.
     """
     from lrf_optuna.problem import ProblemSpec
+    from lrf_optuna.study.storage import artifact_dir_for, storage_url
 
     raw = study.user_attrs.get(PROBLEM_ATTR)
-    if raw is None:
+    if not isinstance(raw, Mapping):
         raise UserError(f"study {study.study_name!r} has no {PROBLEM_ATTR!r} attribute; it "
                         "was not made by lrf_optuna.create_lrf_study or `lrf-optuna search` "
                         "(pass problem= explicitly)")
-    return ProblemSpec.from_json(raw)
+    spec = ProblemSpec.from_json(dict(raw))
+    store = artifact_dir_for(storage_url(study)).resolve()
+    resolved: dict[str, Any] = {}
+    outside = []
+    for field in _PATH_FIELDS:
+        value = getattr(spec, field)
+        if value is None or not isinstance(value, str) or _is_name(field, value):
+            continue
+        path = Path(value)
+        if not path.is_absolute():
+            path = (store / path).resolve()
+            if not _inside(path, store):
+                raise UserError(f"study {study.study_name!r} records the {field} path "
+                                f"{value!r}, which leads out of its artifact store {store}; "
+                                "the study file may have been tampered with")
+            resolved[field] = str(path)
+        elif not _inside(path.resolve(), store):
+            outside.append(f"{field} {value}")
+    if outside and not isinstance(study.user_attrs.get(BINDING_ATTR), Mapping):
+        raise UserError(f"study {study.study_name!r} names files outside its artifact store "
+                        f"{store} ({', '.join(outside)}) and records no fingerprints to "
+                        "verify them (a study of an older lrf_optuna, or edited); rerun "
+                        "`lrf-optuna search` on it with the same --model and --dataset to "
+                        "record them, or pass problem= explicitly")
+    return dataclasses.replace(spec, **resolved)
 
 
 # -- trials -----------------------------------------------------------------------------------
