@@ -46,6 +46,7 @@ _EXPORTS = {
     "available_methods": "lrf_optuna.decompose",
     "FactorizedLayer": "lrf_optuna.decompose",
     "finetune_study": "lrf_optuna.finetune",
+    "finetune_within": "lrf_optuna.finetune",
     "FinetuneConfig": "lrf_optuna.finetune",
     "select_trials": "lrf_optuna.finetune",
     "export_trial": "lrf_optuna.export",
