@@ -1,4 +1,5 @@
-"""The ``lrf-optuna`` command line: search, show, finetune, export, report, dashboard.
+"""The ``lrf-optuna`` command line: search, show, finetune, compress, export, report,
+dashboard.
 
 This module owns the command line (``argparse``) and nothing else: each subcommand parses
 its options and calls the library. A :class:`~lrf_optuna.errors.UserError` becomes one
@@ -11,6 +12,7 @@ Examples::
     lrf-optuna show --study-name vgg_small                      # the Pareto front as a table
     lrf-optuna finetune --study-name vgg_small -k 3             # or --trials 42 57
     lrf-optuna finetune --study-name vgg_small --max-drop 1.0   # smallest within 1 pp
+    lrf-optuna compress --model my_net.keras --dataset data.npz --max-drop 1.0 --out small/
     lrf-optuna export --study-name vgg_small --trial 42 --out exported/
     lrf-optuna report --study-name vgg_small                    # reports/vgg_small/report.html
     lrf-optuna dashboard --study-name vgg_small                 # optuna-dashboard on 127.0.0.1
@@ -289,6 +291,75 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_finetune)
 
 
+# -- compress ---------------------------------------------------------------------------------
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from lrf_optuna.compression import compress_detailed
+    from lrf_optuna.report.tables import within_budget_table, within_budget_text
+
+    config = _finetune_config(args)
+    try:
+        done = compress_detailed(
+            args.model, args.dataset, args.max_drop, out_dir=args.out,
+            study_name=args.study_name, storage=args.storage, n_trials=args.n_trials,
+            config=config, max_probes=args.max_probes, seed=args.seed,
+            calibration_size=args.calibration_size, cache_dir=args.cache_dir,
+            show_progress_bar=not args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials and probes are stored; rerun the same command "
+              "to continue.", file=sys.stderr)
+        return 130
+    except RuntimeError as err:
+        raise UserError(str(err)) from err
+    print(within_budget_table(done.answer).text())
+    print()
+    print(within_budget_text(done.answer))
+    for path in (done.keras_path, done.tflite_path):
+        print(f"{path}  ({path.stat().st_size:,} bytes)")
+    print("load the .keras file with lrf_optuna.load_model(path)")
+    return 0
+
+
+def _add_compress_parser(sub: argparse._SubParsersAction) -> None:
+    from lrf_optuna.finetune import FinetuneConfig
+
+    d = FinetuneConfig()
+    p = sub.add_parser(
+        "compress", help="one command: the smallest model within an accuracy budget, as "
+                         ".keras and .tflite files",
+        description="Search (NSGA-II), then find the smallest compressed model whose "
+                    "validation accuracy after fine-tuning is at most --max-drop percentage "
+                    "points below the fair reference (the original fine-tuned the same "
+                    "way), and write its .keras and .tflite files. The study lives in "
+                    "--out (or --storage): rerunning resumes.")
+    _add_problem_args(p)
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="PP",
+                   help="accepted validation-accuracy drop in percentage points "
+                        "(default: %(default)s)")
+    p.add_argument("--out", default="compressed", metavar="DIR",
+                   help="output directory of the files and the study (default: "
+                        "%(default)s)")
+    p.add_argument("--study-name", default=None,
+                   help="study name (default: compress_<model name>)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: sqlite:///<out>/<study-name>.db)")
+    p.add_argument("--n-trials", type=int, default=300,
+                   help="search trials (default: %(default)s)")
+    p.add_argument("--max-probes", type=int, default=None,
+                   help="at most this many fine-tuned probes (default: until decided)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"fine-tuning epochs (default: {d.epochs})")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help=f"initial learning rate, cosine-decayed (default: {d.learning_rate})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"batch size (default: {d.batch_size})")
+    _add_recipe_args(p)
+    p.add_argument("--cache-dir", default=".lrf_cache",
+                   help="similarity cache directory (default: %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_compress)
+
+
 # -- export / report -------------------------------------------------------------------------
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -421,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_show)
 
     _add_finetune_parser(sub)
+    _add_compress_parser(sub)
 
     p = sub.add_parser(
         "export", help="write a trial's compressed model as .keras and .tflite",

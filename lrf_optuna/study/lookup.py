@@ -227,6 +227,8 @@ def fair_reference(ft: optuna.Study | None, recipe: str) -> FrozenTrial | None:
     return fair_references(ft).get(recipe)
 
 
-def finetuned_job(study: optuna.Study, trial_number: int) -> FrozenTrial | None:
-    """The latest COMPLETE fine-tuning job of search trial ``trial_number``, if any."""
-    return latest_jobs(find_finetune_study(study)).get(trial_number)
+def finetuned_job(study: optuna.Study, trial_number: int, *, recipe: str | None = None
+                  ) -> FrozenTrial | None:
+    """The latest COMPLETE fine-tuning job of search trial ``trial_number`` (of any recipe,
+    or of ``recipe``), if any."""
+    return latest_jobs(find_finetune_study(study), recipe=recipe).get(trial_number)
