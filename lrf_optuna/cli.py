@@ -268,7 +268,8 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
                         "reference (the original fine-tuned the same way), probing the "
                         "(params, proxy) front (each probe a resumable job)")
     p.add_argument("--max-probes", type=int, default=None,
-                   help="with --max-drop: at most this many fine-tuning probes")
+                   help="with --max-drop: at most this many fine-tuned candidates in all "
+                        "(finished jobs of the same recipe count; default: until decided)")
     p.add_argument("--probe-strategy", choices=["bisect", "interpolate"], default="bisect",
                    help="with --max-drop: how the next probe is chosen (default: "
                         "%(default)s)")

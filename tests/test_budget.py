@@ -122,6 +122,11 @@ def test_probe_budget_stops_early_with_a_passing_answer() -> None:
     assert found.chosen == 29 and acc[29] >= 0.7  # 29 passed, 14 failed, 15..28 unknown
     stopped = smallest_passing(range(60), Counting(acc), 0.9, max_probes=2)
     assert stopped.chosen is None and not stopped.converged  # nothing passed yet
+    # known results count: rerunning with the first run's results evaluates nothing
+    again = Counting(acc)
+    rerun = smallest_passing(range(60), again, 0.7, max_probes=2,
+                             known={p.index: p.score for p in found.probes})
+    assert again.calls == [] and rerun.chosen == 29
 
 
 def test_interpolation_uses_the_proxy_between_measured_ends() -> None:

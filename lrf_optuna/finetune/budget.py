@@ -148,7 +148,9 @@ def smallest_passing(positions: Sequence[float], evaluate: Callable[[int], float
         strategy: ``"bisect"`` (default) or ``"interpolate"``.
         top: ``(position, score)`` of the reference beyond the last candidate (e.g.
             ``(1.0, reference accuracy)`` with proxies), for ``"interpolate"``.
-        max_probes: Stop after this many evaluations (``None``: until the bracket closes).
+        max_probes: Stop once this many candidates are evaluated, ``known`` ones included
+            (``None``: until the bracket closes); so rerunning with the results of a run as
+            ``known`` evaluates nothing new.
 
     Returns:
         A :class:`BudgetSearch`.
@@ -170,11 +172,9 @@ def smallest_passing(positions: Sequence[float], evaluate: Callable[[int], float
         return lo, hi
 
     lo, hi = bracket()
-    ran = 0
-    while hi - lo > 1 and (max_probes is None or ran < max_probes):
+    while hi - lo > 1 and (max_probes is None or len(scores) < max_probes):
         i = _next_probe(lo, hi, positions, scores, target, top, strategy)
         score = float(evaluate(i))
-        ran += 1
         scores[i] = score
         probes.append(BudgetProbe(i, float(positions[i]), score, score >= target, False))
         lo, hi = bracket()
@@ -267,7 +267,8 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
             against the fair reference.
         config: The recipe (and measurement settings) of every job.
         strategy: ``"bisect"`` (default) or ``"interpolate"`` (module docstring).
-        max_probes: At most this many new fine-tuning jobs (the reference not counted).
+        max_probes: At most this many candidates fine-tuned in all, jobs of the recipe
+            finished earlier included (the reference not counted): a rerun adds none.
         proxy_floor: Candidates need at least this proxy.
         min_reduction: Candidates save at least this fraction of the parameters.
         artifact_dir: Artifact store of the fine-tuned files.
