@@ -167,7 +167,8 @@ def study_note(study: optuna.Study, *, storage_url: str | None = None) -> str:
             lines.append(f"| fair reference val / test accuracy ({text}) | "
                          f"{_num(ref.val_acc_after, '.4f')} / "
                          f"{_num(ref.measured.test_acc, '.4f')} |")
-        done = [t for t in finetune.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+        done = [t for t in finetune.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+                and not t.user_attrs.get(REFERENCE_ATTR)]
         sources = sorted(n for n, job in latest_jobs(finetune).items()
                          if not job.user_attrs.get(REFERENCE_ATTR))
         lines += ["", "## Fine-tuning",
