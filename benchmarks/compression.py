@@ -362,14 +362,20 @@ def narrow_family(ctx: Context) -> list[Candidate]:
     shape = tuple(int(d) for d in ctx.problem.splits.x_train.shape[1:])
     classes = int(ctx.problem.splits.y_train.max()) + 1
 
+    memo: dict[str, int] = {}
+
     def params_at(f: float) -> int:
-        return int(build_reference_model(ctx.spec.zoo, shape, classes,
-                                         **_scaled(ctx.spec, f)).count_params())
+        kwargs = _scaled(ctx.spec, f)
+        key = json.dumps(kwargs, sort_keys=True)
+        if key not in memo:
+            memo[key] = int(build_reference_model(ctx.spec.zoo, shape, classes,
+                                                  **kwargs).count_params())
+        return memo[key]
 
     out: dict[float, Candidate] = {}
     for target in NARROW_FRACTIONS:
-        lo, hi = 0.0, 1.0  # width factor with params closest to target * original
-        for _ in range(30):
+        lo, hi = 0.0, 1.0  # the smallest width factor reaching target * original params
+        for _ in range(16):
             mid = (lo + hi) / 2
             lo, hi = (mid, hi) if params_at(mid) < target * ctx.original_params else (lo, mid)
         f = round(hi, 4)

@@ -32,7 +32,8 @@ def copy_study(tiny_study: dict, dest: Path) -> str:
 def fake_finetune_study(storage: str, study_name: str = "tiny", n: int = 3, *,
                         artifact_dir: str | None = None) -> list[dict]:
     """Add ``"<study_name>:finetune"`` with ``n`` COMPLETE jobs on Pareto-front trials
-    (and one failed job), shaped like ``lrf_optuna.finetune``'s.
+    (and the fair reference of their recipe, then one failed job), shaped like
+    ``lrf_optuna.finetune``'s.
 
     Jobs are on the ``n`` smallest non-original Pareto-front trials; returns their user
     attributes (``source_trial`` ... ``finetune_seconds``), in the order added.
@@ -47,15 +48,6 @@ def fake_finetune_study(storage: str, study_name: str = "tiny", n: int = 3, *,
     if artifact_dir is not None:
         ft.set_user_attr("artifact_dir", artifact_dir)
     source = {"source_trial": optuna.distributions.IntDistribution(0, 10**9)}
-    original = next(t for t in study.trials if t.user_attrs.get("lrf_plan") == {})
-    ft.add_trial(optuna.trial.create_trial(  # the fair reference of the jobs' recipe
-        state=optuna.trial.TrialState.COMPLETE, values=[10720, 0.915],
-        params={"source_trial": original.number}, distributions=source,
-        user_attrs={**FAKE_ORIGINAL, "source_trial": original.number, "val_acc_before": 0.9,
-                    "val_acc_after": 0.91, "test_acc_before": 0.9125, "test_acc": 0.915,
-                    "epochs_run": 3, "finetune_seconds": 30.0, "recipe": FAKE_RECIPE,
-                    "recipe_text": "CE, 3 epochs", "fair_reference": True, "plan": {},
-                    "lrf_plan": {}}))
     out = []
     for i, src in enumerate(front):
         attrs = {"source_trial": src.number, "plan": src.user_attrs["plan"],
@@ -72,6 +64,15 @@ def fake_finetune_study(storage: str, study_name: str = "tiny", n: int = 3, *,
             state=optuna.trial.TrialState.COMPLETE, values=[attrs["params"], attrs["test_acc"]],
             params={"source_trial": src.number}, distributions=source, user_attrs=attrs))
         out.append(attrs)
+    original = next(t for t in study.trials if t.user_attrs.get("lrf_plan") == {})
+    ft.add_trial(optuna.trial.create_trial(  # the fair reference of the jobs' recipe
+        state=optuna.trial.TrialState.COMPLETE, values=[10720, 0.915],
+        params={"source_trial": original.number}, distributions=source,
+        user_attrs={**FAKE_ORIGINAL, "source_trial": original.number, "val_acc_before": 0.9,
+                    "val_acc_after": 0.91, "test_acc_before": 0.9125, "test_acc": 0.915,
+                    "epochs_run": 3, "finetune_seconds": 30.0, "recipe": FAKE_RECIPE,
+                    "recipe_text": "CE, 3 epochs", "fair_reference": True, "plan": {},
+                    "lrf_plan": {}}))
     ft.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.FAIL, params={"source_trial": front[0].number},
         distributions=source, user_attrs={"source_trial": front[0].number,
