@@ -35,6 +35,7 @@ import optuna
 from lrf_optuna.errors import UserError
 from lrf_optuna.report.tables import kib, markdown_table
 from lrf_optuna.study.lookup import (
+    fair_references,
     find_finetune_study,
     latest_jobs,
     load_study,
@@ -44,6 +45,8 @@ from lrf_optuna.study.lookup import (
 from lrf_optuna.study.records import (
     BASELINE_ATTR,
     PROBLEM_ATTR,
+    REFERENCE_ATTR,
+    FinetuneRecord,
     original_info,
     problem_spec,
 )
@@ -155,21 +158,33 @@ def study_note(study: optuna.Study, *, storage_url: str | None = None) -> str:
     finetune = find_finetune_study(study)
     if finetune is not None:
         base = finetune.user_attrs.get(BASELINE_ATTR) or {}
-        rows = [("test accuracy", base.get("test_acc"), ".4f"),
+        rows = [("val accuracy", base.get("val_acc"), ".4f"),
+                ("test accuracy", base.get("test_acc"), ".4f"),
                 ("Keras file (bytes)", base.get("keras_bytes"), ","),
                 ("TFLite file (bytes)", base.get("tflite_bytes"), ","),
                 ("Keras latency (ms)", base.get("latency_ms_keras"), ".3f"),
                 ("TFLite latency (ms)", base.get("latency_ms_tflite"), ".3f")]
         lines += [f"| {label} | {_num(value, fmt)} |" for label, value, fmt in rows
                   if value is not None]
-        done = [t for t in finetune.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        sources = sorted(latest_jobs(finetune))
+        for recipe, job in fair_references(finetune).items():
+            ref = FinetuneRecord.of(job)
+            text = job.user_attrs.get("recipe_text") or recipe
+            lines.append(f"| fair reference val / test accuracy ({text}) | "
+                         f"{_num(ref.val_acc_after, '.4f')} / "
+                         f"{_num(ref.measured.test_acc, '.4f')} |")
+        done = [t for t in finetune.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+                and not t.user_attrs.get(REFERENCE_ATTR)]
+        sources = sorted(n for n, job in latest_jobs(finetune).items()
+                         if not job.user_attrs.get(REFERENCE_ATTR))
         lines += ["", "## Fine-tuning",
                   "",
                   f"Study `{finetune.study_name}` holds {len(done)} finished fine-tuning "
                   "job(s): each one rebuilds a search trial's plan (`source_trial`), "
                   "fine-tunes it and records `val_acc_before`, `val_acc_after`, `test_acc`, "
-                  "sizes and latencies; the `.keras` / `.tflite` files are its artifacts."]
+                  "sizes and latencies; the `.keras` / `.tflite` files are its artifacts. "
+                  "The *fair reference* of each recipe is the original model fine-tuned "
+                  "with exactly that recipe: drops are measured against it (and against "
+                  "the untouched original)."]
         if sources:
             lines += ["", "Fine-tuned search trials: "
                       + ", ".join(f"#{n}" for n in sources) + "."]
@@ -283,9 +298,11 @@ def _with_original(label: str, mine: str, original: Mapping[str, Any] | None, ke
 
 
 def job_note(source: int, study_name: str, ua: Mapping[str, Any],
-             original: Mapping[str, Any] | None) -> str:
+             original: Mapping[str, Any] | None, *,
+             reference: FinetuneRecord | None = None) -> str:
     """The Markdown note of a fine-tuning job (its user attributes ``ua``) against the
-    original model."""
+    untouched original model and, when known, the fair reference (the original fine-tuned
+    with the same recipe)."""
     rows = [_with_original("parameters", f"{ua['params']:,}", original, "params", ","),
             _with_original("FLOPs", f"{ua['flops']:,}", original, "flops", ","),
             _with_original("val accuracy",
@@ -302,13 +319,34 @@ def job_note(source: int, study_name: str, ua: Mapping[str, Any],
                            original, "latency_ms_keras", ".3f"),
             _with_original("latency TFLite, batch 1 (ms)", f"{ua['latency_ms_tflite']:.3f}",
                            original, "latency_ms_tflite", ".3f")]
-    note = [f"## Fine-tuned trial {source} of `{study_name}`", "",
-            markdown_table(["", "fine-tuned", "original"], rows), "",
-            f"{ua['epochs_run']} epoch(s) in {ua['finetune_seconds']:.1f} s"
-            + (" (reverted: fine-tuning did not improve validation accuracy)"
-               if ua["reverted"] else ""), "",
-            "### Plan", "",
-            markdown_table(["layer", "choice"], [[k, v] for k, v in ua["plan"].items()])]
+    header = ["", "fine-tuned", "original"]
+    if reference is not None:
+        ref = reference
+        ref_cells = [f"{ref.measured.params:,}" if ref.measured.params is not None else "",
+                     f"{ref.measured.flops:,}" if ref.measured.flops is not None else "",
+                     _num(ref.val_acc_after, ".4f"), _num(ref.measured.test_acc, ".4f"),
+                     kib(ref.measured.keras_bytes), kib(ref.measured.tflite_bytes),
+                     _num(ref.measured.latency_ms_keras, ".3f"),
+                     _num(ref.measured.latency_ms_tflite, ".3f")]
+        rows = [[r[0], r[1], cell, r[2]] for r, cell in zip(rows, ref_cells)]
+        header = ["", "fine-tuned", "fair reference", "original"]
+    recipe = ua.get("recipe_text")
+    title = ("## Fair reference: the original model fine-tuned like the jobs"
+             if ua.get(REFERENCE_ATTR) else f"## Fine-tuned trial {source} of `{study_name}`")
+    note = [title, "", markdown_table(header, rows), ""]
+    if reference is not None and original is not None:
+        val = 100 * ((reference.val_acc_after or 0) - ua["val_acc_after"])
+        test = 100 * ((reference.measured.test_acc or 0) - ua["test_acc"])
+        test_orig = 100 * (original["test_acc"] - ua["test_acc"])
+        note += [f"Drop against the fair reference: **{val:+.2f} pp** on validation, "
+                 f"**{test:+.2f} pp** on test ({test_orig:+.2f} pp on test against the "
+                 "untouched original; positive: worse).", ""]
+    note += [f"{ua['epochs_run']} epoch(s) in {ua['finetune_seconds']:.1f} s"
+             + (f" ({recipe})" if recipe else "")
+             + (" (reverted: fine-tuning did not improve validation accuracy)"
+                if ua["reverted"] else ""), "",
+             "### Plan", "",
+             markdown_table(["layer", "choice"], [[k, v] for k, v in ua["plan"].items()])]
     return "\n".join(note)
 
 

@@ -389,16 +389,19 @@ def download_job_files(study: optuna.Study, job: optuna.trial.FrozenTrial, keras
 
 def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathLike[str], *,
                  artifact_dir: str | os.PathLike[str] | None = None,
-                 problem: Problem | None = None) -> tuple[Path, Path]:
+                 problem: Problem | None = None,
+                 recipe: str | None = None) -> tuple[Path, Path]:
     """Write ``<study>_trial<N>.keras`` and ``.tflite`` for search trial ``N`` into
     ``out_dir``.
 
     If the study's fine-tuning study (``"<study>:finetune"``, see
-    :mod:`lrf_optuna.finetune`) has a COMPLETE job for this trial, its fine-tuned files are
-    downloaded from the Optuna artifact store (:func:`download_job_files`). Otherwise the
-    compressed model is rebuilt from the trial's plan (the problem is loaded from the
-    study, factors from the similarity cache) and exported **without fine-tuning**, with a
-    warning. Load the ``.keras`` file with :func:`load_model`.
+    :mod:`lrf_optuna.finetune`) has a COMPLETE job for this trial (of ``recipe``, a
+    :meth:`~lrf_optuna.finetune.FinetuneConfig.recipe_key`, when given; else the latest of
+    any recipe), its fine-tuned files are downloaded from the Optuna artifact store
+    (:func:`download_job_files`). Otherwise the compressed model is rebuilt from the
+    trial's plan (the problem is loaded from the study, factors from the similarity cache)
+    and exported **without fine-tuning**, with a warning. Load the ``.keras`` file with
+    :func:`load_model`.
 
     Returns:
         ``(keras_path, tflite_path)``.
@@ -413,7 +416,7 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{safe_name(study.study_name)}_trial{trial_number}"
     keras_path, tflite_path = out / f"{stem}.keras", out / f"{stem}.tflite"
-    job = finetuned_job(study, trial_number)
+    job = finetuned_job(study, trial_number, recipe=recipe)
     if job is not None:
         try:
             download_job_files(study, job, keras_path, tflite_path, artifact_dir=artifact_dir)

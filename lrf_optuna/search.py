@@ -107,6 +107,7 @@ __all__ = [
     "create_lrf_study",
     "describe_choice",
     "finished_trials",
+    "load_problem",
     "prepare_lrf_study",
     "run_remaining",
 ]
@@ -826,6 +827,44 @@ def prepare_lrf_study(
     return LRFSearch(study, objective, problem, url_text, enqueued, grace_period)
 
 
+def load_problem(model: keras.Model | str | os.PathLike[str],
+                 data: Dataset | str | os.PathLike[str] = "fashion-mnist", *, seed: int = 0,
+                 calibration_size: int = 512, val_fraction: float = 0.1,
+                 cache_dir: str | os.PathLike[str] = ".lrf_cache") -> Problem | ProblemSpec:
+    """The problem of a model and a dataset, each given as an object or by name / path (the
+    arguments of :func:`create_lrf_study`).
+
+    Given two names / paths, this is the :class:`~lrf_optuna.problem.ProblemSpec`, which
+    :func:`prepare_lrf_study` loads once the storage is known to work (cheap checks before
+    expensive work); given objects, the :class:`~lrf_optuna.problem.Problem`.
+
+    Raises:
+        UserError: calibration images instead of a dataset, a model name with a dataset
+            object, or an unusable ``data``.
+    """
+    if isinstance(data, (np.ndarray, tuple)):
+        raise UserError("create_lrf_study needs the dataset (a lrf_optuna.data.Dataset, "
+                        "'fashion-mnist' or a .npz path), not calibration images: the study "
+                        "records it so that fine-tuning can rebuild the problem; for a bare "
+                        "objective use LRFObjective(model, x_cal)")
+    if isinstance(model, (str, os.PathLike)) and isinstance(data, (str, os.PathLike)):
+        return ProblemSpec(model=str(model), dataset=str(data), seed=seed,
+                           calibration_size=calibration_size, val_fraction=val_fraction,
+                           cache_dir=str(cache_dir))
+    from lrf_optuna.data import Dataset
+
+    if isinstance(data, (str, os.PathLike)):
+        data = ProblemSpec(model="", dataset=str(data)).load_dataset()
+    if isinstance(model, (str, os.PathLike)):
+        raise UserError("with a Dataset object, pass the trained keras.Model (or pass "
+                        "the dataset as 'fashion-mnist' / a .npz path)")
+    if not isinstance(data, Dataset):
+        raise UserError(f"data must be a lrf_optuna.data.Dataset, 'fashion-mnist' or a "
+                        f".npz path, but got {type(data).__name__}")
+    return Problem.from_objects(model, data, seed=seed, calibration_size=calibration_size,
+                                val_fraction=val_fraction, cache_dir=cache_dir)
+
+
 def create_lrf_study(
     model: keras.Model | str | os.PathLike[str],
     data: Dataset | str | os.PathLike[str] = "fashion-mnist",
@@ -872,34 +911,12 @@ def create_lrf_study(
         >>> study, objective = create_lrf_study(model, data, study_name="vgg")  # doctest: +SKIP
         >>> print(len(study.best_trials))  # doctest: +SKIP
     """
-    if isinstance(data, (np.ndarray, tuple)):
-        raise UserError("create_lrf_study needs the dataset (a lrf_optuna.data.Dataset, "
-                        "'fashion-mnist' or a .npz path), not calibration images: the study "
-                        "records it so that fine-tuning can rebuild the problem; for a bare "
-                        "objective use LRFObjective(model, x_cal)")
     if n_trials is not None and (not is_int(n_trials) or n_trials < 0):
         raise UserError(f"n_trials must be an integer >= 0 (or None), but got {n_trials!r}")
-    problem: Problem | ProblemSpec
-    if isinstance(model, (str, os.PathLike)) and isinstance(data, (str, os.PathLike)):
-        # loaded by prepare_lrf_study, once the storage is known to work
-        problem = ProblemSpec(model=str(model), dataset=str(data), seed=seed,
-                              calibration_size=calibration_size, val_fraction=val_fraction,
-                              cache_dir=str(cache_dir))
+    problem = load_problem(model, data, seed=seed, calibration_size=calibration_size,
+                           val_fraction=val_fraction, cache_dir=cache_dir)
+    if isinstance(problem, ProblemSpec):
         objective_kwargs.setdefault("progress", show_progress_bar)
-    else:
-        from lrf_optuna.data import Dataset
-
-        if isinstance(data, (str, os.PathLike)):
-            data = ProblemSpec(model="", dataset=str(data)).load_dataset()
-        if isinstance(model, (str, os.PathLike)):
-            raise UserError("with a Dataset object, pass the trained keras.Model (or pass "
-                            "the dataset as 'fashion-mnist' / a .npz path)")
-        if not isinstance(data, Dataset):
-            raise UserError(f"data must be a lrf_optuna.data.Dataset, 'fashion-mnist' or a "
-                            f".npz path, but got {type(data).__name__}")
-        problem = Problem.from_objects(model, data, seed=seed,
-                                       calibration_size=calibration_size,
-                                       val_fraction=val_fraction, cache_dir=cache_dir)
     search = prepare_lrf_study(problem, study_name=study_name, storage=storage, seed=seed,
                                population_size=population_size, **objective_kwargs)
     if n_trials is not None:

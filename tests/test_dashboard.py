@@ -76,6 +76,7 @@ def test_add_study_notes(tiny_study, tmp_path) -> None:
     note = get_note(study)
     assert "| test accuracy | 0.9125 |" in note and "tiny:finetune" in note
     assert "3 finished fine-tuning job(s)" in note and "Fine-tuned search trials: #" in note
+    assert "| fair reference val / test accuracy (CE, 3 epochs) | 0.9100 / 0.9150 |" in note
     # a note edited in the dashboard is never overwritten (unless forced)
     save_note(study, note.replace("Per-layer", "My edit: per-layer"))
     assert add_study_notes(study, storage_url=storage) is False

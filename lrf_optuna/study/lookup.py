@@ -3,8 +3,10 @@
 A search study's trials are finished and their attributes can no longer change, so
 fine-tuning results live in a **second study in the same storage**, named
 ``"<study_name>:finetune"``: each of its trials is one job, fine-tuning search trial
-``source_trial``. :func:`latest_jobs` is the one place that picks, per search trial, the
-job whose results count (the latest COMPLETE one).
+``source_trial`` with one recipe (the training settings, user attribute ``recipe``).
+:func:`latest_jobs` is the one place that picks, per search trial (and recipe), the job
+whose results count (the latest COMPLETE one); :func:`fair_reference` the job that
+fine-tuned the original model with a recipe.
 
 Example:
     >>> finetune_study_name("vgg")
@@ -22,7 +24,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.errors import UserError
-from lrf_optuna.study.records import ARTIFACT_DIR_ATTR, SOURCE_STUDY_ATTR, SOURCE_TRIAL
+from lrf_optuna.study.records import (
+    ARTIFACT_DIR_ATTR,
+    RECIPE_ATTR,
+    REFERENCE_ATTR,
+    SOURCE_STUDY_ATTR,
+    SOURCE_TRIAL,
+)
 from lrf_optuna.study.storage import (
     artifact_dir_for,
     check_storage,
@@ -35,12 +43,16 @@ from lrf_optuna.study.storage import (
 __all__ = [
     "FINETUNE_SUFFIX",
     "artifact_store_dir",
+    "fair_reference",
+    "fair_references",
     "find_finetune_study",
     "finetune_study_name",
     "finetuned_job",
+    "job_recipe",
     "job_source",
     "jobs_by_source",
     "latest_jobs",
+    "latest_jobs_by_recipe",
     "load_study",
     "open_finetune_study",
     "recorded_artifact_dir",
@@ -170,28 +182,72 @@ def job_source(job: FrozenTrial) -> int | None:
     return int(value) if value is not None else None
 
 
-def jobs_by_source(ft: optuna.Study) -> dict[int, list[FrozenTrial]]:
-    """The fine-tuning study's jobs grouped by source trial number (job order kept)."""
+def job_recipe(job: FrozenTrial) -> str | None:
+    """The recipe key a job was enqueued with (``None`` for jobs made before recipes were
+    recorded)."""
+    value = job.user_attrs.get(RECIPE_ATTR)
+    return str(value) if value is not None else None
+
+
+def jobs_by_source(ft: optuna.Study, *, recipe: str | None = None
+                   ) -> dict[int, list[FrozenTrial]]:
+    """The fine-tuning study's jobs grouped by source trial number (job order kept); with
+    ``recipe``, only the jobs of that recipe."""
     out: dict[int, list[FrozenTrial]] = {}
     for job in ft.get_trials(deepcopy=False):
         source = job_source(job)
-        if source is not None:
+        if source is not None and (recipe is None or job_recipe(job) == recipe):
             out.setdefault(source, []).append(job)
     return out
 
 
-def latest_jobs(ft: optuna.Study | None) -> dict[int, FrozenTrial]:
-    """``{source trial: its latest COMPLETE job}``: the results that count."""
+def latest_jobs(ft: optuna.Study | None, *, recipe: str | None = None
+                ) -> dict[int, FrozenTrial]:
+    """``{source trial: its latest COMPLETE job}``: the results that count (of any recipe,
+    or of ``recipe``)."""
     if ft is None:
         return {}
     out = {}
-    for source, jobs in jobs_by_source(ft).items():
+    for source, jobs in jobs_by_source(ft, recipe=recipe).items():
         done = [j for j in jobs if j.state == TrialState.COMPLETE]
         if done:
             out[source] = done[-1]
     return out
 
 
-def finetuned_job(study: optuna.Study, trial_number: int) -> FrozenTrial | None:
-    """The latest COMPLETE fine-tuning job of search trial ``trial_number``, if any."""
-    return latest_jobs(find_finetune_study(study)).get(trial_number)
+def latest_jobs_by_recipe(ft: optuna.Study | None) -> dict[tuple[int, str | None], FrozenTrial]:
+    """``{(source trial, recipe): its latest COMPLETE job}`` (recipe ``None``: jobs made
+    before recipes were recorded)."""
+    out: dict[tuple[int, str | None], FrozenTrial] = {}
+    if ft is None:
+        return out
+    for job in ft.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        source = job_source(job)
+        if source is not None:
+            out[(source, job_recipe(job))] = job
+    return out
+
+
+def fair_references(ft: optuna.Study | None) -> dict[str, FrozenTrial]:
+    """``{recipe: its latest COMPLETE fair-reference job}`` (the original model fine-tuned
+    with that recipe)."""
+    out: dict[str, FrozenTrial] = {}
+    if ft is None:
+        return out
+    for job in ft.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        recipe = job_recipe(job)
+        if job.user_attrs.get(REFERENCE_ATTR) and recipe is not None:
+            out[recipe] = job
+    return out
+
+
+def fair_reference(ft: optuna.Study | None, recipe: str) -> FrozenTrial | None:
+    """The latest COMPLETE fair-reference job of ``recipe``, or ``None``."""
+    return fair_references(ft).get(recipe)
+
+
+def finetuned_job(study: optuna.Study, trial_number: int, *, recipe: str | None = None
+                  ) -> FrozenTrial | None:
+    """The latest COMPLETE fine-tuning job of search trial ``trial_number`` (of any recipe,
+    or of ``recipe``), if any."""
+    return latest_jobs(find_finetune_study(study), recipe=recipe).get(trial_number)

@@ -22,6 +22,13 @@ fingerprints the loaded model and data must then match
 Fine-tuning jobs: :class:`FinetuneRecord`; the original model measured the same way:
 :class:`Measured`.
 
+Every fine-tuning job records its *recipe* (:data:`RECIPE_ATTR`, the digest of the
+training settings, and :data:`RECIPE_CONFIG_ATTR`, the settings): results are compared and
+reused only within one recipe. The **fair reference** of a recipe is the job that
+fine-tuned the original model (the search trial with the empty plan) with that recipe
+(:data:`REFERENCE_ATTR`); drops are reported against it and against the untouched
+original.
+
 Example:
     >>> attrs = plan_attrs({"fc1": ("svd", 8)}, layers=["conv1", "fc1"])
     >>> attrs["plan"]
@@ -57,6 +64,9 @@ __all__ = [
     "ORIGINAL_ATTR",
     "PLAN_ATTR",
     "PROBLEM_ATTR",
+    "RECIPE_ATTR",
+    "RECIPE_CONFIG_ATTR",
+    "REFERENCE_ATTR",
     "SOURCE_TRIAL",
     "SPACE_ATTR",
     "STRATEGY_ATTR",
@@ -95,6 +105,10 @@ SOURCE_TRIAL = "source_trial"
 BASELINE_ATTR = "original"
 ARTIFACT_DIR_ATTR = "artifact_dir"
 SOURCE_STUDY_ATTR = "source_study"
+# fine-tuning jobs: the recipe they were enqueued with; the fair-reference flag
+RECIPE_ATTR = "recipe"
+RECIPE_CONFIG_ATTR = "recipe_config"
+REFERENCE_ATTR = "fair_reference"
 
 
 # -- plans ------------------------------------------------------------------------------------
@@ -273,15 +287,47 @@ class FinetuneRecord:
     finetune_seconds: float | None
     reverted: bool
     plan: dict[str, str]
+    recipe: str | None = None
+    recipe_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    is_reference: bool = False
 
     @classmethod
     def of(cls, job: FrozenTrial) -> FinetuneRecord:
         ua = job.user_attrs
-        return cls(job.number, int(_int(ua.get(SOURCE_TRIAL)) or -1), Measured.from_attrs(ua),
+        source = _int(ua.get(SOURCE_TRIAL))
+        recipe = ua.get(RECIPE_ATTR)
+        config = ua.get(RECIPE_CONFIG_ATTR)
+        return cls(job.number, -1 if source is None else source, Measured.from_attrs(ua),
                    as_float(ua.get("val_acc_before")), as_float(ua.get("val_acc_after")),
                    as_float(ua.get("test_acc_before")), _int(ua.get("epochs_run")),
                    as_float(ua.get("finetune_seconds")), bool(ua.get("reverted", False)),
-                   readable_plan(ua))
+                   readable_plan(ua), str(recipe) if recipe is not None else None,
+                   dict(config) if isinstance(config, Mapping) else {},
+                   bool(ua.get(REFERENCE_ATTR, False)))
+
+    def drops_pp(self, reference: FinetuneRecord | None,
+                 original: Measured | None = None) -> dict[str, float | None]:
+        """Accuracy drops in percentage points (positive: worse): ``val_vs_reference``,
+        ``test_vs_reference`` (against the fair reference's fine-tuned accuracies) and
+        ``test_vs_original`` (against the untouched original); ``None`` when unknown.
+
+        Example:
+            >>> job = FinetuneRecord(1, 5, Measured(test_acc=0.90), None, 0.91, None, 3, 1.0,
+            ...                      False, {})
+            >>> ref = FinetuneRecord(0, 0, Measured(test_acc=0.92), None, 0.925, None, 3,
+            ...                      1.0, False, {}, is_reference=True)
+            >>> {k: round(v, 2) for k, v in job.drops_pp(ref, Measured(test_acc=0.915)).items()}
+            {'val_vs_reference': 1.5, 'test_vs_reference': 2.0, 'test_vs_original': 1.5}
+        """
+        def drop(theirs: float | None, mine: float | None) -> float | None:
+            return None if theirs is None or mine is None else 100.0 * (theirs - mine)
+
+        return {"val_vs_reference": drop(reference.val_acc_after if reference else None,
+                                         self.val_acc_after),
+                "test_vs_reference": drop(reference.measured.test_acc if reference else None,
+                                          self.measured.test_acc),
+                "test_vs_original": drop(original.test_acc if original else None,
+                                         self.measured.test_acc)}
 
 
 # -- the problem --------------------------------------------------------------------------------
