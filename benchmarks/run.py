@@ -20,6 +20,7 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("benchmarks.proxy_cost", [], ["--model", "lenet5"]),
     ("benchmarks.rewrite_coverage", [],
      ["--architectures", "MobileNetV2", "zoo/lenet5", "zoo/resnet20"]),
+    ("benchmarks.search_soak", [], ["--trials", "600", "--no-write"]),
 ]
 
 

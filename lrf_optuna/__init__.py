@@ -32,6 +32,7 @@ _EXPORTS = {
     "create_lrf_study": "lrf_optuna.search",
     "prepare_lrf_study": "lrf_optuna.search",
     "UserError": "lrf_optuna.errors",
+    "compress": "lrf_optuna.compression",
     "Problem": "lrf_optuna.problem",
     "ProblemSpec": "lrf_optuna.problem",
     "load_study": "lrf_optuna.study",
@@ -46,6 +47,7 @@ _EXPORTS = {
     "available_methods": "lrf_optuna.decompose",
     "FactorizedLayer": "lrf_optuna.decompose",
     "finetune_study": "lrf_optuna.finetune",
+    "finetune_within": "lrf_optuna.finetune",
     "FinetuneConfig": "lrf_optuna.finetune",
     "select_trials": "lrf_optuna.finetune",
     "export_trial": "lrf_optuna.export",
@@ -55,7 +57,8 @@ _EXPORTS = {
 }
 _SUBMODULES = {"data", "models", "decompose", "prune", "rewrite", "costs", "calibration", "cache",
                "similarity", "strategies", "search", "vbmf", "cli", "finetune", "export",
-               "report", "dashboard", "workspace", "problem", "study", "errors"}
+               "report", "dashboard", "workspace", "problem", "study", "errors",
+               "compression"}
 
 __all__ = ["__version__", *sorted(_EXPORTS), *sorted(_SUBMODULES)]
 

@@ -1,4 +1,5 @@
-"""The ``lrf-optuna`` command line: search, show, finetune, export, report, dashboard.
+"""The ``lrf-optuna`` command line: search, show, finetune, compress, export, report,
+dashboard.
 
 This module owns the command line (``argparse``) and nothing else: each subcommand parses
 its options and calls the library. A :class:`~lrf_optuna.errors.UserError` becomes one
@@ -10,6 +11,8 @@ Examples::
     lrf-optuna search --model my_net.keras --dataset data.npz --methods svd tucker2 tt
     lrf-optuna show --study-name vgg_small                      # the Pareto front as a table
     lrf-optuna finetune --study-name vgg_small -k 3             # or --trials 42 57
+    lrf-optuna finetune --study-name vgg_small --max-drop 1.0   # smallest within 1 pp
+    lrf-optuna compress --model my_net.keras --dataset data.npz --max-drop 1.0 --out small/
     lrf-optuna export --study-name vgg_small --trial 42 --out exported/
     lrf-optuna report --study-name vgg_small                    # reports/vgg_small/report.html
     lrf-optuna dashboard --study-name vgg_small                 # optuna-dashboard on 127.0.0.1
@@ -30,6 +33,8 @@ from typing import TYPE_CHECKING
 from lrf_optuna.errors import UserError
 
 if TYPE_CHECKING:
+    import optuna
+
     from lrf_optuna.finetune import FinetuneConfig
 
 __all__ = ["build_parser", "main"]
@@ -70,6 +75,8 @@ def _add_study_args(p: argparse.ArgumentParser, *, need_name: bool = False,
 # -- search / show ---------------------------------------------------------------------------
 
 def _cmd_search(args: argparse.Namespace) -> int:
+    import time
+
     from lrf_optuna.decompose import available_methods
     from lrf_optuna.problem import ProblemSpec
     from lrf_optuna.report.tables import front_text
@@ -84,18 +91,23 @@ def _cmd_search(args: argparse.Namespace) -> int:
     spec = ProblemSpec(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
                        seed=args.seed, calibration_size=args.calibration_size,
                        cache_dir=args.cache_dir)
-    search = prepare_lrf_study(
-        spec.load(), study_name=args.study_name, storage=args.storage, seed=args.seed,
+    search = prepare_lrf_study(  # checks everything cheap, then loads the spec
+        spec, study_name=args.study_name, storage=args.storage, seed=args.seed,
         population_size=args.population_size, objectives=args.objectives,
-        cache_dir=args.cache_dir, metric=args.metric, aggregation=args.aggregation,
-        layers=args.layers, methods=args.methods, max_params=args.max_params,
-        max_flops=args.max_flops, min_proxy=args.min_proxy, progress=not args.quiet)
+        cache_dir=args.cache_dir, grace_period=args.grace_period, metric=args.metric,
+        aggregation=args.aggregation, layers=args.layers, methods=args.methods,
+        max_params=args.max_params, max_flops=args.max_flops, min_proxy=args.min_proxy,
+        progress=not args.quiet)
     study = search.study
     print(f"study {study.study_name!r} in {search.storage}: {finished_trials(study)} finished "
           f"trial(s), {search.enqueued} strategy plan(s) enqueued; target {args.n_trials} "
           "finished trials")
     try:
-        search.optimize(args.n_trials, show_progress_bar=not args.quiet)
+        start = time.perf_counter()
+        ran = search.optimize(args.n_trials, show_progress_bar=not args.quiet)
+        seconds = time.perf_counter() - start
+        print(f"this worker ran {ran} trial(s) in {seconds:.1f} s"
+              + (f" ({ran / seconds:.1f} trials/s)" if ran and seconds > 0 else ""))
     except KeyboardInterrupt:
         print(f"\ninterrupted: {finished_trials(study)} finished trial(s) are stored in "
               f"{search.storage}. Rerun the same command to continue.", file=sys.stderr)
@@ -123,7 +135,8 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     from lrf_optuna.finetune import FinetuneConfig
 
     overrides = {name: getattr(args, name) for name in
-                 ("epochs", "learning_rate", "batch_size", "latency_repeats")
+                 ("epochs", "learning_rate", "batch_size", "patience", "distill",
+                  "temperature", "keep_epoch", "latency_repeats")
                  if getattr(args, name, None) is not None}
     try:
         return dataclasses.replace(FinetuneConfig(), **overrides)
@@ -144,12 +157,14 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     from lrf_optuna.study.lookup import finetune_study_name, load_study
     from lrf_optuna.study.records import SOURCE_TRIAL, get_search_trial
 
-    study = load_study(args.study_name, args.storage)
+    study = load_study(args.study_name, args.storage, write=True)
     config = _finetune_config(args)
     if args.k < 1:
         raise UserError(f"-k must be >= 1, got {args.k}")
     if args.requeue_running:
         print(f"re-enqueued {requeue_running_jobs(study)} RUNNING job(s)")
+    if args.max_drop is not None:
+        return _finetune_within(args, study, config)
     if args.trials:
         selected = [get_search_trial(study, n) for n in args.trials]
         how = "chosen with --trials"
@@ -163,7 +178,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         raise UserError(f"no Pareto-optimal compressed trial of study {study.study_name!r} "
                         f"is within the budget (front: {len(front)} compressed trial(s)); "
                         "relax --max-params/--max-flops/--min-proxy")
-    added = enqueue_finetune(study, selected, max_attempts=config.max_attempts)
+    added = enqueue_finetune(study, selected, config=config)
     numbers = ", ".join(str(t.number) for t in selected)
     print(f"study {study.study_name!r}: selected trial(s) {numbers} ({how}); "
           f"{added} job(s) enqueued in {finetune_study_name(study)!r}")
@@ -181,6 +196,54 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(f"job {j.number} (trial {j.user_attrs.get(SOURCE_TRIAL)}) failed: "
               f"{j.user_attrs.get('error', '?')}")
     return 1 if failed else 0
+
+
+def _finetune_within(args: argparse.Namespace, study: optuna.Study,
+                     config: FinetuneConfig) -> int:
+    from lrf_optuna.finetune.budget import finetune_within
+    from lrf_optuna.report.tables import within_budget_table, within_budget_text
+
+    if args.trials:
+        raise UserError("--max-drop chooses the trials itself; drop --trials")
+    if not args.max_drop >= 0:
+        raise UserError(f"--max-drop must be >= 0 percentage points, but got {args.max_drop}")
+    print(f"study {study.study_name!r}: the smallest model within {args.max_drop:g} pp of "
+          f"the fair reference (recipe: {config.describe()})", flush=True)
+    try:
+        answer = finetune_within(study, args.max_drop, config=config,
+                                 strategy=args.probe_strategy, max_probes=args.max_probes,
+                                 artifact_dir=args.artifact_dir)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished probes are stored; rerun the same command to "
+              "continue.", file=sys.stderr)
+        return 130
+    except RuntimeError as err:
+        raise UserError(str(err)) from err
+    print()
+    print(within_budget_table(answer).text())
+    print()
+    print(within_budget_text(answer))
+    if answer.chosen is not None:
+        print(f"export it: lrf-optuna export --study-name {study.study_name} --trial "
+              f"{answer.chosen.number} --out exported/")
+    return 0
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    """The recipe options beyond epochs / learning rate / batch size."""
+    from lrf_optuna.finetune import FinetuneConfig
+
+    d = FinetuneConfig()
+    p.add_argument("--patience", type=int, default=None,
+                   help=f"early-stopping patience on val accuracy (default: {d.patience})")
+    p.add_argument("--distill", type=float, default=None,
+                   help="knowledge distillation from the original model: weight of the KL "
+                        f"term in [0, 1] (default: {d.distill}, plain cross-entropy)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help=f"distillation temperature (default: {d.temperature:g})")
+    p.add_argument("--keep-epoch", choices=["best", "last"], default=None,
+                   help="keep the best epoch by val accuracy (optimistic val numbers) or "
+                        f"the last one (default: {d.keep_epoch})")
 
 
 def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
@@ -206,12 +269,24 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-flops", type=float, default=None, help="budget: at most this many "
                    "FLOPs")
     p.add_argument("--min-proxy", type=float, default=None, help="budget: proxy at least")
+    p.add_argument("--max-drop", type=float, default=None, metavar="PP",
+                   help="instead of -k: find the smallest model whose validation accuracy "
+                        "after fine-tuning is at most PP percentage points below the fair "
+                        "reference (the original fine-tuned the same way), probing the "
+                        "(params, proxy) front (each probe a resumable job)")
+    p.add_argument("--max-probes", type=int, default=None,
+                   help="with --max-drop: at most this many fine-tuned candidates in all "
+                        "(finished jobs of the same recipe count; default: until decided)")
+    p.add_argument("--probe-strategy", choices=["bisect", "interpolate"], default="bisect",
+                   help="with --max-drop: how the next probe is chosen (default: "
+                        "%(default)s)")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"fine-tuning epochs (default: {d.epochs})")
     p.add_argument("--learning-rate", type=float, default=None,
                    help=f"initial learning rate, cosine-decayed (default: {d.learning_rate})")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"batch size (default: {d.batch_size})")
+    _add_recipe_args(p)
     p.add_argument("--latency-repeats", type=int, default=None,
                    help=f"timed runs per latency (default: {d.latency_repeats})")
     p.add_argument("--artifact-dir", default=None,
@@ -222,6 +297,75 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--requeue-running", action="store_true",
                    help="first re-enqueue RUNNING jobs (only when no other worker runs)")
     p.set_defaults(func=_cmd_finetune)
+
+
+# -- compress ---------------------------------------------------------------------------------
+
+def _cmd_compress(args: argparse.Namespace) -> int:
+    from lrf_optuna.compression import compress_detailed
+    from lrf_optuna.report.tables import within_budget_table, within_budget_text
+
+    config = _finetune_config(args)
+    try:
+        done = compress_detailed(
+            args.model, args.dataset, args.max_drop, out_dir=args.out,
+            study_name=args.study_name, storage=args.storage, n_trials=args.n_trials,
+            config=config, max_probes=args.max_probes, seed=args.seed,
+            calibration_size=args.calibration_size, cache_dir=args.cache_dir,
+            show_progress_bar=not args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials and probes are stored; rerun the same command "
+              "to continue.", file=sys.stderr)
+        return 130
+    except RuntimeError as err:
+        raise UserError(str(err)) from err
+    print(within_budget_table(done.answer).text())
+    print()
+    print(within_budget_text(done.answer))
+    for path in (done.keras_path, done.tflite_path):
+        print(f"{path}  ({path.stat().st_size:,} bytes)")
+    print("load the .keras file with lrf_optuna.load_model(path)")
+    return 0
+
+
+def _add_compress_parser(sub: argparse._SubParsersAction) -> None:
+    from lrf_optuna.finetune import FinetuneConfig
+
+    d = FinetuneConfig()
+    p = sub.add_parser(
+        "compress", help="one command: the smallest model within an accuracy budget, as "
+                         ".keras and .tflite files",
+        description="Search (NSGA-II), then find the smallest compressed model whose "
+                    "validation accuracy after fine-tuning is at most --max-drop percentage "
+                    "points below the fair reference (the original fine-tuned the same "
+                    "way), and write its .keras and .tflite files. The study lives in "
+                    "--out (or --storage): rerunning resumes.")
+    _add_problem_args(p)
+    p.add_argument("--max-drop", type=float, default=1.0, metavar="PP",
+                   help="accepted validation-accuracy drop in percentage points "
+                        "(default: %(default)s)")
+    p.add_argument("--out", default="compressed", metavar="DIR",
+                   help="output directory of the files and the study (default: "
+                        "%(default)s)")
+    p.add_argument("--study-name", default=None,
+                   help="study name (default: compress_<model name>)")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: sqlite:///<out>/<study-name>.db)")
+    p.add_argument("--n-trials", type=int, default=300,
+                   help="search trials (default: %(default)s)")
+    p.add_argument("--max-probes", type=int, default=None,
+                   help="at most this many fine-tuned probes (default: until decided)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"fine-tuning epochs (default: {d.epochs})")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help=f"initial learning rate, cosine-decayed (default: {d.learning_rate})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"batch size (default: {d.batch_size})")
+    _add_recipe_args(p)
+    p.add_argument("--cache-dir", default=".lrf_cache",
+                   help="similarity cache directory (default: %(default)s)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_compress)
 
 
 # -- export / report -------------------------------------------------------------------------
@@ -271,12 +415,14 @@ def _url(host: str, port: int, path: str = "/dashboard") -> str:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna
 
-    from lrf_optuna.dashboard import add_study_notes, recorded_artifact_dir, run_dashboard
+    from lrf_optuna.dashboard import add_study_notes, check_can_serve, run_dashboard
     from lrf_optuna.study.lookup import load_study, resolve_storage, search_study_names
     from lrf_optuna.study.records import ORIGINAL_ATTR
-    from lrf_optuna.study.storage import artifact_dir_for
+    from lrf_optuna.study.storage import artifact_dir_for, check_storage
 
     storage = resolve_storage(args.study_name, args.storage)
+    check_storage(storage, write=False)
+    check_can_serve(args.host, args.port)
     if args.study_name is not None:
         studies = [load_study(args.study_name, storage)]
     else:
@@ -289,8 +435,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
             except Exception as err:  # a note is a nicety: serve anyway
                 print(f"warning: could not write the note of study {study.study_name!r}: "
                       f"{err}", file=sys.stderr)
-    artifact_dir = (Path(args.artifact_dir) if args.artifact_dir
-                    else recorded_artifact_dir(studies) or artifact_dir_for(storage))
+    # never a directory a study names: a study file is not trusted with paths
+    artifact_dir = Path(args.artifact_dir) if args.artifact_dir else artifact_dir_for(storage)
     path = (f"/dashboard/studies/{studies[0]._study_id}" if args.study_name is not None
             else "/dashboard")
     print(f"optuna-dashboard for {storage} (artifacts: {artifact_dir})", flush=True)
@@ -310,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``lrf-optuna`` parser with every subcommand."""
     from lrf_optuna.search import AGGREGATIONS, DEFAULT_AGGREGATION
     from lrf_optuna.similarity import DEFAULT_METRIC, METRICS
+    from lrf_optuna.study.recovery import DEFAULT_GRACE_PERIOD
 
     parser = argparse.ArgumentParser(
         prog="lrf-optuna",
@@ -345,6 +492,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-proxy", type=float, default=None, help="constraint")
     p.add_argument("--cache-dir", default=".lrf_cache",
                    help="similarity cache directory (default: %(default)s)")
+    p.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD,
+                   metavar="SECONDS",
+                   help="a RUNNING trial without a sign of its worker for this long belongs "
+                        "to a killed worker and is marked FAIL (a live trial takes "
+                        "milliseconds; keep it above any pause of a live worker) "
+                        "(default: %(default)s)")
     p.add_argument("--top", type=int, default=15, help="rows of the final table")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_search)
@@ -356,6 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_show)
 
     _add_finetune_parser(sub)
+    _add_compress_parser(sub)
 
     p = sub.add_parser(
         "export", help="write a trial's compressed model as .keras and .tflite",
@@ -368,8 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search trial number")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--artifact-dir", default=None,
-                   help="artifact store of the fine-tuning jobs (default: the one recorded "
-                        "by `lrf-optuna finetune`)")
+                   help="artifact store of the fine-tuning jobs (default: <db "
+                        "stem>_artifacts beside a SQLite database, else studies/artifacts)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(
@@ -401,9 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "network (default: %(default)s)")
     p.add_argument("--port", type=int, default=8080, help="port (default: %(default)s)")
     p.add_argument("--artifact-dir", default=None,
-                   help="artifact store of the fine-tuned models (default: the one the "
-                        "fine-tuning study recorded, else <db stem>_artifacts beside a "
-                        "SQLite database, else studies/artifacts)")
+                   help="artifact store of the fine-tuned models (default: <db "
+                        "stem>_artifacts beside a SQLite database, else studies/artifacts)")
     p.set_defaults(func=_cmd_dashboard)
     return parser
 

@@ -10,20 +10,23 @@ search study (objectives, the original model, how to resume; a note edited by ha
 never overwritten), :func:`original_note` on a fine-tuning study and :func:`job_note` on
 each fine-tuning job.
 
-Artifact store location: ``--artifact-dir``, else the ``artifact_dir`` the fine-tuning
-study recorded, else :func:`~lrf_optuna.study.storage.artifact_dir_for`:
-``<db stem>_artifacts/`` beside the SQLite file for ``sqlite:///path/name.db``, else
-``studies/artifacts``.
+Artifact store location: ``--artifact-dir``, else
+:func:`~lrf_optuna.study.storage.artifact_dir_for`: ``<db stem>_artifacts/`` beside the
+SQLite file for ``sqlite:///path/name.db``, else ``studies/artifacts``. Never a directory
+a study names (the ``artifact_dir`` a fine-tuning study records is for information only):
+a study file is shared and not trusted with paths.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
 import shlex
-from collections.abc import Mapping, Sequence
+import socket
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ import optuna
 from lrf_optuna.errors import UserError
 from lrf_optuna.report.tables import kib, markdown_table
 from lrf_optuna.study.lookup import (
+    fair_references,
     find_finetune_study,
     latest_jobs,
     load_study,
@@ -39,17 +43,19 @@ from lrf_optuna.study.lookup import (
     search_study_names,
 )
 from lrf_optuna.study.records import (
-    ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,
     PROBLEM_ATTR,
+    REFERENCE_ATTR,
+    FinetuneRecord,
     original_info,
+    problem_spec,
 )
 from lrf_optuna.study.storage import artifact_dir_for
 
 # load_study, resolve_storage and search_study_names live in lrf_optuna.study.lookup; they
 # stay importable from here for older code.
-__all__ = ["StudyLookupError", "add_study_notes", "job_note", "load_study", "original_note",
-           "recorded_artifact_dir", "resolve_storage", "run_dashboard", "save_note_quietly",
+__all__ = ["StudyLookupError", "add_study_notes", "check_can_serve", "job_note", "load_study",
+           "original_note", "resolve_storage", "run_dashboard", "save_note_quietly",
            "search_study_names", "study_note"]
 
 logger = logging.getLogger(__name__)
@@ -71,7 +77,9 @@ def _num(value: Any, fmt: str = ",") -> str:
 
 def _resume_command(study: optuna.Study, storage_url: str | None) -> str:
     spec = study.user_attrs.get(PROBLEM_ATTR) or {}
-    n_done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished())
+    with contextlib.suppress(UserError):  # the paths as they resolve (store-relative ones)
+        spec = problem_spec(study).to_json()
+    n_done = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     argv = ["lrf-optuna", "search", "--model", str(spec.get("model", "<model>"))]
     if spec.get("dataset"):
         argv += ["--dataset", str(spec["dataset"])]
@@ -103,13 +111,13 @@ def study_note(study: optuna.Study, *, storage_url: str | None = None) -> str:
     metric = original.get("metric", "cosine")
     aggregation = original.get("aggregation", "mean")
     names = study.metric_names or ["params", "flops", "proxy"]
-    trials = study.get_trials(deepcopy=False)
-    n_complete = sum(1 for t in trials if t.state.name == "COMPLETE")
+    n_complete = len(study.get_trials(deepcopy=False,
+                                      states=(optuna.trial.TrialState.COMPLETE,)))
     lines = [
         f"# LRF compression search `{study.study_name}`",
         "",
         f"Per-layer low-rank factorization of model **{original.get('model', '?')}**, "
-        f"searched with NSGA-II: {n_complete} complete trial(s) of {len(trials)} when this "
+        f"searched with NSGA-II: {n_complete} complete trial(s) when this "
         "note was written. Every trial picks, for each decomposable layer, a method "
         "(`keep`, `svd`, `tucker2`, `cp`, `tt` ...) and a rank level; trials are "
         "scored from the similarity cache only, nothing is trained during the search.",
@@ -150,21 +158,33 @@ def study_note(study: optuna.Study, *, storage_url: str | None = None) -> str:
     finetune = find_finetune_study(study)
     if finetune is not None:
         base = finetune.user_attrs.get(BASELINE_ATTR) or {}
-        rows = [("test accuracy", base.get("test_acc"), ".4f"),
+        rows = [("val accuracy", base.get("val_acc"), ".4f"),
+                ("test accuracy", base.get("test_acc"), ".4f"),
                 ("Keras file (bytes)", base.get("keras_bytes"), ","),
                 ("TFLite file (bytes)", base.get("tflite_bytes"), ","),
                 ("Keras latency (ms)", base.get("latency_ms_keras"), ".3f"),
                 ("TFLite latency (ms)", base.get("latency_ms_tflite"), ".3f")]
         lines += [f"| {label} | {_num(value, fmt)} |" for label, value, fmt in rows
                   if value is not None]
-        done = [t for t in finetune.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        sources = sorted(latest_jobs(finetune))
+        for recipe, job in fair_references(finetune).items():
+            ref = FinetuneRecord.of(job)
+            text = job.user_attrs.get("recipe_text") or recipe
+            lines.append(f"| fair reference val / test accuracy ({text}) | "
+                         f"{_num(ref.val_acc_after, '.4f')} / "
+                         f"{_num(ref.measured.test_acc, '.4f')} |")
+        done = [t for t in finetune.get_trials(deepcopy=False) if t.state.name == "COMPLETE"
+                and not t.user_attrs.get(REFERENCE_ATTR)]
+        sources = sorted(n for n, job in latest_jobs(finetune).items()
+                         if not job.user_attrs.get(REFERENCE_ATTR))
         lines += ["", "## Fine-tuning",
                   "",
                   f"Study `{finetune.study_name}` holds {len(done)} finished fine-tuning "
                   "job(s): each one rebuilds a search trial's plan (`source_trial`), "
                   "fine-tunes it and records `val_acc_before`, `val_acc_after`, `test_acc`, "
-                  "sizes and latencies; the `.keras` / `.tflite` files are its artifacts."]
+                  "sizes and latencies; the `.keras` / `.tflite` files are its artifacts. "
+                  "The *fair reference* of each recipe is the original model fine-tuned "
+                  "with exactly that recipe: drops are measured against it (and against "
+                  "the untouched original)."]
         if sources:
             lines += ["", "Fine-tuned search trials: "
                       + ", ".join(f"#{n}" for n in sources) + "."]
@@ -226,6 +246,30 @@ def add_study_notes(study: optuna.Study, *, storage_url: str | None = None,
 
 
 # -- serving ---------------------------------------------------------------------------------
+def check_can_serve(host: str, port: int) -> None:
+    """Raise unless a server can listen on ``host:port`` now (checked before saying where
+    the dashboard is).
+
+    Raises:
+        UserError: the port is in use, or the address is not one of this machine's.
+    """
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be in 1..65535, but got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as err:
+        raise UserError(f"cannot serve on {host}:{port}: unknown address ({err})") from err
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do
+        try:
+            sock.bind(address)
+        except OSError as err:
+            what = "the port is in use" if err.errno == errno.EADDRINUSE else err.strerror
+            raise UserError(f"cannot serve on {host}:{port}: {what}; pass another --port "
+                            "(or stop the other server)") from err
+
+
 def run_dashboard(storage: str | optuna.storages.BaseStorage, *, host: str = "127.0.0.1",
                   port: int = 8080, artifact_dir: str | os.PathLike[str] | None = None) -> None:
     """Serve optuna-dashboard on ``storage`` with the fine-tuning artifact store; blocks.
@@ -246,23 +290,6 @@ def run_dashboard(storage: str | optuna.storages.BaseStorage, *, host: str = "12
                    artifact_store=FileSystemArtifactStore(directory))
 
 
-def recorded_artifact_dir(studies: Sequence[optuna.Study]) -> Path | None:
-    """The artifact directory the fine-tuning studies of ``studies`` recorded (user
-    attribute ``artifact_dir``), if any; the first one when they disagree (with a
-    warning: the dashboard serves one artifact store)."""
-    found: list[str] = []
-    for study in studies:
-        finetune = find_finetune_study(study)
-        recorded = finetune.user_attrs.get(ARTIFACT_DIR_ATTR) if finetune is not None else None
-        if recorded and recorded not in found:
-            found.append(str(recorded))
-    if len(found) > 1:
-        logger.warning("the fine-tuning studies use several artifact directories %s; serving "
-                       "%s (pass --artifact-dir to choose)", found, found[0])
-    return Path(found[0]) if found else None
-
-
-# -- fine-tuning notes -----------------------------------------------------------------------
 def _with_original(label: str, mine: str, original: Mapping[str, Any] | None, key: str,
                    fmt: str) -> list[str]:
     theirs = "" if not original else (kib(original[key]) if fmt == "kib"
@@ -271,9 +298,11 @@ def _with_original(label: str, mine: str, original: Mapping[str, Any] | None, ke
 
 
 def job_note(source: int, study_name: str, ua: Mapping[str, Any],
-             original: Mapping[str, Any] | None) -> str:
+             original: Mapping[str, Any] | None, *,
+             reference: FinetuneRecord | None = None) -> str:
     """The Markdown note of a fine-tuning job (its user attributes ``ua``) against the
-    original model."""
+    untouched original model and, when known, the fair reference (the original fine-tuned
+    with the same recipe)."""
     rows = [_with_original("parameters", f"{ua['params']:,}", original, "params", ","),
             _with_original("FLOPs", f"{ua['flops']:,}", original, "flops", ","),
             _with_original("val accuracy",
@@ -290,13 +319,34 @@ def job_note(source: int, study_name: str, ua: Mapping[str, Any],
                            original, "latency_ms_keras", ".3f"),
             _with_original("latency TFLite, batch 1 (ms)", f"{ua['latency_ms_tflite']:.3f}",
                            original, "latency_ms_tflite", ".3f")]
-    note = [f"## Fine-tuned trial {source} of `{study_name}`", "",
-            markdown_table(["", "fine-tuned", "original"], rows), "",
-            f"{ua['epochs_run']} epoch(s) in {ua['finetune_seconds']:.1f} s"
-            + (" (reverted: fine-tuning did not improve validation accuracy)"
-               if ua["reverted"] else ""), "",
-            "### Plan", "",
-            markdown_table(["layer", "choice"], [[k, v] for k, v in ua["plan"].items()])]
+    header = ["", "fine-tuned", "original"]
+    if reference is not None:
+        ref = reference
+        ref_cells = [f"{ref.measured.params:,}" if ref.measured.params is not None else "",
+                     f"{ref.measured.flops:,}" if ref.measured.flops is not None else "",
+                     _num(ref.val_acc_after, ".4f"), _num(ref.measured.test_acc, ".4f"),
+                     kib(ref.measured.keras_bytes), kib(ref.measured.tflite_bytes),
+                     _num(ref.measured.latency_ms_keras, ".3f"),
+                     _num(ref.measured.latency_ms_tflite, ".3f")]
+        rows = [[r[0], r[1], cell, r[2]] for r, cell in zip(rows, ref_cells)]
+        header = ["", "fine-tuned", "fair reference", "original"]
+    recipe = ua.get("recipe_text")
+    title = ("## Fair reference: the original model fine-tuned like the jobs"
+             if ua.get(REFERENCE_ATTR) else f"## Fine-tuned trial {source} of `{study_name}`")
+    note = [title, "", markdown_table(header, rows), ""]
+    if reference is not None and original is not None:
+        val = 100 * ((reference.val_acc_after or 0) - ua["val_acc_after"])
+        test = 100 * ((reference.measured.test_acc or 0) - ua["test_acc"])
+        test_orig = 100 * (original["test_acc"] - ua["test_acc"])
+        note += [f"Drop against the fair reference: **{val:+.2f} pp** on validation, "
+                 f"**{test:+.2f} pp** on test ({test_orig:+.2f} pp on test against the "
+                 "untouched original; positive: worse).", ""]
+    note += [f"{ua['epochs_run']} epoch(s) in {ua['finetune_seconds']:.1f} s"
+             + (f" ({recipe})" if recipe else "")
+             + (" (reverted: fine-tuning did not improve validation accuracy)"
+                if ua["reverted"] else ""), "",
+             "### Plan", "",
+             markdown_table(["layer", "choice"], [[k, v] for k, v in ua["plan"].items()])]
     return "\n".join(note)
 
 

@@ -6,16 +6,19 @@
 2. **Search**: for each searched model, build the similarity cache, enqueue the
    rank-selection strategies' plans and run NSGA-II in a resumable SQLite study
    (``studies/demo_<model>.db``); print the Pareto front.
-3. **Fine-tune**: fine-tune K trials spread along the front, once each; measure test
-   accuracy, size, FLOPs and CPU latency (Keras and TFLite); print the results table.
+3. **Fine-tune** (optional, ``--finetune-k``): fine-tune K trials spread along the front.
 4. **Report**: write ``reports/demo_<model>/report.html`` and print the command that opens
    the dashboard.
+5. **The answer**: the smallest model within ``--max-drop`` (1.0) percentage points of the
+   fair reference (the original fine-tuned the same way), decided on validation accuracy
+   by at most ``--max-probes`` (3) fine-tuned probes along the front (bisection on size);
+   its test drop against the fair reference and the untouched original.
 
 Rerunning resumes everything: cached models, cache, finished trials, fine-tuned jobs.
 
 Example:
     $ python -m lrf_optuna.demo                       # baselines, search, fine-tune, report
-    $ python -m lrf_optuna.demo --search lenet5 --n-trials 200 --finetune-k 2
+    $ python -m lrf_optuna.demo --search lenet5 --n-trials 200 --max-drop 0.5
 """
 
 from __future__ import annotations
@@ -58,8 +61,16 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "the baselines)")
     parser.add_argument("--n-trials", type=int, default=300,
                         help="finished trials per study (default: %(default)s)")
-    parser.add_argument("--finetune-k", type=int, default=3,
-                        help="trials to fine-tune per study (default: %(default)s; 0: none)")
+    parser.add_argument("--finetune-k", type=int, default=0,
+                        help="trials spread along the front to fine-tune besides the max-drop "
+                             "probes (default: %(default)s)")
+    parser.add_argument("--max-drop", type=float, default=1.0,
+                        help="the answer: the smallest model within this many percentage "
+                             "points of the fair reference (default: %(default)s; negative: "
+                             "skip)")
+    parser.add_argument("--max-probes", type=int, default=3,
+                        help="fine-tuned probes of the max-drop search (default: "
+                             "%(default)s; 0: until decided)")
     parser.add_argument("--finetune-epochs", type=int, default=None,
                         help="override the fine-tuning epochs")
     parser.add_argument("--epochs", type=int, default=None,
@@ -125,18 +136,32 @@ def _compress(args: argparse.Namespace, name: str) -> None:
     print(f"{ran} new trial(s) in {time.perf_counter() - t0:.0f} s", flush=True)
     print(front_text(search.study, top=12), flush=True)
 
+    from lrf_optuna.finetune import FinetuneConfig
+
+    config = FinetuneConfig()
+    if args.finetune_epochs is not None:
+        config = FinetuneConfig(epochs=args.finetune_epochs)
     if args.finetune_k > 0:
-        from lrf_optuna.finetune import FinetuneConfig, finetune_study
+        from lrf_optuna.finetune import finetune_study
         from lrf_optuna.report.tables import results_text
 
         _heading(f"{name}: fine-tuning {args.finetune_k} trial(s) spread along the front")
-        config = FinetuneConfig()
-        if args.finetune_epochs is not None:
-            config = FinetuneConfig(epochs=args.finetune_epochs)
         t0 = time.perf_counter()
         finetune_study(search.study, args.finetune_k, config=config, problem=problem)
         print(f"fine-tuning done in {time.perf_counter() - t0:.0f} s", flush=True)
         print(results_text(search.study), flush=True)
+
+    answer = None
+    if args.max_drop >= 0:
+        from lrf_optuna.finetune import finetune_within
+
+        _heading(f"{name}: the smallest model within {args.max_drop:g} pp of the fair "
+                 "reference")
+        t0 = time.perf_counter()
+        answer = finetune_within(search.study, args.max_drop, config=config,
+                                 max_probes=args.max_probes or None, problem=problem)
+        print(f"max-drop search done in {time.perf_counter() - t0:.0f} s "
+              f"({answer.search.n_evaluated} probe(s) fine-tuned now)", flush=True)
 
     from lrf_optuna.report import write_report
 
@@ -150,6 +175,13 @@ def _compress(args: argparse.Namespace, name: str) -> None:
     print(f"export:     lrf-optuna export --study-name {study_name} --storage {storage} "
           "--trial N --out exported/")
     print(f"more trials: rerun with --n-trials {args.n_trials + 200} (the study resumes)")
+    if answer is not None:
+        from lrf_optuna.report.tables import within_budget_table, within_budget_text
+
+        _heading(f"{name}: the answer")
+        print(within_budget_table(answer).text())
+        print()
+        print(within_budget_text(answer), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -41,6 +41,7 @@ import contextlib
 import io
 import logging
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -52,8 +53,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lrf_optuna.study.lookup import artifact_store_dir, finetune_study_name, finetuned_job
-from lrf_optuna.study.records import ARTIFACT_DIR_ATTR, Measured, get_search_trial
+from lrf_optuna.errors import UserError
+from lrf_optuna.study.lookup import (
+    artifact_store_dir,
+    finetune_study_name,
+    finetuned_job,
+    recorded_artifact_dir,
+)
+from lrf_optuna.study.records import Measured, get_search_trial
 from lrf_optuna.study.storage import safe_name
 
 if TYPE_CHECKING:
@@ -315,6 +322,8 @@ def measure_model(model: keras.Model, splits: Splits, out_dir: str | os.PathLike
 # -- fine-tuned models as Optuna artifacts -------------------------------------------------
 
 KERAS_ARTIFACT, TFLITE_ARTIFACT = "keras_artifact_id", "tflite_artifact_id"
+#: What Optuna's ``upload_artifact`` names artifacts: a UUID4, nothing path-like.
+_ARTIFACT_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 def upload_model_files(store_dir: Path, trial: optuna.Trial, files: MeasuredFiles
@@ -337,20 +346,29 @@ def download_job_files(study: optuna.Study, job: optuna.trial.FrozenTrial, keras
     """Copy a fine-tuning job's ``.keras`` and ``.tflite`` artifacts to the given paths
     (overwriting).
 
+    The files are read from ``artifact_dir`` (one the user names), else from the artifact
+    store the storage URL implies (:func:`~lrf_optuna.study.lookup.artifact_store_dir`),
+    never from a directory the study records, and only by artifact ids of Optuna's form.
+
     Raises:
         FileNotFoundError: the job has no artifact ids or the store lacks the files.
+        UserError: an artifact id is not Optuna's (the study was edited to point at
+            another file).
     """
     from optuna.artifacts import FileSystemArtifactStore, download_artifact
     from optuna.artifacts.exceptions import ArtifactNotFound
 
-    directory = (Path(artifact_dir) if artifact_dir is not None
-                 else Path(job.user_attrs.get(ARTIFACT_DIR_ATTR) or artifact_store_dir(study)))
+    directory = artifact_store_dir(study, artifact_dir)
     store = FileSystemArtifactStore(directory)
     for key, path in ((KERAS_ARTIFACT, keras_path), (TFLITE_ARTIFACT, tflite_path)):
         artifact_id = job.user_attrs.get(key)
         if artifact_id is None:
             raise FileNotFoundError(f"job {job.number} of {finetune_study_name(study)!r} has "
                                     f"no {key!r}")
+        if not isinstance(artifact_id, str) or not _ARTIFACT_ID.fullmatch(artifact_id):
+            raise UserError(f"job {job.number} of {finetune_study_name(study)!r} records "
+                            f"{key} {artifact_id!r}, which is not an Optuna artifact id; the "
+                            "study file may have been tampered with: not reading it")
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.download")
@@ -371,16 +389,19 @@ def download_job_files(study: optuna.Study, job: optuna.trial.FrozenTrial, keras
 
 def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathLike[str], *,
                  artifact_dir: str | os.PathLike[str] | None = None,
-                 problem: Problem | None = None) -> tuple[Path, Path]:
+                 problem: Problem | None = None,
+                 recipe: str | None = None) -> tuple[Path, Path]:
     """Write ``<study>_trial<N>.keras`` and ``.tflite`` for search trial ``N`` into
     ``out_dir``.
 
     If the study's fine-tuning study (``"<study>:finetune"``, see
-    :mod:`lrf_optuna.finetune`) has a COMPLETE job for this trial, its fine-tuned files are
-    downloaded from the Optuna artifact store (:func:`download_job_files`). Otherwise the
-    compressed model is rebuilt from the trial's plan (the problem is loaded from the
-    study, factors from the similarity cache) and exported **without fine-tuning**, with a
-    warning. Load the ``.keras`` file with :func:`load_model`.
+    :mod:`lrf_optuna.finetune`) has a COMPLETE job for this trial (of ``recipe``, a
+    :meth:`~lrf_optuna.finetune.FinetuneConfig.recipe_key`, when given; else the latest of
+    any recipe), its fine-tuned files are downloaded from the Optuna artifact store
+    (:func:`download_job_files`). Otherwise the compressed model is rebuilt from the
+    trial's plan (the problem is loaded from the study, factors from the similarity cache)
+    and exported **without fine-tuning**, with a warning. Load the ``.keras`` file with
+    :func:`load_model`.
 
     Returns:
         ``(keras_path, tflite_path)``.
@@ -395,7 +416,7 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{safe_name(study.study_name)}_trial{trial_number}"
     keras_path, tflite_path = out / f"{stem}.keras", out / f"{stem}.tflite"
-    job = finetuned_job(study, trial_number)
+    job = finetuned_job(study, trial_number, recipe=recipe)
     if job is not None:
         try:
             download_job_files(study, job, keras_path, tflite_path, artifact_dir=artifact_dir)
@@ -403,8 +424,12 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
                         job.number, finetune_study_name(study), out)
             return keras_path, tflite_path
         except FileNotFoundError as err:
+            recorded = recorded_artifact_dir(study)
+            hint = (f" (the fine-tuning study says it used {recorded}: pass it as "
+                    "--artifact-dir / artifact_dir= if you trust it)"
+                    if recorded and artifact_dir is None else "")
             warnings.warn(f"the fine-tuned files of trial {trial_number} are not in the "
-                          f"artifact store ({err}); exporting the compressed model "
+                          f"artifact store ({err}){hint}; exporting the compressed model "
                           "WITHOUT fine-tuning", stacklevel=2)
     else:
         warnings.warn(f"trial {trial_number} of study {study.study_name!r} has not been "

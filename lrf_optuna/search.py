@@ -30,10 +30,12 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +48,21 @@ import optuna
 from lrf_optuna.cache import Candidate, GridConfig, LayerTable, SimilarityCache
 from lrf_optuna.errors import UserError
 from lrf_optuna.problem import Problem, ProblemSpec
-from lrf_optuna.similarity import DEFAULT_METRIC
+from lrf_optuna.similarity import DEFAULT_METRIC, METRICS
+from lrf_optuna.space import (
+    Restrictions,
+    candidate_grids,
+    check_constraints,
+    grid_from_json,
+    is_int,
+)
+from lrf_optuna.study.binding import (
+    Binding,
+    bound,
+    check_binding,
+    load_study_problem,
+    record_binding,
+)
 from lrf_optuna.study.records import (
     KEEP,
     ORIGINAL_ATTR,
@@ -60,8 +76,14 @@ from lrf_optuna.study.records import (
     plan_attrs,
     record_problem,
 )
+from lrf_optuna.study.recovery import (
+    DEFAULT_GRACE_PERIOD,
+    record_heartbeat,
+    recover_stale_trials,
+)
 from lrf_optuna.study.storage import (
     artifact_dir_for,
+    check_storage,
     default_storage,
     open_storage,
     safe_name,
@@ -85,6 +107,7 @@ __all__ = [
     "create_lrf_study",
     "describe_choice",
     "finished_trials",
+    "load_problem",
     "prepare_lrf_study",
     "run_remaining",
 ]
@@ -138,10 +161,14 @@ def directions_of(objectives: Sequence[str]) -> list[Direction]:
         >>> directions_of(["params", "proxy"])
         ['minimize', 'maximize']
     """
+    if isinstance(objectives, str):
+        raise UserError(f"objectives must be a list of names, but got {objectives!r}")
     bad = [o for o in objectives if o not in _OBJECTIVES]
     if bad or not objectives:
-        raise ValueError(f"unknown objectives {bad or list(objectives)!r}; choose from "
-                         f"{sorted(_OBJECTIVES)}")
+        raise UserError(f"unknown objectives {bad or list(objectives)!r}; choose from "
+                        f"{sorted(_OBJECTIVES)}")
+    if len(set(objectives)) != len(objectives):
+        raise UserError(f"objectives {list(objectives)} name one twice")
     return [_OBJECTIVES[o] for o in objectives]
 
 
@@ -227,6 +254,12 @@ class LRFObjective:
             build compressed models).
         progress: Show the cache-building progress bar.
 
+    Raises:
+        UserError: before the calibration pass, for anything wrong with the arguments
+            (:mod:`lrf_optuna.space`): calibration data of the wrong shape or with NaN/Inf
+            values, an unknown metric, aggregation, objective or method, a layer that is not
+            factorizable, a bad rank range, an empty search space, infeasible constraints.
+
     Example (``model`` trained, ``x_cal`` calibration images)::
 
         import optuna, lrf_optuna
@@ -258,37 +291,47 @@ class LRFObjective:
         progress: bool = True,
     ) -> None:
         from lrf_optuna.costs import model_costs
+        from lrf_optuna.data import check_inputs
 
+        # everything cheap first: the calibration pass comes last
         if aggregation not in AGGREGATIONS:
-            raise ValueError(f"unknown aggregation {aggregation!r}; choose from "
-                             f"{sorted(AGGREGATIONS)}")
+            raise UserError(f"unknown aggregation {aggregation!r}; choose from "
+                            f"{sorted(AGGREGATIONS)}")
+        if metric not in METRICS:
+            raise UserError(f"unknown similarity metric {metric!r}; choose from "
+                            f"{sorted(METRICS)}")
         directions_of(objectives)  # raises on unknown names
+        if layers is None and cache is not None:
+            layers = cache.layers
+        restrictions = Restrictions.of(layers, methods, ranks)
+        grids = candidate_grids(model, restrictions, grid or (
+            grid_from_json(cache.manifest["grid"]) if cache is not None else None))
+        check_constraints(model, grids, max_params=max_params, max_flops=max_flops,
+                          min_proxy=min_proxy)
+        if isinstance(calibration_data, tuple):
+            calibration_data = calibration_data[0]
+        calibration_data = check_inputs(calibration_data, tuple(model.inputs[0].shape[1:]),
+                                        what="calibration_data", model=repr(model.name))
         self.model = model
         self.metric = metric
         self.aggregation = aggregation
         self.objectives = list(objectives)
         self.max_params, self.max_flops, self.min_proxy = max_params, max_flops, min_proxy
-        if isinstance(calibration_data, tuple):
-            calibration_data = calibration_data[0]
+        self.restrictions = restrictions
         if cache is None:
             cache = SimilarityCache.build(model, calibration_data, cache_dir=cache_dir,
                                           metric=metric, grid=grid, progress=progress)
         elif metric not in cache.metrics:
-            raise ValueError(f"the cache has metrics {cache.metrics}, not {metric!r}")
+            raise UserError(f"the cache has metrics {cache.metrics}, not {metric!r}")
         self.cache = cache
-        searched = list(layers) if layers is not None else list(cache.layers)
-        unknown = [p for p in searched if p not in cache.tables]
+        unknown = [p for p in grids if p not in cache.tables]
         if unknown:
-            raise KeyError(f"layers not in the similarity cache: {unknown}; it has "
-                           f"{sorted(cache.tables)}")
-        if isinstance(methods, Mapping):
-            per_layer = {p: list(methods.get(p, [])) or None for p in searched}
-        else:
-            per_layer = {p: (list(methods) if methods is not None else None) for p in searched}
+            raise UserError(f"layers not in the similarity cache: {unknown}; it has "
+                            f"{sorted(cache.tables)}")
         self.spaces: dict[str, _LayerSpace] = {}
-        for path in searched:
-            space = _LayerSpace(cache.layer(path), per_layer[path],
-                                (ranks or {}).get(path), metric)
+        for path in grids:
+            space = _LayerSpace(cache.layer(path), restrictions.methods_of(path),
+                                (restrictions.ranks or {}).get(path), metric)
             if len(space.choices) > 1:
                 self.spaces[path] = space
             else:
@@ -349,18 +392,57 @@ class LRFObjective:
             trial.set_constraint("min_proxy", self.min_proxy - score.proxy)
 
     # -- plans ---------------------------------------------------------------------------
+    def _checked_plan(self, plan: Any, *, layers: Mapping[str, Any] | None
+                      ) -> dict[str, tuple[str, int]]:
+        """``plan`` as ``{layer: (method, rank)}`` (kept layers dropped), every entry
+        checked; with ``layers``, each named layer must be one of them."""
+        if not isinstance(plan, Mapping):
+            raise UserError(f"a plan is a mapping {{layer: (method, rank)}}, but got "
+                            f"{type(plan).__name__}")
+        out: dict[str, tuple[str, int]] = {}
+        for path, choice in plan.items():
+            if choice is None or choice == KEEP:
+                continue
+            if not (isinstance(choice, (tuple, list)) and len(choice) == 2):
+                raise UserError(f"plan entry of layer {path!r} must be (method, rank), None "
+                                f"or 'keep', but got {choice!r}")
+            method, rank = choice
+            if method == KEEP:
+                continue
+            if layers is not None and path not in layers:
+                raise UserError(f"the plan names layer {path!r}, which this objective does "
+                                f"not search; searched layers: {sorted(layers)}")
+            if not isinstance(method, str):
+                raise UserError(f"plan entry of layer {path!r}: the method must be a name, "
+                                f"but got {method!r}")
+            if not is_int(rank) or rank < 1:
+                raise UserError(f"plan entry of layer {path!r}: the rank must be a positive "
+                                f"integer, but got {rank!r} ({type(rank).__name__})")
+            table = self.cache.tables.get(path)
+            if layers is not None and table is not None and method not in table.methods:
+                raise UserError(f"plan entry of layer {path!r}: method {method!r} was not "
+                                f"scored for it; scored methods: {table.methods}")
+            out[path] = (method, int(rank))
+        return out
+
     def score(self, plan: Mapping[str, tuple[str, int] | None]) -> PlanScore:
-        """Whole-model params, bytes, MACs and proxy of a plan (cache look-ups only)."""
+        """Whole-model params, bytes, MACs and proxy of a plan (cache look-ups only).
+
+        Raises:
+            UserError: an entry is not ``(method, rank)`` with a scored method and a
+                positive integer rank, or names a layer the objective does not search.
+        """
+        checked = self._checked_plan(plan, layers=self.spaces)
         params, macs = self.original_params, self.original_macs
         sims: dict[str, float] = {}
         clean: dict[str, tuple[str, int]] = {}
         for path in self.spaces:
-            choice = plan.get(path)
-            if choice is None or choice[0] == KEEP:
+            choice = checked.get(path)
+            if choice is None:
                 sims[path] = 1.0
                 continue
             table = self.cache.layer(path)
-            cand = table.lookup(choice[0], int(choice[1]))
+            cand = table.lookup(choice[0], choice[1])
             params += cand.params - table.original_params
             macs += cand.macs - table.original_macs
             sims[path] = cand.score(self.metric)
@@ -388,16 +470,23 @@ class LRFObjective:
         return self.plan_from_params(trial.params)
 
     def params_for_plan(self, plan: Mapping[str, tuple[str, int] | None]) -> dict[str, Any]:
-        """Encode a plan as trial parameters (ranks snap to the nearest grid rank)."""
+        """Encode a plan as trial parameters (ranks snap to the nearest grid rank; a layer
+        the objective does not search, or a method it does not search for a layer, is
+        kept).
+
+        Raises:
+            UserError: an entry is not ``(method, rank)`` with a positive integer rank.
+        """
+        checked = self._checked_plan(plan, layers=None)
         out: dict[str, Any] = {}
         for path, space in self.spaces.items():
-            choice = plan.get(path)
-            if choice is None or choice[0] == KEEP or choice[0] not in space.grids:
+            choice = checked.get(path)
+            if choice is None or choice[0] not in space.grids:
                 out[f"{path}:method"] = KEEP
                 out[f"{path}:rank"] = 0
             else:
                 out[f"{path}:method"] = choice[0]
-                out[f"{path}:rank"] = space.level_of(choice[0], int(choice[1]))
+                out[f"{path}:rank"] = space.level_of(choice[0], choice[1])
         return out
 
     def build_model(self, trial_or_plan: optuna.trial.FrozenTrial | optuna.Trial
@@ -406,9 +495,13 @@ class LRFObjective:
 
         Pick a compressed trial with :func:`lrf_optuna.select_trials` (the original, all
         "keep", is on every Pareto front: ``study.best_trials[0]`` may be it).
+
+        Raises:
+            UserError: a plan entry is not ``(method, rank)`` with a scored method and a
+                positive integer rank, or names a layer the cache has not scored.
         """
         plan = (self.plan_of(trial_or_plan) if not isinstance(trial_or_plan, Mapping)
-                else dict(trial_or_plan))
+                else self._checked_plan(trial_or_plan, layers=self.cache.tables))
         return self.cache.build_model(self.model, plan)
 
     # -- seeding -------------------------------------------------------------------------
@@ -416,9 +509,10 @@ class LRFObjective:
                    *, include_original: bool = True) -> int:
         """Enqueue the rank-selection strategies' plans; returns how many were new.
 
-        Plans are snapped to the rank grid; a plan already enqueued or evaluated in the
-        study (same parameters) is skipped, so calling this twice adds nothing. The study
-        must have been described (:meth:`describe_study`) with this search space.
+        Plans are snapped to the rank grid; a plan already enqueued, running or evaluated
+        in the study (same parameters; a FAILed trial does not count, e.g. one of a killed
+        worker) is skipped, so calling this twice adds nothing. The study must have been
+        described (:meth:`describe_study`) with this search space.
 
         Raises:
             UserError: the study is not described, or with another search space.
@@ -436,7 +530,8 @@ class LRFObjective:
         # enqueue under one cross-process lock (Optuna's skip_if_exists is not atomic).
         with study_lock(study, "seed"):
             seen = {json.dumps(_trial_params(t), sort_keys=True)
-                    for t in study.get_trials(deepcopy=False)}
+                    for t in study.get_trials(deepcopy=False)
+                    if t.state != optuna.trial.TrialState.FAIL}
             added = 0
             for item in named:
                 params = self.params_for_plan(item.plan)
@@ -501,21 +596,57 @@ def finished_trials(study: optuna.Study) -> int:
 
 
 def run_remaining(study: optuna.Study, objective: LRFObjective, n_trials: int, *,
-                  show_progress_bar: bool = True) -> int:
-    """Optimise until the study has ``n_trials`` finished trials; returns how many ran.
+                  show_progress_bar: bool = True,
+                  grace_period: float = DEFAULT_GRACE_PERIOD) -> int:
+    """Optimise until the study has ``n_trials`` COMPLETE trials; returns how many trials
+    this call completed.
 
     Several workers on one storage share the target: each stops once the study has
-    ``n_trials`` finished trials. Ctrl-C stops cleanly: the running trial is marked failed
+    ``n_trials`` COMPLETE trials. Ctrl-C stops cleanly: the running trial is marked failed
     by Optuna, every finished trial stays stored, and rerunning continues from there.
+
+    Killed workers (:mod:`lrf_optuna.study.recovery`): each trial records a heartbeat when
+    its objective starts; first, and then every ``grace_period / 2`` seconds, RUNNING
+    trials silent for longer than ``grace_period`` seconds are failed with the reason, and
+    the strategy plans they carried are enqueued again. A trial of this worker that another
+    worker failed that way (this one paused for longer than the grace period) is dropped,
+    and the worker goes on.
     """
-    remaining = max(0, n_trials - finished_trials(study))
-    if remaining:
-        # other workers on the same storage count too: stop when the study has n_trials
-        stop = optuna.study.MaxTrialsCallback(n_trials,
-                                              states=(optuna.trial.TrialState.COMPLETE,))
-        study.optimize(objective, n_trials=remaining, show_progress_bar=show_progress_bar,
-                       callbacks=[stop])
-    return remaining
+    complete = optuna.trial.TrialState.COMPLETE
+    ran = 0
+    last_check = time.monotonic()
+
+    def recover() -> None:
+        failed = recover_stale_trials(study, grace_period=grace_period)
+        if any("fixed_params" in t.system_attrs for t in failed) and \
+                objective._recorded_space(study) is not None:
+            objective.seed_study(study)  # a killed worker's strategy plan runs again
+
+    def after_trial(_: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal ran, last_check
+        ran += trial.state == complete
+        if time.monotonic() - last_check > grace_period / 2:
+            last_check = time.monotonic()
+            recover()
+
+    def beat_then_score(trial: optuna.Trial) -> tuple[float, ...]:
+        record_heartbeat(study, trial)
+        return objective(trial)
+
+    recover()
+    # other workers on the same storage count too: stop when the study has n_trials
+    stop = optuna.study.MaxTrialsCallback(n_trials, states=(complete,))
+    while (remaining := n_trials - finished_trials(study)) > 0:
+        try:
+            study.optimize(beat_then_score, n_trials=remaining,
+                           show_progress_bar=show_progress_bar, callbacks=[stop, after_trial])
+        except optuna.exceptions.UpdateFinishedTrialError:
+            logger.warning("a trial of this worker was failed by another worker's stale-trial "
+                           "recovery (this worker paused for more than %g s); going on",
+                           grace_period)
+            continue
+        break
+    return ran
 
 
 # -- the one search entry point ------------------------------------------------------------
@@ -530,15 +661,64 @@ class LRFSearch:
     problem: Problem
     storage: str
     enqueued: int
+    grace_period: float = DEFAULT_GRACE_PERIOD
 
     def optimize(self, n_trials: int, *, show_progress_bar: bool = True) -> int:
-        """Run until the study has ``n_trials`` finished trials (:func:`run_remaining`)."""
+        """Run until the study has ``n_trials`` COMPLETE trials (:func:`run_remaining`);
+        returns how many trials this call completed."""
         return run_remaining(self.study, self.objective, n_trials,
-                             show_progress_bar=show_progress_bar)
+                             show_progress_bar=show_progress_bar,
+                             grace_period=self.grace_period)
+
+
+#: The :class:`LRFObjective` arguments ``prepare_lrf_study`` passes on.
+_OBJECTIVE_ARGS = ("metric", "aggregation", "layers", "methods", "ranks", "max_params",
+                   "max_flops", "min_proxy", "grid", "progress")
+
+
+def _search_settings(objectives: Sequence[str], kwargs: Mapping[str, Any],
+                     restrictions: Restrictions) -> dict[str, Any]:
+    """What a search study is bound to besides its problem (see
+    :mod:`lrf_optuna.study.binding`)."""
+    metric = kwargs.get("metric", DEFAULT_METRIC)
+    aggregation = kwargs.get("aggregation", DEFAULT_AGGREGATION)
+    if metric not in METRICS:
+        raise UserError(f"unknown similarity metric {metric!r}; choose from {sorted(METRICS)}")
+    if aggregation not in AGGREGATIONS:
+        raise UserError(f"unknown aggregation {aggregation!r}; choose from "
+                        f"{sorted(AGGREGATIONS)}")
+    grid = kwargs.get("grid") or GridConfig()
+    return {"objectives": list(objectives), "metric": metric, "aggregation": aggregation,
+            **restrictions.to_json(), "grid": grid.to_json()}
+
+
+def _existing_study(url: str | optuna.storages.BaseStorage, study_name: str
+                    ) -> optuna.Study | None:
+    """The study ``study_name`` if the storage holds it, read without changing anything."""
+    storage = (optuna.storages.RDBStorage(url, skip_table_creation=True)
+               if isinstance(url, str) else url)
+    try:
+        if study_name not in {s.study_name for s in storage.get_all_studies()}:
+            return None
+        return optuna.load_study(study_name=study_name, storage=storage)
+    finally:
+        if isinstance(url, str):
+            storage.engine.dispose()  # type: ignore[attr-defined]
+
+
+def _check_resumable(study: optuna.Study, binding: Binding, directions: Sequence[str],
+                     url: str | None) -> None:
+    """Refuse to resume ``study`` with another problem, search settings or objectives."""
+    check_binding(study, binding, url=url)
+    recorded = [d.name.lower() for d in study.directions]
+    if recorded != list(directions):
+        raise UserError(f"study {study.study_name!r} optimises {len(recorded)} objective(s) "
+                        f"{recorded}, not {list(directions)}; pass its --objectives, or "
+                        "start a new study (another --study-name or --storage)")
 
 
 def prepare_lrf_study(
-    problem: Problem,
+    problem: Problem | ProblemSpec,
     *,
     study_name: str | None = None,
     storage: str | optuna.storages.BaseStorage | None = None,
@@ -546,49 +726,143 @@ def prepare_lrf_study(
     population_size: int = 50,
     objectives: Sequence[str] = ("params", "flops", "proxy"),
     cache_dir: str | os.PathLike[str] | None = None,
+    grace_period: float = DEFAULT_GRACE_PERIOD,
     **objective_kwargs: Any,
 ) -> LRFSearch:
     """Open (or resume) the study of ``problem`` and make it ready: the one place that
     wires a search.
 
-    In order: open the storage (``sqlite:///studies/<study_name>.db`` by default; its
-    directory is created) and create or load the NSGA-II study; record the problem in it
-    (a model or data that only exist in memory are saved first, beside the study in
-    ``<artifact dir>/problems/<study_name>/``); build (or reopen) the similarity cache
-    and the :class:`LRFObjective`; describe the study (:meth:`LRFObjective.describe_study`)
-    and seed it with the rank-selection strategies' plans
-    (:meth:`LRFObjective.seed_study`). Nothing is optimised: call
+    Everything cheap is checked before anything expensive, and nothing is stored before
+    every check passed; each failure is one :class:`~lrf_optuna.errors.UserError` line.
+    In order:
+
+    1. the arguments (objectives, metric, aggregation, restrictions, sampler settings);
+    2. the storage (:func:`~lrf_optuna.study.storage.check_storage`: the URL, the file or
+       server, write access), default ``sqlite:///studies/<study_name>.db``;
+    3. the problem: a :class:`~lrf_optuna.problem.ProblemSpec` is loaded now (a model
+       file before the data, a reference model trained or loaded last), and model and data
+       must fit (:func:`~lrf_optuna.problem.check_problem`);
+    4. the search space (:func:`~lrf_optuna.space.candidate_grids`: factorizable layers,
+       methods, ranks, not empty) and the constraints (feasible at all);
+    5. an existing study must have been made with the same model, data and search
+       settings (:mod:`lrf_optuna.study.binding`) and objectives.
+
+    Then: create or load the NSGA-II study; fail the RUNNING trials of killed workers
+    (:func:`~lrf_optuna.study.recovery.recover_stale_trials`); record the problem (a model
+    or data that only exist in memory are saved first, in
+    ``<artifact dir>/problems/<study_name>/``) and its binding; build (or reopen) the
+    similarity cache and the :class:`LRFObjective`; describe the study
+    (:meth:`LRFObjective.describe_study`) and seed it with the rank-selection strategies'
+    plans (:meth:`LRFObjective.seed_study`). Nothing is optimised: call
     :meth:`LRFSearch.optimize`.
 
     Args:
-        problem: The model and splits (:class:`~lrf_optuna.problem.Problem`).
+        problem: The model and splits (:class:`~lrf_optuna.problem.Problem`), or the spec
+            to load them from (loaded after the storage is checked).
         study_name: Default: the problem's name.
         storage: An Optuna storage URL or object.
         seed: Seed of the NSGA-II sampler.
         population_size: NSGA-II population size.
         objectives: See :class:`LRFObjective`.
         cache_dir: Similarity cache directory (default: the problem's, ``.lrf_cache``).
+        grace_period: Seconds after which a RUNNING trial without a sign of its worker is
+            failed (:mod:`lrf_optuna.study.recovery`).
         **objective_kwargs: More :class:`LRFObjective` arguments (``methods``,
             ``layers``, ``metric``, constraints ...).
+
+    Raises:
+        UserError: any of the checks above.
     """
+    unknown = sorted(set(objective_kwargs) - set(_OBJECTIVE_ARGS))
+    if unknown:
+        raise UserError(f"unknown argument(s) {unknown}; LRFObjective takes "
+                        f"{sorted(_OBJECTIVE_ARGS)}")
+    directions = directions_of(objectives)
+    restrictions = Restrictions.of(objective_kwargs.get("layers"),
+                                   objective_kwargs.get("methods"),
+                                   objective_kwargs.get("ranks"))
+    settings_json = _search_settings(objectives, objective_kwargs, restrictions)
+    if not (isinstance(grace_period, (int, float)) and grace_period > 0):
+        raise UserError(f"grace_period must be a positive number of seconds, but got "
+                        f"{grace_period!r}")
+    try:
+        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+    except (ValueError, TypeError) as err:
+        raise UserError(f"population_size {population_size!r}: {err}") from err
     study_name = study_name or problem.name
     url = storage if storage is not None else default_storage(study_name)
-    # the storage first: it is cheap, the similarity cache is not
-    study = optuna.create_study(
-        study_name=study_name, storage=open_storage(url), load_if_exists=True,
-        directions=directions_of(objectives),
-        sampler=optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size))
+    has_studies = check_storage(url).has_studies if isinstance(url, str) else True
+    if isinstance(problem, ProblemSpec):
+        problem = problem.load(verbose=objective_kwargs.get("progress", True))
+    else:
+        problem.check()
+        if problem.spec is None and problem.dataset is None:
+            raise UserError("an in-memory Problem needs its dataset (Problem.from_objects) "
+                            "so that the study can record it for fine-tuning")
+    grids = candidate_grids(problem.model, restrictions, objective_kwargs.get("grid"))
+    check_constraints(problem.model, grids, max_params=objective_kwargs.get("max_params"),
+                      max_flops=objective_kwargs.get("max_flops"),
+                      min_proxy=objective_kwargs.get("min_proxy"))
+    binding = Binding.of(problem, settings_json)
+    existing = _existing_study(url, study_name) if has_studies else None
+    if existing is not None:
+        _check_resumable(existing, binding, directions, url if isinstance(url, str) else None)
+    # every check passed: from here on the storage is written
+    study = optuna.create_study(study_name=study_name, storage=open_storage(url),
+                                load_if_exists=True, directions=directions, sampler=sampler)
     url_text = url if isinstance(url, str) else storage_url(study)
+    recover_stale_trials(study, grace_period=grace_period)
     if PROBLEM_ATTR not in study.user_attrs:
-        spec = problem.save(artifact_dir_for(url_text) / "problems" / safe_name(study_name))
-        record_problem(study, spec)
+        store = artifact_dir_for(url_text)
+        spec = problem.save(store / "problems" / safe_name(study_name))
+        record_problem(study, spec, store=store)
+    record_binding(study, binding)
     settings = problem.spec or problem.settings or ProblemSpec(model="")
     objective = LRFObjective(problem.model, problem.splits.x_cal,
                              cache_dir=cache_dir or settings.cache_dir,
                              objectives=objectives, **objective_kwargs)
+    record_binding(study, dataclasses.replace(binding, cache=objective.cache.fingerprint))
     objective.describe_study(study)
     enqueued = objective.seed_study(study)
-    return LRFSearch(study, objective, problem, url_text, enqueued)
+    return LRFSearch(study, objective, problem, url_text, enqueued, grace_period)
+
+
+def load_problem(model: keras.Model | str | os.PathLike[str],
+                 data: Dataset | str | os.PathLike[str] = "fashion-mnist", *, seed: int = 0,
+                 calibration_size: int = 512, val_fraction: float = 0.1,
+                 cache_dir: str | os.PathLike[str] = ".lrf_cache") -> Problem | ProblemSpec:
+    """The problem of a model and a dataset, each given as an object or by name / path (the
+    arguments of :func:`create_lrf_study`).
+
+    Given two names / paths, this is the :class:`~lrf_optuna.problem.ProblemSpec`, which
+    :func:`prepare_lrf_study` loads once the storage is known to work (cheap checks before
+    expensive work); given objects, the :class:`~lrf_optuna.problem.Problem`.
+
+    Raises:
+        UserError: calibration images instead of a dataset, a model name with a dataset
+            object, or an unusable ``data``.
+    """
+    if isinstance(data, (np.ndarray, tuple)):
+        raise UserError("create_lrf_study needs the dataset (a lrf_optuna.data.Dataset, "
+                        "'fashion-mnist' or a .npz path), not calibration images: the study "
+                        "records it so that fine-tuning can rebuild the problem; for a bare "
+                        "objective use LRFObjective(model, x_cal)")
+    if isinstance(model, (str, os.PathLike)) and isinstance(data, (str, os.PathLike)):
+        return ProblemSpec(model=str(model), dataset=str(data), seed=seed,
+                           calibration_size=calibration_size, val_fraction=val_fraction,
+                           cache_dir=str(cache_dir))
+    from lrf_optuna.data import Dataset
+
+    if isinstance(data, (str, os.PathLike)):
+        data = ProblemSpec(model="", dataset=str(data)).load_dataset()
+    if isinstance(model, (str, os.PathLike)):
+        raise UserError("with a Dataset object, pass the trained keras.Model (or pass "
+                        "the dataset as 'fashion-mnist' / a .npz path)")
+    if not isinstance(data, Dataset):
+        raise UserError(f"data must be a lrf_optuna.data.Dataset, 'fashion-mnist' or a "
+                        f".npz path, but got {type(data).__name__}")
+    return Problem.from_objects(model, data, seed=seed, calibration_size=calibration_size,
+                                val_fraction=val_fraction, cache_dir=cache_dir)
 
 
 def create_lrf_study(
@@ -637,29 +911,12 @@ def create_lrf_study(
         >>> study, objective = create_lrf_study(model, data, study_name="vgg")  # doctest: +SKIP
         >>> print(len(study.best_trials))  # doctest: +SKIP
     """
-    if isinstance(data, (np.ndarray, tuple)):
-        raise UserError("create_lrf_study needs the dataset (a lrf_optuna.data.Dataset, "
-                        "'fashion-mnist' or a .npz path), not calibration images: the study "
-                        "records it so that fine-tuning can rebuild the problem; for a bare "
-                        "objective use LRFObjective(model, x_cal)")
-    if isinstance(model, (str, os.PathLike)) and isinstance(data, (str, os.PathLike)):
-        problem = ProblemSpec(model=str(model), dataset=str(data), seed=seed,
-                              calibration_size=calibration_size, val_fraction=val_fraction,
-                              cache_dir=str(cache_dir)).load(verbose=show_progress_bar)
-    else:
-        from lrf_optuna.data import Dataset
-
-        if isinstance(data, (str, os.PathLike)):
-            data = ProblemSpec(model="", dataset=str(data)).load_dataset()
-        if isinstance(model, (str, os.PathLike)):
-            raise UserError("with a Dataset object, pass the trained keras.Model (or pass "
-                            "the dataset as 'fashion-mnist' / a .npz path)")
-        if not isinstance(data, Dataset):
-            raise UserError(f"data must be a lrf_optuna.data.Dataset, 'fashion-mnist' or a "
-                            f".npz path, but got {type(data).__name__}")
-        problem = Problem.from_objects(model, data, seed=seed,
-                                       calibration_size=calibration_size,
-                                       val_fraction=val_fraction, cache_dir=cache_dir)
+    if n_trials is not None and (not is_int(n_trials) or n_trials < 0):
+        raise UserError(f"n_trials must be an integer >= 0 (or None), but got {n_trials!r}")
+    problem = load_problem(model, data, seed=seed, calibration_size=calibration_size,
+                           val_fraction=val_fraction, cache_dir=cache_dir)
+    if isinstance(problem, ProblemSpec):
+        objective_kwargs.setdefault("progress", show_progress_bar)
     search = prepare_lrf_study(problem, study_name=study_name, storage=storage, seed=seed,
                                population_size=population_size, **objective_kwargs)
     if n_trials is not None:
@@ -670,45 +927,68 @@ def create_lrf_study(
 class StudyModels:
     """The compressed models of a stored study's trials, rebuilt from the study alone.
 
-    Loads, once and when first needed, the problem (from the spec the study recorded,
-    unless ``problem`` is given) and the similarity cache (the directory the search
-    recorded, else ``SimilarityCache.build`` with the spec's ``cache_dir``, which reopens
-    a complete cache without recomputing).
+    Loads, once and when first needed, the problem (from the files the study names,
+    unless ``problem`` is given; either way it must be the model and data the study was
+    made with: :func:`~lrf_optuna.study.binding.load_study_problem`) and the similarity
+    cache. A study is not trusted with paths: the cache directory it recorded is only read,
+    and only when it holds the complete cache whose fingerprint the study is bound to;
+    otherwise the cache is built (or reopened) in ``cache_dir`` (default: the given
+    problem's, else ``.lrf_cache``), never in a directory the study names.
 
     Example:
         >>> models = StudyModels(study)  # doctest: +SKIP
         >>> compressed = models.build(study.trials[42])  # doctest: +SKIP
     """
 
-    def __init__(self, study: optuna.Study, *, problem: Problem | None = None) -> None:
+    def __init__(self, study: optuna.Study, *, problem: Problem | None = None,
+                 cache_dir: str | os.PathLike[str] | None = None) -> None:
         self.study = study
-        self._problem = problem
+        self._given = problem
+        self._problem: Problem | None = None
         self._cache: SimilarityCache | None = None
+        settings = (problem.spec or problem.settings) if problem is not None else None
+        self.cache_dir = Path(cache_dir or (settings.cache_dir if settings else ".lrf_cache"))
 
     @property
     def problem(self) -> Problem:
         if self._problem is None:
-            from lrf_optuna.study.records import problem_spec
-
-            spec = problem_spec(self.study)
-            logger.info("loading problem of study %r: model %s, dataset %s",
-                        self.study.study_name, spec.model, spec.dataset)
-            self._problem = spec.load(verbose=False)
+            if self._given is None:
+                logger.info("loading the problem of study %r", self.study.study_name)
+            self._problem = load_study_problem(self.study, self._given)
         return self._problem
+
+    def _recorded_cache(self) -> SimilarityCache | None:
+        """The complete cache the search recorded, if it is the one the study is bound to
+        (read only: a cache is JSON and ``.npz`` files)."""
+        from lrf_optuna.study.records import original_info
+
+        original = original_info(self.study)
+        if original is None or not original.cache:
+            return None
+        try:
+            cache = SimilarityCache.load(original.cache)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            logger.info("the cache recorded by study %r is not usable (%s)",
+                        self.study.study_name, err)
+            return None
+        binding = bound(self.study)
+        if (binding is not None and binding.cache and cache.fingerprint != binding.cache) \
+                or not cache.complete:
+            logger.warning("%s is not the complete similarity cache of study %r; building "
+                           "one in %s", original.cache, self.study.study_name, self.cache_dir)
+            return None
+        return cache
 
     @property
     def cache(self) -> SimilarityCache:
         if self._cache is None:
             from lrf_optuna.study.records import original_info
 
-            original = original_info(self.study)
-            if original is not None and (Path(original.cache) / "manifest.json").exists():
-                self._cache = SimilarityCache.load(original.cache)
-            else:
-                settings = self.problem.spec or self.problem.settings or ProblemSpec(model="")
+            self._cache = self._recorded_cache()
+            if self._cache is None:
+                original = original_info(self.study)
                 self._cache = SimilarityCache.build(
-                    self.problem.model, self.problem.splits.x_cal,
-                    cache_dir=settings.cache_dir,
+                    self.problem.model, self.problem.splits.x_cal, cache_dir=self.cache_dir,
                     metric=original.metric if original else DEFAULT_METRIC, progress=False)
         return self._cache
 

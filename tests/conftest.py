@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import glob
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
+import sys
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -16,6 +11,10 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # plain ``pytest`` does not put the repository root on the path
+    sys.path.insert(0, str(ROOT))
 
 
 @pytest.fixture
@@ -89,56 +88,22 @@ def tiny_study(tmp_path_factory):
     return {"storage": storage, "study_name": "tiny", "dir": d, "argv": argv}
 
 
-def _pg_bin() -> Path | None:
-    """The directory of the PostgreSQL server binaries (``initdb``, ``pg_ctl``), if any."""
-    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
-        if (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
-            return Path(candidate)
-    found = shutil.which("initdb")
-    return Path(found).parent if found and shutil.which("pg_ctl") else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def postgres_url():
-    """The SQLAlchemy URL of a throwaway PostgreSQL cluster (database ``postgres``).
-
-    The cluster lives in a temporary directory, listens on a unix socket only (on a free
-    port number) and is stopped and deleted afterwards. As root, ``initdb`` / ``pg_ctl`` run
-    as the ``postgres`` user through ``runuser``. Skipped when the PostgreSQL server
-    binaries or the ``psycopg`` (v3) driver are missing, or when running as root without a
+    """The SQLAlchemy URL of a throwaway PostgreSQL cluster (database ``postgres``), from
+    :func:`benchmarks._postgres.throwaway_postgres` (a temporary directory, a unix socket
+    only, stopped and deleted afterwards). Skipped when the PostgreSQL server binaries or
+    the ``psycopg`` (v3) driver are missing, or when running as root without a
     ``postgres`` user.
     """
-    pg = _pg_bin()
-    if pg is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    pytest.importorskip("psycopg", reason="the psycopg (v3) driver is not installed")
-    root = Path(tempfile.mkdtemp(prefix="lrf_pg_"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:
-        try:
-            user = pwd.getpwnam("postgres")
-        except KeyError:
-            shutil.rmtree(root)
-            pytest.skip("running as root and there is no 'postgres' user to run the server")
-        os.chown(root, user.pw_uid, user.pw_gid)
-        prefix = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
+    from benchmarks._postgres import PostgresUnavailableError, throwaway_postgres
 
-    def run(*cmd: str) -> None:
-        subprocess.run([*prefix, *cmd], check=True, capture_output=True, text=True)
-
-    run(str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-    run(str(pg / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "-t", "60",
-        "-o", f"-p {port} -k {root} -c listen_addresses='' -c fsync=off", "start")
+    cluster = throwaway_postgres()
     try:
-        yield f"postgresql+psycopg://postgres@/postgres?host={root}&port={port}"
+        url = cluster.__enter__()
+    except PostgresUnavailableError as err:
+        pytest.skip(str(err))
+    try:
+        yield url
     finally:
-        subprocess.run([*prefix, str(pg / "pg_ctl"), "-D", str(data), "-m", "immediate",
-                        "-w", "stop"], capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        cluster.__exit__(None, None, None)

@@ -221,7 +221,8 @@ def test_cache_builds_on_a_strided_conv_with_every_method(tmp_path, rng) -> None
     cache = SimilarityCache.build(model, x, cache_dir=tmp_path, grid=GridConfig(points=3),
                                   layers=["c"], workers=1, progress=False)
     table = cache.tables["c"]
-    assert set(table.methods) == {"tucker2", "cp", "channel_svd", "spatial_svd"}
+    assert set(table.methods) == {"tucker2", "cp", "channel_svd", "spatial_svd",
+                                  "channel_svd_aware"}
     assert all(np.isfinite(c.scores["cosine"]) for c in table.candidates)
 
 

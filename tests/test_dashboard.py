@@ -76,6 +76,7 @@ def test_add_study_notes(tiny_study, tmp_path) -> None:
     note = get_note(study)
     assert "| test accuracy | 0.9125 |" in note and "tiny:finetune" in note
     assert "3 finished fine-tuning job(s)" in note and "Fine-tuned search trials: #" in note
+    assert "| fair reference val / test accuracy (CE, 3 epochs) | 0.9100 / 0.9150 |" in note
     # a note edited in the dashboard is never overwritten (unless forced)
     save_note(study, note.replace("Per-layer", "My edit: per-layer"))
     assert add_study_notes(study, storage_url=storage) is False
@@ -105,13 +106,15 @@ def test_dashboard_command_serves_with_artifacts(tiny_study, tmp_path, monkeypat
     assert (tmp_path / "study_artifacts").is_dir()  # the default: beside the database
     study = optuna.load_study(study_name="tiny", storage=storage)
     assert get_note(study).startswith("# LRF compression search `tiny`")
-    # the artifact directory the fine-tuning study recorded wins over the default
+    # the artifact directory a fine-tuning study records is never served: a study file is
+    # not trusted with paths (it could name any directory); only the default or
+    # --artifact-dir
     fake_finetune_study(storage, artifact_dir=str(tmp_path / "recorded"))
     assert main(["dashboard", "--storage", storage]) == 0  # every study
     out = capsys.readouterr().out
-    assert f"(artifacts: {tmp_path / 'recorded'})" in out
+    assert f"(artifacts: {tmp_path / 'study_artifacts'})" in out
     assert "http://127.0.0.1:8080/dashboard   (Ctrl-C" in out
-    assert (tmp_path / "recorded").is_dir()
+    assert not (tmp_path / "recorded").exists()
     assert main(["dashboard", "--storage", storage, "--artifact-dir",
                  str(tmp_path / "arts")]) == 0
     assert f"(artifacts: {tmp_path / 'arts'})" in capsys.readouterr().out
@@ -135,4 +138,6 @@ def test_dashboard_port_in_use(tiny_study, tmp_path, capsys) -> None:
         busy.listen()
         port = busy.getsockname()[1]
         assert main(["dashboard", "--storage", storage, "--port", str(port)]) == 2
-    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert f"cannot serve on 127.0.0.1:{port}: the port is in use" in err
+    assert "open http" not in out  # said before anything is promised

@@ -32,15 +32,23 @@ def test_baselines_train_then_load(tiny_data: Path, capsys: pytest.CaptureFixtur
 @pytest.mark.slow
 def test_whole_pipeline_and_resume(tiny_data: Path, capsys: pytest.CaptureFixture) -> None:
     args = ["--models", "lenet5", "--search", "lenet5", "--epochs", "1", "--n-trials", "25",
-            "--finetune-k", "1", "--finetune-epochs", "1", "-q"]
+            "--finetune-k", "1", "--finetune-epochs", "1", "--max-probes", "2", "-q"]
     assert demo.main(args) == 0
     out = capsys.readouterr().out
     for text in ("Baselines", "similarity cache", "scored candidates", "NSGA-II search",
                  "Pareto front of study 'demo_lenet5'", "(original model)",
-                 "fine-tuning done", "lrf-optuna dashboard --storage"):
+                 "fine-tuning done", "lrf-optuna dashboard --storage",
+                 "the smallest model within 1 pp of the fair reference", "Max-drop search",
+                 "fair reference (the original fine-tuned the same way): val"):
         assert text in out, text
+    # the demo ends with the answer (then only the total time)
+    lines = [ln for ln in out.splitlines() if ln.strip()]
+    assert lines[-1].startswith("total") and out.index("the answer ===") > out.index("what next")
+    assert lines[-2].startswith(("smallest model within 1 pp", "no compressed trial"))
+    assert lines[-3].startswith("fair reference (the original fine-tuned the same way)")
     assert (tiny_data / "studies" / "demo_lenet5.db").exists()
     assert (tiny_data / "reports" / "demo_lenet5" / "report.html").exists()
     assert demo.main(args) == 0  # rerun: everything resumes, nothing is recomputed
     again = capsys.readouterr().out
     assert "0 new trial(s)" in again and "cached" in again
+    assert "(0 probe(s) fine-tuned now)" in again

@@ -128,15 +128,28 @@ def test_selection_on_the_tiny_study(tiny_study) -> None:
 def test_enqueue_twice_adds_nothing(tiny_study, tmp_path) -> None:
     study = _copy_study(tiny_study, tmp_path)
     chosen = F.select_trials(study, 3)
-    assert F.enqueue_finetune(study, chosen) == 3
+    original = F.jobs.original_trial(study)
+    assert original is not None and original.user_attrs["lrf_plan"] == {}
+    assert F.enqueue_finetune(study, chosen) == 4  # and the fair reference, first
     assert F.enqueue_finetune(study, chosen) == 0
     assert F.enqueue_finetune(study, [chosen[0].number]) == 0
     ft = open_finetune_study(study)
     assert ft.study_name == "tiny:finetune"
     waiting = ft.get_trials(states=(TrialState.WAITING,))
-    assert sorted(t.user_attrs["source_trial"] for t in waiting) == sorted(
-        t.number for t in chosen)
+    assert [t.user_attrs["source_trial"] for t in waiting] == [
+        original.number, *(t.number for t in chosen)]
+    assert [bool(t.user_attrs.get("fair_reference")) for t in waiting] == [True] + [False] * 3
+    recipe = F.FinetuneConfig().recipe_key()
+    assert {t.user_attrs["recipe"] for t in waiting} == {recipe}
+    assert waiting[0].user_attrs["recipe_config"] == F.FinetuneConfig().recipe()
     assert ft.metric_names == ["params", "test_accuracy"]
+    # another recipe gets its own jobs and its own fair reference
+    ten = F.FinetuneConfig(epochs=10)
+    assert F.enqueue_finetune(study, chosen[:1], config=ten) == 2
+    assert F.enqueue_finetune(study, chosen[:1], config=ten) == 0
+    assert F.enqueue_finetune(study, chosen[1:], config=ten, reference=False) == 2
+    by_recipe = collections.Counter(t.user_attrs["recipe"] for t in ft.get_trials())
+    assert by_recipe == {recipe: 4, ten.recipe_key(): 4}
     with pytest.raises(KeyError, match="no trial"):
         F.enqueue_finetune(study, [10**6])
 
@@ -156,7 +169,10 @@ def test_concurrent_workers_never_claim_the_same_job(tmp_path) -> None:
     storage, study = _sqlite_jobs_study(tmp_path, 40)
     assert F.enqueue_finetune(study, range(40)) == 40
     ft = open_finetune_study(study)
-    ft.enqueue_trial({"source_trial": 7}, skip_if_exists=False)  # a duplicate job
+    ft.enqueue_trial({"source_trial": 7}, skip_if_exists=False,  # a duplicate job
+                     user_attrs={"recipe": F.FinetuneConfig().recipe_key()})
+    ft.enqueue_trial({"source_trial": 8}, skip_if_exists=False,  # another recipe: no duplicate
+                     user_attrs={"recipe": "other"})
     claimed: list[int] = []
     config = dataclass_replace(FAST, heartbeat_interval=5, grace_period=60)
 
@@ -175,8 +191,8 @@ def test_concurrent_workers_never_claim_the_same_job(tmp_path) -> None:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(claimed) == list(range(40))
-    assert _complete_per_source(study) == collections.Counter(range(40))
+    assert sorted(claimed) == sorted([*range(40), 8])
+    assert _complete_per_source(study) == collections.Counter([*range(40), 8])
     skipped = [j for j in ft.get_trials() if "skipped" in j.user_attrs]
     assert len(skipped) == 1 and skipped[0].state == TrialState.FAIL
 
@@ -306,7 +322,7 @@ def test_export_uses_the_finetuned_weights(finetuned, tmp_path, recwarn) -> None
 def test_rerun_does_nothing_and_cli_prints_the_table(finetuned, capsys,
                                                     monkeypatch) -> None:
     study = finetuned["study"]
-    assert F.enqueue_finetune(study, F.select_trials(study, 3)) == 0
+    assert F.enqueue_finetune(study, F.select_trials(study, 3), config=FAST) == 0
     assert F.run_finetune_jobs(study, config=FAST) == []
 
     def no_training(*args, **kwargs):
@@ -315,20 +331,48 @@ def test_rerun_does_nothing_and_cli_prints_the_table(finetuned, capsys,
     monkeypatch.setattr(jobs, "finetune_model", no_training)
     storage = f"sqlite:///{finetuned['dir'] / 'study.db'}"
     assert cli.main(["finetune", "--study-name", "tiny", "--storage", storage,
-                     "-k", "3", "--epochs", "2"]) == 0
+                     "-k", "3", "--epochs", "2", "--batch-size", "32"]) == 0  # = FAST
     out = capsys.readouterr().out
     assert "0 job(s) enqueued in 'tiny:finetune'" in out
     lines = out.splitlines()
     header = next(i for i, ln in enumerate(lines) if ln.startswith("trial"))
     assert lines[header + 2].startswith("original")
-    rows = {ln.split()[0]: ln.split() for ln in lines[header + 3:] if ln.strip()}
+    assert lines[header + 3].startswith("fair reference")
+    rows = {ln.split()[0]: ln.split() for ln in lines[header + 4:] if ln.strip()}
     assert set(rows) == {f"#{j.user_attrs['source_trial']}" for j in finetuned["jobs"]}
     for job in finetuned["jobs"]:
         row = rows[f"#{job.user_attrs['source_trial']}"]
         assert row[1] == f"{job.user_attrs['params']:,}"
         assert f"{job.user_attrs['test_acc']:.4f}" in row
+    reference = F.jobs.original_trial(study).number
     assert _complete_per_source(study) == collections.Counter(
-        j.user_attrs["source_trial"] for j in finetuned["jobs"])
+        [reference, *(j.user_attrs["source_trial"] for j in finetuned["jobs"])])
+
+
+@pytest.mark.slow
+def test_fair_reference_is_the_original_finetuned_with_the_recipe(finetuned) -> None:
+    from lrf_optuna.study.lookup import fair_reference
+    from lrf_optuna.study.records import FinetuneRecord
+
+    study = finetuned["study"]
+    ft = open_finetune_study(study)
+    job = fair_reference(ft, FAST.recipe_key())
+    assert job is not None and job.user_attrs["fair_reference"] is True
+    ref = FinetuneRecord.of(job)
+    original = ft.user_attrs["original"]
+    assert ref.is_reference and ref.recipe == FAST.recipe_key()
+    assert ref.measured.params == original["params"]
+    assert all(v == "keep" for v in ref.plan.values())
+    assert ref.val_acc_before == pytest.approx(original["val_acc"], abs=1e-6)
+    assert ref.recipe_config == FAST.recipe()
+    assert fair_reference(ft, F.FinetuneConfig(epochs=7).recipe_key()) is None
+    # every compressed job's note shows the drop against it
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    attrs = ft._storage.get_study_system_attrs(ft._study_id)
+    body = get_note_from_system_attrs(attrs, finetuned["jobs"][-1]._trial_id)["body"]
+    assert "|  | fine-tuned | fair reference | original |" in body
+    assert "Drop against the fair reference" in body
 
 
 def test_config_defaults_validation_and_cli_overrides() -> None:
@@ -368,9 +412,9 @@ def test_cli_errors_name_the_study(tiny_study, tmp_path, capsys) -> None:
 
 def test_ctrl_c_fails_the_job_and_the_next_run_redoes_it(tiny_study, tmp_path,
                                                         monkeypatch) -> None:
-    study = _copy_study(tiny_study, tmp_path)
+    study = _copy_study(tiny_study, tmp_path)  # one job, no fair reference: the queue only
     source = F.select_trials(study, 1)[0].number
-    assert F.enqueue_finetune(study, [source]) == 1
+    assert F.enqueue_finetune(study, [source], reference=False) == 1
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -382,16 +426,16 @@ def test_ctrl_c_fails_the_job_and_the_next_run_redoes_it(tiny_study, tmp_path,
     ft = open_finetune_study(study)
     (job,) = ft.get_trials()
     assert job.state == TrialState.FAIL and job.user_attrs["error"].startswith("Keyboard")
-    assert F.enqueue_finetune(study, [source]) == 1  # a failed job is retried
+    assert F.enqueue_finetune(study, [source], reference=False) == 1  # a failed job is retried
     (done,) = F.run_finetune_jobs(study, config=FAST)
     assert done.state == TrialState.COMPLETE and done.user_attrs["source_trial"] == source
-    assert F.enqueue_finetune(study, [source]) == 0
+    assert F.enqueue_finetune(study, [source], reference=False) == 0
 
 
 def test_a_killed_workers_job_is_recovered_by_heartbeat(tiny_study, tmp_path) -> None:
-    study = _copy_study(tiny_study, tmp_path)
+    study = _copy_study(tiny_study, tmp_path)  # one job, no fair reference: the queue only
     source = F.select_trials(study, 1)[0].number
-    F.enqueue_finetune(study, [source])
+    F.enqueue_finetune(study, [source], reference=False)
     config = dataclass_replace(FAST, heartbeat_interval=1, grace_period=2)
     store, rdb = _worker_storage(study, config)
     ft = open_finetune_study(study, storage=store)
@@ -438,7 +482,8 @@ def _ran(proc: subprocess.Popen, timeout: float = 600) -> list[int]:
 def test_two_worker_processes_run_each_job_once(tiny_study, tmp_path) -> None:
     study = _copy_study(tiny_study, tmp_path)
     chosen = F.select_trials(study, 4)
-    assert F.enqueue_finetune(study, chosen) == 4
+    assert F.enqueue_finetune(study, chosen) == 5  # and the fair reference
+    reference = F.jobs.original_trial(study).number
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     procs = [_worker_process(storage, heartbeat_interval=2, grace_period=60)
              for _ in range(2)]
@@ -447,15 +492,16 @@ def test_two_worker_processes_run_each_job_once(tiny_study, tmp_path) -> None:
     ft = open_finetune_study(study)
     complete = ft.get_trials(states=(TrialState.COMPLETE,))
     assert sorted(ran[0] + ran[1]) == sorted(j.number for j in complete)
-    assert _complete_per_source(study) == collections.Counter(t.number for t in chosen)
-    assert len(ft.get_trials()) == 4  # no duplicate, failed or skipped job
+    assert _complete_per_source(study) == collections.Counter(
+        [reference, *(t.number for t in chosen)])
+    assert len(ft.get_trials()) == 5  # no duplicate, failed or skipped job
 
 
 @pytest.mark.slow
 def test_sigkilled_worker_process_is_recovered(tiny_study, tmp_path) -> None:
     study = _copy_study(tiny_study, tmp_path)
     source = F.select_trials(study, 1)[0].number
-    F.enqueue_finetune(study, [source])
+    F.enqueue_finetune(study, [source], reference=False)
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     proc = _worker_process(storage, heartbeat_interval=1, grace_period=3)
     ft = open_finetune_study(study)

@@ -50,13 +50,16 @@ def test_two_search_workers_on_postgres(tiny_study, postgres_url, tmp_path) -> N
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env, cwd=tmp_path)
              for _ in range(2)]
-    added = []
+    added, ran = [], []
     for p in procs:
         out, err = p.communicate(timeout=900)
         assert p.returncode == 0, f"stdout:\n{out[-2000:]}\nstderr:\n{err[-3000:]}"
         match = re.search(r"(\d+) strategy plan\(s\) enqueued", out)
         assert match, out[-2000:]
         added.append(int(match.group(1)))
+        match = re.search(r"this worker ran (\d+) trial\(s\)", out)
+        assert match, out[-2000:]
+        ran.append(int(match.group(1)))
         assert f"Pareto front of study {STUDY!r}" in out
 
     study = optuna.load_study(study_name=STUDY, storage=postgres_url)
@@ -67,6 +70,9 @@ def test_two_search_workers_on_postgres(tiny_study, postgres_url, tmp_path) -> N
     # --n-trials is the study's total: each worker stops once the study has N_TRIALS
     # finished trials (at most one trial per other worker was already running then)
     assert N_TRIALS <= len(trials) <= N_TRIALS + len(procs) - 1, states
+    # no trial lost or counted twice: what the workers ran is exactly what is stored
+    assert sum(ran) == len(trials) and all(ran), ran
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
 
     for attr in ("lrf_optuna:space", "lrf_optuna:original", "lrf_optuna:problem"):
         assert attr in study.user_attrs, attr
@@ -99,3 +105,28 @@ def test_two_search_workers_on_postgres(tiny_study, postgres_url, tmp_path) -> N
         f"numbers): {duplicated}; the workers reported {added} plan(s) enqueued")
     assert set(seeded) == set(expected)
     assert sum(added) == len(seeded), added  # what the workers report is what they added
+
+
+def test_storage_checks_on_postgres(postgres_url) -> None:
+    """check_storage on a server: an empty database, one with studies, a read-only role;
+    its write probe leaves nothing behind."""
+    import sqlalchemy
+
+    from lrf_optuna.errors import UserError
+    from lrf_optuna.study.storage import check_storage
+
+    assert not check_storage(postgres_url).has_studies  # empty: created when opened
+    optuna.create_study(study_name="x", storage=postgres_url)
+    assert check_storage(postgres_url).has_studies
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(sqlalchemy.text("CREATE ROLE reader LOGIN"))
+        conn.execute(sqlalchemy.text("GRANT SELECT ON ALL TABLES IN SCHEMA public TO reader"))
+    reader = postgres_url.replace("postgres@", "reader@", 1)
+    assert check_storage(reader, write=False).has_studies  # show, export, report: fine
+    with pytest.raises(UserError, match=r"cannot write to the storage postgresql\+psycopg://"
+                                        r"reader@.*permission denied for table version_info"):
+        check_storage(reader)
+    with engine.connect() as conn:
+        assert "lrf_optuna_write_probe" not in sqlalchemy.inspect(conn).get_table_names()
+    engine.dispose()

@@ -58,7 +58,8 @@ def test_two_worker_processes_on_postgres(tiny_study, postgres_url, tmp_path) ->
     study = optuna.load_study(study_name="tiny", storage=postgres_url)
     _check_advisory_lock_excludes(study)
     chosen = F.select_trials(study, 4)
-    assert F.enqueue_finetune(study, chosen) == 4
+    assert F.enqueue_finetune(study, chosen) == 5  # and the fair reference
+    reference = F.jobs.original_trial(study).number
     settings = {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3, "latency_repeats": 3,
                 "latency_warmup": 1, "verbose": 0, "heartbeat_interval": 2,
                 "grace_period": 60}
@@ -78,7 +79,7 @@ def test_two_worker_processes_on_postgres(tiny_study, postgres_url, tmp_path) ->
     complete = ft.get_trials(states=(TrialState.COMPLETE,))
     assert sorted(ran[0] + ran[1]) == sorted(j.number for j in complete)
     per_source = collections.Counter(j.user_attrs["source_trial"] for j in complete)
-    assert per_source == collections.Counter(t.number for t in chosen)
-    assert len(ft.get_trials()) == 4
+    assert per_source == collections.Counter([reference, *(t.number for t in chosen)])
+    assert len(ft.get_trials()) == 5
     # non-SQLite storage: artifacts default to studies/artifacts (of the worker's cwd)
     assert Path(ft.user_attrs["artifact_dir"]) == (tmp_path / "studies" / "artifacts")

@@ -18,6 +18,7 @@ from lrf_optuna.study import load_study, readable_plan
 FAKE_ORIGINAL = {"val_acc": 0.9, "test_acc": 0.9125, "params": 10720, "flops": 90880,
                  "keras_bytes": 150_000, "tflite_bytes": 48_000, "latency_ms_keras": 2.5,
                  "latency_ms_tflite": 0.5}
+FAKE_RECIPE = "abc123"
 
 
 def copy_study(tiny_study: dict, dest: Path) -> str:
@@ -31,7 +32,8 @@ def copy_study(tiny_study: dict, dest: Path) -> str:
 def fake_finetune_study(storage: str, study_name: str = "tiny", n: int = 3, *,
                         artifact_dir: str | None = None) -> list[dict]:
     """Add ``"<study_name>:finetune"`` with ``n`` COMPLETE jobs on Pareto-front trials
-    (and one failed job), shaped like ``lrf_optuna.finetune``'s.
+    (and the fair reference of their recipe, then one failed job), shaped like
+    ``lrf_optuna.finetune``'s.
 
     Jobs are on the ``n`` smallest non-original Pareto-front trials; returns their user
     attributes (``source_trial`` ... ``finetune_seconds``), in the order added.
@@ -56,11 +58,21 @@ def fake_finetune_study(storage: str, study_name: str = "tiny", n: int = 3, *,
                  "params": src.user_attrs["params"], "flops": src.user_attrs["flops"],
                  "keras_bytes": 60_000 + 10_000 * i, "tflite_bytes": 16_000 + 4_000 * i,
                  "latency_ms_keras": 2.0 + 0.1 * i, "latency_ms_tflite": 0.25 + 0.05 * i,
-                 "epochs_run": 3 + i, "finetune_seconds": 12.5 + i}
+                 "epochs_run": 3 + i, "finetune_seconds": 12.5 + i,
+                 "recipe": FAKE_RECIPE, "recipe_text": "CE, 3 epochs"}
         ft.add_trial(optuna.trial.create_trial(
             state=optuna.trial.TrialState.COMPLETE, values=[attrs["params"], attrs["test_acc"]],
             params={"source_trial": src.number}, distributions=source, user_attrs=attrs))
         out.append(attrs)
+    original = next(t for t in study.trials if t.user_attrs.get("lrf_plan") == {})
+    ft.add_trial(optuna.trial.create_trial(  # the fair reference of the jobs' recipe
+        state=optuna.trial.TrialState.COMPLETE, values=[10720, 0.915],
+        params={"source_trial": original.number}, distributions=source,
+        user_attrs={**FAKE_ORIGINAL, "source_trial": original.number, "val_acc_before": 0.9,
+                    "val_acc_after": 0.91, "test_acc_before": 0.9125, "test_acc": 0.915,
+                    "epochs_run": 3, "finetune_seconds": 30.0, "recipe": FAKE_RECIPE,
+                    "recipe_text": "CE, 3 epochs", "fair_reference": True, "plan": {},
+                    "lrf_plan": {}}))
     ft.add_trial(optuna.trial.create_trial(
         state=optuna.trial.TrialState.FAIL, params={"source_trial": front[0].number},
         distributions=source, user_attrs={"source_trial": front[0].number,
@@ -108,11 +120,15 @@ def test_report_with_finetune(with_finetune, tmp_path) -> None:
     assert cells[3] == f"{10720 / j['params']:.2f}x"
     assert cells[4] == f"{j['flops']:,}" and cells[5] == f"{90880 / j['flops']:.2f}x"
     assert cells[6:9] == ["0.4500", "0.8300", "0.8222"]
-    assert cells[9] == f"{0.8222 - 0.9125:+.4f}"
-    assert cells[10:14] == ["2.100", f"{2.5 / 2.1:.2f}x", "0.300", f"{0.5 / 0.3:.2f}x"]
-    assert cells[14:18] == ["70,000", f"{150_000 / 70_000:.2f}x", "20,000", "2.40x"]
-    assert cells[18:] == ["4", "13.5"]
-    assert "3 complete, 1 fail" in md
+    # drops in pp: val and test against the fair reference, test against the original
+    assert cells[9:12] == ["+8.00", "+9.28", "+9.03"]
+    assert cells[12:16] == ["2.100", f"{2.5 / 2.1:.2f}x", "0.300", f"{0.5 / 0.3:.2f}x"]
+    assert cells[16:20] == ["70,000", f"{150_000 / 70_000:.2f}x", "20,000", "2.40x"]
+    assert cells[20:] == ["4", "13.5", "CE, 3 epochs"]
+    ref = [c.strip() for c in rows["fair reference"].strip("|").split("|")]
+    assert ref[6:12] == ["0.9000", "0.9100", "0.9150", "", "", "-0.25"]
+    assert "fair reference val / test accuracy (CE, 3 epochs) | 0.9100 / 0.9150" in md
+    assert "4 complete, 1 fail" in md  # with the fair reference
     # (b) the per-layer plan table: layers x fine-tuned trials
     plans = md.split("## Per-layer plans")[1].split("##")[0]
     header = next(ln for ln in plans.splitlines() if ln.startswith("| layer"))

@@ -184,7 +184,7 @@ def test_restrictions(setup) -> None:
         plan = objective.plan_of(t)
         if "fc1" in plan:
             assert 2 <= plan["fc1"][1] <= 8
-    with pytest.raises(KeyError, match="not in the similarity cache"):
+    with pytest.raises(UserError, match=r"\['nope'\] are not factorizable layers"):
         LRFObjective(model, x, cache=cache, layers=["nope"])
     with pytest.raises(ValueError, match="unknown aggregation"):
         LRFObjective(model, x, cache=cache, aggregation="median")
@@ -224,7 +224,7 @@ def test_resume_from_sqlite_continues_without_rework(setup, tmp_path, monkeypatc
     study3, _ = create_lrf_study(model, x, n_trials=40, **kwargs)
     assert len(study3.trials) == before and finished_trials(study3) == 40
     # a different search space on the same study is refused
-    with pytest.raises(UserError, match="another search space"):
+    with pytest.raises(UserError, match="the search settings differ"):
         create_lrf_study(model, x, n_trials=40, methods=["svd"], **kwargs)
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 from lrf_optuna.data.arrays import (
     Dataset,
     arrays_from_tf_dataset,
+    check_inputs,
     fingerprint_arrays,
     from_arrays,
     from_tf_datasets,
@@ -61,6 +62,7 @@ __all__ = [
     "Splits",
     "arrays_from_tf_dataset",
     "calibration_subset",
+    "check_inputs",
     "fingerprint_arrays",
     "from_arrays",
     "from_tf_datasets",

@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,8 @@ import numpy as np
 if TYPE_CHECKING:
     import tensorflow as tf
 
-__all__ = ["Dataset", "arrays_from_tf_dataset", "fingerprint_arrays", "from_arrays",
-           "from_tf_datasets"]
+__all__ = ["Dataset", "arrays_from_tf_dataset", "check_inputs", "fingerprint_arrays",
+           "from_arrays", "from_tf_datasets"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -299,3 +300,41 @@ def fingerprint_arrays(*arrays: np.ndarray) -> str:
         if a.size:
             h.update(a.reshape(-1).view(np.uint8).data)
     return h.hexdigest()
+
+
+def check_inputs(x: Any, input_shape: Sequence[int | None], *, what: str = "inputs",
+                 model: str = "the model") -> np.ndarray:
+    """``x`` as ``float32`` inputs of a model whose input (without the batch axis) has
+    ``input_shape``; ``None`` dimensions match anything.
+
+    Raises:
+        UserError: not a non-empty numeric array of that shape, or NaN/Inf values.
+
+    Example:
+        >>> check_inputs(np.zeros((2, 4, 4, 1)), (4, 4, 1)).dtype
+        dtype('float32')
+        >>> check_inputs(np.full((2, 3), np.nan), (3,), what="calibration_data")
+        Traceback (most recent call last):
+        ...
+        lrf_optuna.errors.UserError: calibration_data: 6 of 6 values are NaN or Inf
+    """
+    from lrf_optuna.errors import UserError
+
+    arr = np.asarray(x)
+    if arr.dtype == object or arr.dtype == np.bool_ or arr.dtype.kind not in "fiu":
+        raise UserError(f"{what}: expected a numeric array, but got dtype {arr.dtype}")
+    expected = tuple(input_shape)
+    fits = arr.ndim == len(expected) + 1 and all(
+        e is None or int(e) == g for e, g in zip(expected, arr.shape[1:]))
+    if not fits:
+        dims = ", ".join("?" if d is None else str(d) for d in expected)
+        raise UserError(f"{what}: expected an array of shape (n, {dims}) (inputs of "
+                        f"{model}), but got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise UserError(f"{what}: the array is empty (shape {arr.shape})")
+    out = arr.astype(np.float32, copy=False)
+    finite = np.isfinite(out)
+    if not finite.all():
+        raise UserError(f"{what}: {out.size - int(np.count_nonzero(finite))} of {out.size} "
+                        "values are NaN or Inf")
+    return out

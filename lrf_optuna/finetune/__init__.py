@@ -1,12 +1,15 @@
 """Fine-tune chosen Pareto-optimal trials once, as resumable multi-worker Optuna jobs.
 
 * :mod:`~lrf_optuna.finetune.select`: which trials (``select_trials``);
+* :mod:`~lrf_optuna.finetune.budget`: the smallest model within an accuracy budget
+  (``finetune_within``);
 * :mod:`~lrf_optuna.finetune.recipe`: training one model (``finetune_model``);
 * :mod:`~lrf_optuna.finetune.jobs`: the job queue and its workers (``finetune_study``);
 * :mod:`~lrf_optuna.finetune.config`: the settings (``FinetuneConfig``).
 
 Example:
     >>> jobs = finetune_study(study, k=3)  # doctest: +SKIP
+    >>> answer = finetune_within(study, max_drop=1.0)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import importlib
 import warnings
 from typing import Any
 
+from lrf_optuna.finetune.budget import WithinBudget, finetune_within, smallest_passing
 from lrf_optuna.finetune.config import FinetuneConfig
 from lrf_optuna.finetune.jobs import (
     enqueue_finetune,
@@ -22,12 +26,18 @@ from lrf_optuna.finetune.jobs import (
     requeue_running_jobs,
     run_finetune_jobs,
 )
-from lrf_optuna.finetune.recipe import FinetuneOutcome, finetune_model, outputs_probabilities
-from lrf_optuna.finetune.select import Selection, select_trials
+from lrf_optuna.finetune.recipe import (
+    FinetuneOutcome,
+    finetune_model,
+    outputs_probabilities,
+    teacher_outputs,
+)
+from lrf_optuna.finetune.select import Selection, budget_candidates, select_trials
 
-__all__ = ["FinetuneConfig", "FinetuneOutcome", "Selection", "enqueue_finetune",
-           "finetune_model", "finetune_study", "outputs_probabilities", "requeue_running_jobs",
-           "run_finetune_jobs", "select_trials"]
+__all__ = ["FinetuneConfig", "FinetuneOutcome", "Selection", "WithinBudget", "budget_candidates",
+           "enqueue_finetune", "finetune_model", "finetune_study", "finetune_within",
+           "outputs_probabilities", "requeue_running_jobs", "run_finetune_jobs",
+           "select_trials", "smallest_passing", "teacher_outputs"]
 
 #: Names that moved (deprecated here; they warn once used).
 _MOVED = {

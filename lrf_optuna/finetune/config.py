@@ -4,14 +4,28 @@ Example:
     >>> config = FinetuneConfig(epochs=5)
     >>> config.learning_rate, config.schedule, config.batch_size
     (0.001, 'cosine', 128)
+    >>> FinetuneConfig(epochs=10, distill=0.9).describe()
+    'KD 0.9 T=4, 10 epochs, lr 0.001 cosine, best epoch by val (patience 1)'
+    >>> FinetuneConfig().recipe_key() == FinetuneConfig(latency_repeats=3).recipe_key()
+    True
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-__all__ = ["FinetuneConfig"]
+__all__ = ["RECIPE_FIELDS", "FinetuneConfig"]
+
+#: The fields that decide what training does (the *recipe*); the others only say how a
+#: job is measured or run. Two configs with equal recipe fields train identically, so a
+#: fine-tuning result (and the fair reference) is reused only for an equal recipe.
+RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "learning_rate", "schedule",
+                 "min_lr_fraction", "patience", "restore_best_weights", "revert_if_worse",
+                 "seed", "distill", "temperature", "keep_epoch")
 
 
 @dataclass(frozen=True)
@@ -27,6 +41,22 @@ class FinetuneConfig:
     accuracy to 51% / 65% with 1e-4 but to 76% / 77% with 1e-3), and a near-original
     trial was not hurt either (val 90.5% -> 90.8% with 1e-4, -> 91.1% with 1e-3).
 
+    **Distillation** (``distill > 0``): the loss is ``(1 - distill) * CE(labels, student)
+    + distill * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et al.
+    2015) with the original model as the teacher; its logits (the log of its
+    probabilities when it ends in a softmax) are computed once per dataset, not per
+    epoch. ``distill = 0`` is plain cross-entropy, the same code path as before.
+
+    **Which epoch is kept** (``keep_epoch``): ``"best"`` keeps the epoch with the best
+    validation accuracy (EarlyStopping with ``patience``); ``"last"`` trains all
+    ``epochs`` and keeps the last one. Keeping the best of several epochs *by validation
+    accuracy* makes that validation accuracy an optimistic estimate (a maximum over noisy
+    measurements), more so for a model whose accuracy plateaus (the original, fine-tuned
+    for the fair reference) than for one still climbing (a heavily compressed model):
+    decisions taken on validation accuracy then see the drop larger than it is. With
+    ``"last"`` the validation split decides nothing about training, and with the cosine
+    schedule (learning rate near zero at the end) the last epoch is rarely worse.
+
     Attributes:
         epochs: Maximum epochs (3: most of the recovery happens in the first epoch).
         batch_size: Training batch size (128, as for the reference models).
@@ -35,12 +65,16 @@ class FinetuneConfig:
         schedule: ``"cosine"`` (decay to ``learning_rate * min_lr_fraction`` over all
             steps) or ``"constant"``.
         min_lr_fraction: Final fraction of the learning rate for the cosine schedule.
-        patience: EarlyStopping patience in epochs on ``val_accuracy`` (1).
+        patience: EarlyStopping patience in epochs on ``val_accuracy`` (1; only with
+            ``keep_epoch="best"``).
         restore_best_weights: EarlyStopping restores the best epoch's weights (True).
         revert_if_worse: Keep the un-fine-tuned weights when fine-tuning ends below the
             starting validation accuracy (recorded as ``reverted``); selection uses the
             validation split only, never the test split.
         seed: Base seed; job of source trial ``n`` uses ``seed + n``.
+        distill: Weight of the distillation (KL) term, 0 (off) to 1 (KL only).
+        temperature: Distillation temperature ``T`` (4).
+        keep_epoch: ``"best"`` (by validation accuracy) or ``"last"``.
         latency_repeats: Timed single-sample calls per latency measurement (median).
         latency_warmup: Untimed calls before timing.
         tflite_threads: TFLite interpreter threads (None: interpreter default).
@@ -64,6 +98,9 @@ class FinetuneConfig:
     restore_best_weights: bool = True
     revert_if_worse: bool = True
     seed: int = 0
+    distill: float = 0.0
+    temperature: float = 4.0
+    keep_epoch: Literal["best", "last"] = "best"
     latency_repeats: int = 50
     latency_warmup: int = 5
     tflite_threads: int | None = None
@@ -81,9 +118,47 @@ class FinetuneConfig:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ValueError(f"distill must be in [0, 1] (the weight of the KL term), got "
+                             f"{self.distill}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.keep_epoch not in ("best", "last"):
+            raise ValueError(f"keep_epoch must be 'best' or 'last', got {self.keep_epoch!r}")
+        if self.patience < 0:
+            raise ValueError(f"patience must be >= 0, got {self.patience}")
         if self.latency_repeats < 1 or self.latency_warmup < 0:
             raise ValueError("latency_repeats must be >= 1 and latency_warmup >= 0")
         if self.heartbeat_interval is not None and not (
                 0 < self.heartbeat_interval < self.grace_period):
             raise ValueError(f"need 0 < heartbeat_interval < grace_period, got "
                              f"{self.heartbeat_interval}, {self.grace_period}")
+
+    # -- the recipe -------------------------------------------------------------------------
+    def recipe(self) -> dict[str, Any]:
+        """The training-relevant fields (:data:`RECIPE_FIELDS`) as a JSON-able dict."""
+        return {name: getattr(self, name) for name in RECIPE_FIELDS}
+
+    def recipe_key(self) -> str:
+        """A short digest of :meth:`recipe`: equal keys train identically (the key under
+        which jobs and the fair reference are stored)."""
+        text = json.dumps(self.recipe(), sort_keys=True)
+        return hashlib.blake2b(text.encode(), digest_size=5).hexdigest()
+
+    def with_recipe(self, recipe: dict[str, Any]) -> FinetuneConfig:
+        """This config with the recipe fields of ``recipe`` (unknown keys ignored), e.g.
+        the recipe a queued job was enqueued with.
+
+        Raises:
+            ValueError: a recipe value is out of range.
+        """
+        known = {k: v for k, v in recipe.items() if k in RECIPE_FIELDS}
+        return dataclasses.replace(self, **known)
+
+    def describe(self) -> str:
+        """The recipe in a few words, for tables and notes."""
+        loss = (f"KD {self.distill:g} T={self.temperature:g}" if self.distill > 0 else "CE")
+        keep = (f"best epoch by val (patience {self.patience})" if self.keep_epoch == "best"
+                else "last epoch")
+        return (f"{loss}, {self.epochs} epochs, lr {self.learning_rate:g} {self.schedule}, "
+                f"{keep}")

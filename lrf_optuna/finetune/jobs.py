@@ -7,7 +7,8 @@ trials is one *job*:
 * parameter ``source_trial`` (``IntDistribution(0, 10**9)``): the search trial fine-tuned;
 * values ``(params, test_accuracy)`` (minimize, maximize; metric names set), so the
   dashboard plots the fine-tuned front;
-* user attributes: ``source_trial``, ``plan`` (readable), ``lrf_plan``, ``val_acc_before``,
+* user attributes: ``source_trial``, ``plan`` (readable), ``lrf_plan``, ``recipe`` (digest
+  of the training settings) and ``recipe_config`` (the settings), ``val_acc_before``,
   ``val_acc_after``, ``test_acc_before``, ``test_acc``, ``params``, ``flops``,
   ``compression_ratio``, ``keras_bytes``, ``tflite_bytes``, ``latency_ms_keras``,
   ``latency_ms_tflite``, ``epochs_run``, ``finetune_seconds``, ``reverted``,
@@ -17,8 +18,11 @@ trials is one *job*:
   (:func:`lrf_optuna.export.upload_model_files`);
 * an optuna-dashboard Markdown note (:func:`lrf_optuna.dashboard.job_note`).
 
-The fine-tuning study also holds user attribute ``original`` (the original model measured
-the same way, once) with a study note, ``artifact_dir`` and ``source_study``.
+The fine-tuning study also holds user attribute ``original`` (the untouched original model
+measured the same way, once) with a study note, ``artifact_dir`` and ``source_study``. The
+**fair reference** of each recipe is a job too: the original model (the search trial with
+the empty plan) fine-tuned with that recipe (user attribute ``fair_reference``), enqueued
+first by :func:`enqueue_finetune`; read it with :func:`lrf_optuna.study.lookup.fair_reference`.
 
 Workflow: :func:`~lrf_optuna.finetune.select.select_trials` -> :func:`enqueue_finetune` ->
 :func:`run_finetune_jobs` (or all three: :func:`finetune_study`; CLI:
@@ -36,10 +40,13 @@ Any number of workers (processes, machines for a server database) may run
   lock on ``<db>.finetune.lock`` beside a SQLite database, a PostgreSQL advisory lock on a
   server database (two ``finetune`` commands started together would otherwise enqueue the
   same jobs twice). In addition a worker drops a popped job when another job of the same
-  source trial is already COMPLETE or started earlier and still RUNNING; the dropped job is
-  marked FAIL with user attribute ``skipped``.
+  source trial and recipe is already COMPLETE or started earlier and still RUNNING; the
+  dropped job is marked FAIL with user attribute ``skipped``.
 * **A COMPLETE job is never redone**, and :func:`enqueue_finetune` adds nothing for a
-  source trial with a COMPLETE, WAITING or RUNNING job (so enqueueing twice adds nothing).
+  source trial with a COMPLETE, WAITING or RUNNING job of the same recipe (so enqueueing
+  twice adds nothing). A job is trained with the recipe it was enqueued with
+  (``recipe_config``), whatever the worker's own config says; the worker's config only
+  decides how models are measured (latency repeats, TFLite threads) and heartbeats.
 * **Killed workers** (SIGKILL, power loss): for RDB storages the worker opens its own
   storage with a heartbeat (``FinetuneConfig.heartbeat_interval``, default 10 s) and
   ``grace_period`` (default 60 s) and
@@ -81,12 +88,19 @@ from optuna.trial import FrozenTrial, TrialState
 from lrf_optuna import dashboard
 from lrf_optuna.export import measure_model, upload_model_files
 from lrf_optuna.finetune.config import FinetuneConfig
-from lrf_optuna.finetune.recipe import finetune_model, outputs_probabilities
+from lrf_optuna.finetune.recipe import (
+    TeacherOutputs,
+    finetune_model,
+    outputs_probabilities,
+    teacher_outputs,
+)
 from lrf_optuna.finetune.select import Selection, select_trials
 from lrf_optuna.search import StudyModels
 from lrf_optuna.study.lookup import (
     artifact_store_dir,
+    fair_reference,
     find_finetune_study,
+    job_recipe,
     job_source,
     jobs_by_source,
     latest_jobs,
@@ -97,7 +111,11 @@ from lrf_optuna.study.records import (
     BASELINE_ATTR,
     LRF_PLAN_ATTR,
     PLAN_ATTR,
+    RECIPE_ATTR,
+    RECIPE_CONFIG_ATTR,
+    REFERENCE_ATTR,
     SOURCE_TRIAL,
+    FinetuneRecord,
     get_search_trial,
 )
 from lrf_optuna.study.storage import heartbeat_storage, safe_name, study_lock
@@ -105,8 +123,8 @@ from lrf_optuna.study.storage import heartbeat_storage, safe_name, study_lock
 if TYPE_CHECKING:
     from lrf_optuna.problem import Problem
 
-__all__ = ["JOB_DISTRIBUTION", "enqueue_finetune", "finetune_study", "requeue_running_jobs",
-           "run_finetune_jobs"]
+__all__ = ["JOB_DISTRIBUTION", "enqueue_finetune", "finetune_study", "original_trial",
+           "requeue_running_jobs", "run_finetune_jobs"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,19 +138,40 @@ def _attempts(jobs: Iterable[FrozenTrial]) -> int:
     return sum(1 for j in jobs if j.state == TrialState.FAIL and "skipped" not in j.user_attrs)
 
 
-def enqueue_finetune(study: optuna.Study, trials: Iterable[FrozenTrial | int], *,
-                     max_attempts: int = FinetuneConfig.max_attempts) -> int:
-    """Enqueue one fine-tuning job per source trial; returns how many were added.
+def original_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The search trial of the original model (COMPLETE, empty plan; trial 0 of a study
+    seeded by :meth:`~lrf_optuna.search.LRFObjective.seed_study`), or ``None``."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get(LRF_PLAN_ATTR) == {} and "params" in t.user_attrs:
+            return t
+    return None
 
-    A source trial with a COMPLETE, WAITING or RUNNING job gets nothing (so calling this
-    twice adds nothing); one whose jobs all FAILed gets a new job until it has
-    ``max_attempts`` failed attempts. Jobs carry user attributes ``source_trial`` and
+
+def enqueue_finetune(study: optuna.Study, trials: Iterable[FrozenTrial | int], *,
+                     config: FinetuneConfig | None = None,
+                     max_attempts: int | None = None, reference: bool = True) -> int:
+    """Enqueue one fine-tuning job per source trial and recipe; returns how many were
+    added.
+
+    Every job records the recipe of ``config`` (:meth:`FinetuneConfig.recipe`; user
+    attributes ``recipe`` and ``recipe_config``) and is trained with it by whichever worker
+    runs it. With ``reference`` (default), the **fair reference** of the recipe -- a job
+    fine-tuning the original model (the search trial with the empty plan) with the same
+    recipe -- is enqueued first when the recipe has none yet, so that every drop can be
+    measured against the original given exactly the same training.
+
+    A source trial with a COMPLETE, WAITING or RUNNING job of this recipe gets nothing (so
+    calling this twice adds nothing; another recipe gets its own jobs); one whose jobs of
+    this recipe all FAILed gets a new job until it has ``max_attempts`` failed attempts
+    (default ``config.max_attempts``). Jobs carry user attributes ``source_trial`` and
     ``plan`` from the start, so the dashboard shows what is queued.
 
     Raises:
         KeyError: a trial number is not in ``study``.
         ValueError: a trial is not COMPLETE.
     """
+    config = config or FinetuneConfig()
+    max_attempts = config.max_attempts if max_attempts is None else max_attempts
     numbers = [t if isinstance(t, int) else t.number for t in trials]
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     missing = [n for n in numbers if n not in by_number]
@@ -142,10 +181,18 @@ def enqueue_finetune(study: optuna.Study, trials: Iterable[FrozenTrial | int], *
     if unfinished:
         raise ValueError(f"trial(s) {unfinished} of study {study.study_name!r} are not "
                          "COMPLETE; only finished search trials can be fine-tuned")
+    original = original_trial(study) if reference and numbers else None
+    if reference and numbers and original is None:
+        logger.warning("study %r has no trial of the original model (empty plan): no fair "
+                       "reference can be fine-tuned; drops are shown against the untouched "
+                       "original only", study.study_name)
+    if original is not None:
+        numbers = [original.number, *numbers]
+    recipe = config.recipe_key()
     ft = open_finetune_study(study)
     added = 0
     with study_lock(study, "finetune"):
-        existing = jobs_by_source(ft)
+        existing = jobs_by_source(ft, recipe=recipe)
         for n in dict.fromkeys(numbers):
             jobs = existing.get(n, [])
             if any(j.state in (TrialState.COMPLETE, TrialState.WAITING, TrialState.RUNNING)
@@ -157,17 +204,28 @@ def enqueue_finetune(study: optuna.Study, trials: Iterable[FrozenTrial | int], *
                                n, study.study_name, _attempts(jobs),
                                [j.number for j in jobs], ft.study_name)
                 continue
-            ft.enqueue_trial({SOURCE_TRIAL: n},
-                             user_attrs={SOURCE_TRIAL: n,
-                                         PLAN_ATTR: by_number[n].user_attrs.get(PLAN_ATTR, {})},
-                             skip_if_exists=not jobs)
+            attrs: dict[str, Any] = {SOURCE_TRIAL: n,
+                                     PLAN_ATTR: by_number[n].user_attrs.get(PLAN_ATTR, {}),
+                                     RECIPE_ATTR: recipe, RECIPE_CONFIG_ATTR: config.recipe()}
+            if original is not None and n == original.number:
+                attrs[REFERENCE_ATTR] = True
+            ft.enqueue_trial({SOURCE_TRIAL: n}, user_attrs=attrs)
             added += 1
-    logger.info("enqueued %d fine-tuning job(s) in %r", added, ft.study_name)
+    logger.info("enqueued %d fine-tuning job(s) in %r (recipe %s: %s)", added, ft.study_name,
+                recipe, config.describe())
     return added
 
 
+def _job_config(job: FrozenTrial | optuna.Trial, base: FinetuneConfig) -> FinetuneConfig:
+    """``base`` with the recipe the job was enqueued with (``base`` itself for a job made
+    before recipes were recorded)."""
+    recipe = job.user_attrs.get(RECIPE_CONFIG_ATTR)
+    return base.with_recipe(dict(recipe)) if isinstance(recipe, dict) else base
+
+
 def requeue_running_jobs(study: optuna.Study) -> int:
-    """Mark every RUNNING job FAIL and enqueue a new job for its source trial.
+    """Mark every RUNNING job FAIL and enqueue a new job for its source trial (same
+    recipe).
 
     For storages without heartbeat, after a worker was killed. Only call it when no
     worker is running: a live worker's job would run twice.
@@ -175,15 +233,16 @@ def requeue_running_jobs(study: optuna.Study) -> int:
     ft = find_finetune_study(study)
     if ft is None:
         return 0
-    sources = []
+    killed: list[tuple[int, FinetuneConfig]] = []
     with study_lock(study, "finetune"):
         for job in ft.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
                 ft.tell(job.number, state=TrialState.FAIL)
                 source = job_source(job)
                 if source is not None:
-                    sources.append(source)
-    return enqueue_finetune(study, sources, max_attempts=10**9) if sources else 0
+                    killed.append((source, _job_config(job, FinetuneConfig())))
+    return sum(enqueue_finetune(study, [source], config=config, max_attempts=10**9,
+                                reference=False) for source, config in killed)
 
 
 def _job(ft: optuna.Study, number: int) -> FrozenTrial:
@@ -228,7 +287,9 @@ def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
                   "for a job (another worker took the last one): nothing to do")
             return None
         trial.suggest_int(SOURCE_TRIAL, JOB_DISTRIBUTION.low, JOB_DISTRIBUTION.high)
-        other = [j for j in jobs if j.number != mine.number and job_source(j) == source and (
+        recipe = job_recipe(mine)
+        other = [j for j in jobs if j.number != mine.number and job_source(j) == source
+                 and job_recipe(j) == recipe and (
             j.state == TrialState.COMPLETE or (
                 j.state == TrialState.RUNNING and _started(j) < _started(mine)))]
         if other:
@@ -280,7 +341,8 @@ def _kb(n: float) -> str:
 
 
 class _Worker:
-    """Runs jobs: what it loads (problem, cache, the original's numbers) is loaded once."""
+    """Runs jobs: what it loads (problem, cache, the original's numbers, the teacher's
+    logits) is loaded once."""
 
     def __init__(self, study: optuna.Study, ft: optuna.Study, config: FinetuneConfig,
                  store_dir: Path, problem: Problem | None) -> None:
@@ -288,6 +350,7 @@ class _Worker:
         self.store_dir = store_dir
         self.models = StudyModels(study, problem=problem)
         self._from_logits: bool | None = None
+        self._teacher: TeacherOutputs | None = None
 
     @property
     def from_logits(self) -> bool:
@@ -295,6 +358,17 @@ class _Worker:
             problem = self.models.problem
             self._from_logits = not outputs_probabilities(problem.model, problem.splits.x_val)
         return self._from_logits
+
+    @property
+    def teacher(self) -> TeacherOutputs:
+        """The original model's logits on the training and validation images (computed
+        once per worker, cached on disk beside the similarity cache)."""
+        if self._teacher is None:
+            problem = self.models.problem
+            settings = problem.spec or problem.settings
+            cache_dir = Path(settings.cache_dir) / "teacher" if settings is not None else None
+            self._teacher = teacher_outputs(problem.model, problem.splits, cache_dir=cache_dir)
+        return self._teacher
 
     def _measure(self, model: Any, directory: str, stem: str) -> Any:
         c = self.config
@@ -331,17 +405,25 @@ class _Worker:
         from lrf_optuna.models.training import evaluate
 
         src = get_search_trial(self.study, source)
+        queued = trial.user_attrs
+        config = _job_config(trial, self.config)
+        recipe = config.recipe_key()
+        is_reference = bool(queued.get(REFERENCE_ATTR, False))
         ua: dict[str, Any] = {SOURCE_TRIAL: source, PLAN_ATTR: src.user_attrs.get(PLAN_ATTR, {}),
                               LRF_PLAN_ATTR: src.user_attrs[LRF_PLAN_ATTR],
-                              "worker": _worker_id()}
+                              RECIPE_ATTR: recipe, RECIPE_CONFIG_ATTR: config.recipe(),
+                              "recipe_text": config.describe(), "worker": _worker_id()}
+        if is_reference:
+            ua[REFERENCE_ATTR] = True
         for key, value in ua.items():
             trial.set_user_attr(key, value)
         original = self.ensure_original()
         splits = self.models.problem.splits
         model = self.models.build(src)
         test_before = evaluate(model, splits.x_test, splits.y_test)
-        outcome = finetune_model(model, splits, self.config, from_logits=self.from_logits,
-                                 seed=self.config.seed + source)
+        outcome = finetune_model(model, splits, config, from_logits=self.from_logits,
+                                 seed=config.seed + source,
+                                 teacher=self.teacher if config.distill > 0 else None)
         with tempfile.TemporaryDirectory(prefix="lrf_finetune_") as tmp:
             files = self._measure(model, tmp,
                                   safe_name(f"{self.study.study_name}_trial{source}"))
@@ -365,23 +447,26 @@ class _Worker:
         })
         for key, value in ua.items():
             trial.set_user_attr(key, value)
-        dashboard.save_note_quietly(trial, dashboard.job_note(source, self.study.study_name,
-                                                              ua, original))
+        reference = None if is_reference else fair_reference(self.ft, recipe)
+        dashboard.save_note_quietly(trial, dashboard.job_note(
+            source, self.study.study_name, ua, original,
+            reference=FinetuneRecord.of(reference) if reference is not None else None))
         frozen = self.ft.tell(trial, [float(m.params), float(m.test_acc)])
-        logger.info("job %d: trial %d fine-tuned: val %.4f -> %.4f, test %.4f -> %.4f, "
+        what = "fair reference (original model)" if is_reference else f"trial {source}"
+        logger.info("job %d: %s fine-tuned (%s): val %.4f -> %.4f, test %.4f -> %.4f, "
                     "%s params (%.2fx), .keras %s KiB, .tflite %s KiB, latency %.3f / %.3f ms, "
-                    "%d epoch(s), %.1f s", trial.number, source, ua["val_acc_before"],
-                    ua["val_acc_after"], ua["test_acc_before"], ua["test_acc"],
-                    f"{ua['params']:,}", ua["compression_ratio"], _kb(ua["keras_bytes"]),
-                    _kb(ua["tflite_bytes"]), ua["latency_ms_keras"], ua["latency_ms_tflite"],
-                    ua["epochs_run"], ua["finetune_seconds"])
+                    "%d epoch(s), %.1f s", trial.number, what, config.describe(),
+                    ua["val_acc_before"], ua["val_acc_after"], ua["test_acc_before"],
+                    ua["test_acc"], f"{ua['params']:,}", ua["compression_ratio"],
+                    _kb(ua["keras_bytes"]), _kb(ua["tflite_bytes"]), ua["latency_ms_keras"],
+                    ua["latency_ms_tflite"], ua["epochs_run"], ua["finetune_seconds"])
         return frozen
 
 
 def _store_dir(ft: optuna.Study, study: optuna.Study,
                artifact_dir: str | os.PathLike[str] | None) -> Path:
     """The artifact store of the jobs, recorded in the fine-tuning study the first time."""
-    path = artifact_store_dir(study, artifact_dir, finetune=ft).resolve()
+    path = artifact_store_dir(study, artifact_dir).resolve()
     if ARTIFACT_DIR_ATTR not in ft.user_attrs:
         ft.set_user_attr(ARTIFACT_DIR_ATTR, str(path))
     path.mkdir(parents=True, exist_ok=True)
@@ -430,6 +515,10 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
     def lock() -> contextlib.AbstractContextManager[None]:
         return study_lock(study, "finetune")
 
+    if max_jobs != 0 and ft.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        # a problem that cannot be found or trusted is the user's error: raise it (one
+        # UserError) before claiming a job, rather than failing every job with it
+        worker.models.problem.check()
     ran: list[FrozenTrial] = []
     while max_jobs is None or len(ran) < max_jobs:
         claimed = _claim(ft, rdb, lock)
@@ -486,8 +575,10 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
         problem: The loaded problem, to skip loading it from the study.
 
     Returns:
-        The latest COMPLETE job of each chosen trial (jobs run now or earlier), in the
-        choice's order; a trial whose job failed or is still running is missing.
+        The latest COMPLETE job of each chosen trial with this recipe (jobs run now or
+        earlier), in the choice's order; a trial whose job failed or is still running is
+        missing. (The fair reference of the recipe runs first and is not in the list: see
+        :func:`lrf_optuna.study.lookup.fair_reference`.)
     """
     config = config or FinetuneConfig()
     if trials is not None:
@@ -495,9 +586,9 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
     else:
         selected = list(select_trials(study, k, strategy=strategy, max_params=max_params,
                                       max_flops=max_flops, min_proxy=min_proxy))
-    enqueue_finetune(study, selected, max_attempts=config.max_attempts)
+    enqueue_finetune(study, selected, config=config)
     run_finetune_jobs(study, config=config, artifact_dir=artifact_dir, max_jobs=max_jobs,
                       problem=problem)
-    done = latest_jobs(find_finetune_study(study))
+    done = latest_jobs(find_finetune_study(study), recipe=config.recipe_key())
     numbers = [t if isinstance(t, int) else t.number for t in selected]
     return [done[n] for n in numbers if n in done]

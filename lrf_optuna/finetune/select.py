@@ -17,12 +17,22 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from lrf_optuna.study.records import LRF_PLAN_ATTR
+from lrf_optuna.study.records import LRF_PLAN_ATTR, original_info
 
-__all__ = ["Selection", "select_trials"]
+__all__ = ["MIN_REDUCTION", "PROXY_FLOOR", "Selection", "budget_candidates", "select_trials"]
 
 #: How :func:`select_trials` spreads its choice along the front.
 Selection = Literal["spread", "knee"]
+
+#: Trials whose proxy is below this are never chosen: fine-tuning does not bring them back.
+#: Measured with ``benchmarks/proxy_floor.py`` (RESULTS.md, sections "Proxy floor"): on the
+#: VGG-style net (Fashion-MNIST, 3 epochs) the three trials with proxy <= 0.0005 stayed at
+#: chance (10.0 %) after fine-tuning while the next one (0.0027) reached 77.7 %; LeNet-5's
+#: trials never go below 0.03 and all recovered partly (39-85 %).
+PROXY_FLOOR = 0.001
+#: Trials saving less than this fraction of the original parameters are never chosen
+#: (a "compressed" model at 1.0001x is the original at the price of a fine-tuning job).
+MIN_REDUCTION = 0.01
 
 
 def _within(t: FrozenTrial, max_params: float | None, max_flops: float | None,
@@ -31,6 +41,64 @@ def _within(t: FrozenTrial, max_params: float | None, max_flops: float | None,
     return ((max_params is None or ua.get("params", math.inf) <= max_params)
             and (max_flops is None or ua.get("flops", math.inf) <= max_flops)
             and (min_proxy is None or ua.get("proxy", -math.inf) >= min_proxy))
+
+
+def _original_params(study: optuna.Study) -> float | None:
+    info = original_info(study)
+    if info is not None and info.params > 0:
+        return float(info.params)
+    for t in study.best_trials:  # the original trial (empty plan), for undescribed studies
+        if t.user_attrs.get(LRF_PLAN_ATTR) == {} and "params" in t.user_attrs:
+            return float(t.user_attrs["params"])
+    return None
+
+
+def _useful(study: optuna.Study, *, max_params: float | None = None,
+            max_flops: float | None = None, min_proxy: float | None = None,
+            proxy_floor: float = PROXY_FLOOR, min_reduction: float = MIN_REDUCTION
+            ) -> list[FrozenTrial]:
+    """The feasible Pareto-optimal compressed trials worth fine-tuning, smallest first:
+    made by the search (``lrf_plan``), not the original (empty plan), no duplicate plan
+    (lowest trial number kept), saving at least ``min_reduction`` of the original's
+    parameters, proxy at least ``proxy_floor``, within the budget."""
+    original = _original_params(study)
+    seen: set[str] = set()
+    out = []
+    for t in sorted(study.best_trials, key=lambda t: t.number):
+        ua = t.user_attrs
+        plan = ua.get(LRF_PLAN_ATTR)
+        if not plan or "params" not in ua:
+            continue
+        key = json.dumps(plan, sort_keys=True)
+        if key in seen or not _within(t, max_params, max_flops, min_proxy):
+            continue
+        if original is not None and ua["params"] > (1.0 - min_reduction) * original:
+            continue
+        if ua.get("proxy", 1.0) < proxy_floor:
+            continue
+        seen.add(key)
+        out.append(t)
+    out.sort(key=lambda t: (t.user_attrs["params"], t.number))
+    return out
+
+
+def budget_candidates(study: optuna.Study, *, proxy_floor: float = PROXY_FLOOR,
+                      min_reduction: float = MIN_REDUCTION) -> list[FrozenTrial]:
+    """The candidates of the max-drop search (:func:`~lrf_optuna.finetune.budget.finetune_within`):
+    the useful trials (as :func:`select_trials` filters them) on the **two-objective front
+    of (params, proxy)**, smallest first. Along it the proxy grows with the size, so
+    "smaller" and "less accurate" go together (FLOPs, the third objective, would put
+    trials of equal size and lower proxy in between)."""
+    out: list[FrozenTrial] = []
+    best = -math.inf
+    for t in _useful(study, proxy_floor=proxy_floor, min_reduction=min_reduction):
+        proxy = float(t.user_attrs.get("proxy", 1.0))
+        if proxy > best:  # not dominated by a smaller (or equal) trial
+            if out and out[-1].user_attrs["params"] == t.user_attrs["params"]:
+                out.pop()  # same size, higher proxy: the earlier one is dominated
+            out.append(t)
+            best = proxy
+    return out
 
 
 def _nearest(logp: np.ndarray, target: float, used: set[int]) -> int:
@@ -67,15 +135,19 @@ def _knee_index(front: list[FrozenTrial], directions: Sequence[Any]) -> int:
 
 def select_trials(study: optuna.Study, k: int = 3, *, strategy: Selection = "spread",
                   max_params: float | None = None, max_flops: float | None = None,
-                  min_proxy: float | None = None) -> list[FrozenTrial]:
+                  min_proxy: float | None = None, proxy_floor: float = PROXY_FLOOR,
+                  min_reduction: float = MIN_REDUCTION) -> list[FrozenTrial]:
     """Pick up to ``k`` Pareto-optimal search trials to fine-tune (deterministic).
 
     Candidates: ``study.best_trials`` (feasible ones, for a constrained study) made by
     :class:`~lrf_optuna.search.LRFObjective` (user attribute ``lrf_plan``), without the
     all-"keep" original (empty plan), without duplicate plans (the lowest trial number
     kept), within the budget (user attributes ``params <= max_params``,
-    ``flops <= max_flops``, ``proxy >= min_proxy``). With ``k`` or fewer candidates all
-    are returned.
+    ``flops <= max_flops``, ``proxy >= min_proxy``), and **never a trial that cannot be
+    useful**: one saving less than ``min_reduction`` (1%) of the original's parameters, or
+    one whose proxy is below ``proxy_floor`` (:data:`PROXY_FLOOR`: below it fine-tuning no
+    longer recovers the accuracy; measured in ``benchmarks/RESULTS.md``, section "Proxy
+    floor"). With ``k`` or fewer candidates all are returned.
 
     Strategies:
         ``"spread"``: the two extremes of the candidates by parameter count (smallest and
@@ -98,18 +170,8 @@ def select_trials(study: optuna.Study, k: int = 3, *, strategy: Selection = "spr
         raise ValueError(f"k must be >= 1, got {k}")
     if strategy not in ("spread", "knee"):
         raise ValueError(f"strategy must be 'spread' or 'knee', got {strategy!r}")
-    seen: set[str] = set()
-    front = []
-    for t in sorted(study.best_trials, key=lambda t: t.number):
-        plan = t.user_attrs.get(LRF_PLAN_ATTR)
-        if not plan or "params" not in t.user_attrs:
-            continue
-        key = json.dumps(plan, sort_keys=True)
-        if key in seen or not _within(t, max_params, max_flops, min_proxy):
-            continue
-        seen.add(key)
-        front.append(t)
-    front.sort(key=lambda t: (t.user_attrs["params"], t.number))
+    front = _useful(study, max_params=max_params, max_flops=max_flops, min_proxy=min_proxy,
+                    proxy_floor=proxy_floor, min_reduction=min_reduction)
     if len(front) <= k:
         return front
     if strategy == "spread":

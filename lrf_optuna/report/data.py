@@ -19,7 +19,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.cache import SimilarityCache
 from lrf_optuna.errors import UserError
-from lrf_optuna.study.lookup import find_finetune_study, finetune_study_name, latest_jobs
+from lrf_optuna.study.lookup import (
+    fair_references,
+    find_finetune_study,
+    finetune_study_name,
+    latest_jobs_by_recipe,
+)
 from lrf_optuna.study.records import (
     ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,
@@ -37,7 +42,8 @@ ReportError = UserError
 
 @dataclass
 class FinetuneRow:
-    """One fine-tuned search trial: its latest COMPLETE job, joined with the trial."""
+    """One fine-tuned search trial and recipe: its latest COMPLETE job, joined with the
+    trial and with the fair reference of its recipe (``None`` when not run yet)."""
 
     job: int
     source: int
@@ -45,6 +51,7 @@ class FinetuneRow:
     plan: dict[str, str]
     proxy: float | None
     search_params: int | None
+    reference: FinetuneRecord | None = None
 
 
 @dataclass
@@ -56,12 +63,14 @@ class ReportData:
     baseline: Mapping[str, Any]
     metric: str
     aggregation: str
-    n_trials: int
+    n_trials: int  # COMPLETE trials: failed, pruned or RUNNING ones do not count
     complete: list[FrozenTrial]
     front: list[FrozenTrial]
     finetune_name: str
     finetune_exists: bool
     finetuned: list[FinetuneRow] = field(default_factory=list)
+    references: dict[str, FinetuneRecord] = field(default_factory=dict)
+    recipe_texts: dict[str, str] = field(default_factory=dict)
     finetune_states: dict[str, int] = field(default_factory=dict)
     artifact_dir: str | None = None
     cache: SimilarityCache | None = None
@@ -92,7 +101,7 @@ def read_study(study: optuna.Study) -> ReportData:
         layers += [name for name in readable_plan(t) if name not in layers]
     data = ReportData(
         study_name=study.study_name, original=info.to_json(), baseline={},
-        metric=info.metric, aggregation=info.aggregation, n_trials=len(trials),
+        metric=info.metric, aggregation=info.aggregation, n_trials=len(complete),
         complete=complete, front=list(study.best_trials) if complete else [],
         finetune_name=finetune_study_name(study), finetune_exists=False, layers=layers)
     finetune = find_finetune_study(study)
@@ -104,13 +113,21 @@ def read_study(study: optuna.Study) -> ReportData:
     for t in finetune.get_trials(deepcopy=False):
         data.finetune_states[t.state.name] = data.finetune_states.get(t.state.name, 0) + 1
     by_number = {t.number: t for t in trials}
-    for source_number, job in latest_jobs(finetune).items():
+    data.references = {recipe: FinetuneRecord.of(job)
+                       for recipe, job in fair_references(finetune).items()}
+    for (source_number, recipe), job in latest_jobs_by_recipe(finetune).items():
+        record = FinetuneRecord.of(job)
+        if recipe is not None:
+            data.recipe_texts[recipe] = str(job.user_attrs.get("recipe_text") or recipe)
+        if record.is_reference:
+            continue
         source = by_number.get(source_number)
         plan = readable_plan(source) if source is not None else {}
         data.finetuned.append(FinetuneRow(
-            job.number, source_number, FinetuneRecord.of(job), plan or readable_plan(job),
+            job.number, source_number, record, plan or readable_plan(job),
             source.user_attrs.get("proxy") if source is not None else None,
-            source.user_attrs.get("params") if source is not None else None))
+            source.user_attrs.get("params") if source is not None else None,
+            data.references.get(recipe) if recipe is not None else None))
     data.finetuned.sort(key=lambda r: (_params_key(r), r.source, r.job))
     return data
 

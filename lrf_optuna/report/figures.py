@@ -131,6 +131,14 @@ def accuracy_figure(data: ReportData) -> go.Figure | None:
             text=["original"], textposition="bottom center",
             marker={"symbol": "x", "size": 14, "color": "black"},
             hovertemplate="<b>original</b><br>test acc %{y:.4f}<extra></extra>"))
+    for recipe, ref in data.references.items():
+        label = data.recipe_texts.get(recipe, recipe)
+        fig.add_trace(go.Scatter(
+            x=[ref.measured.params], y=[ref.measured.test_acc], mode="markers",
+            name=f"fair reference (test; {label})",
+            marker={"symbol": "diamond-open", "size": 13, "color": "black"},
+            hovertemplate=(f"<b>fair reference</b> ({label})<br>test acc %{{y:.4f}}"
+                           "<extra></extra>")))
     fig.update_layout(title="Accuracy of the fine-tuned trials",
                       xaxis={"title": "parameters (log)", "type": "log"},
                       yaxis={"title": "accuracy"}, height=460, template="plotly_white",

@@ -78,14 +78,16 @@ def _finetune_status(data: ReportData) -> str:
              "in `lrf-optuna dashboard`)." if data.artifact_dir else "")
     return (f"{len(data.finetuned)} finished fine-tuning job(s) in `{data.finetune_name}` "
             f"({states}). Ratios are original / compressed: 2.00x = half the size or twice "
-            "as fast; the delta is test accuracy minus the original's." + where)
+            "as fast. Drops are in percentage points (positive: worse) against the *fair "
+            "reference* (the original model fine-tuned with exactly the same recipe, shown "
+            "as its own row) and against the untouched original." + where)
 
 
 def _summary(data: ReportData) -> str:
     o = data.original
     return (f"Model **{o.get('model', '?')}**: {fmt(o.get('params'), ',')} parameters, "
-            f"{fmt(o.get('flops'), ',')} FLOPs. {len(data.complete)} complete trial(s) of "
-            f"{data.n_trials}; {len(data.front)} on the Pareto front (objectives: params, "
+            f"{fmt(o.get('flops'), ',')} FLOPs. {data.n_trials} complete trial(s), "
+            f"{len(data.front)} on the Pareto front (objectives: params, "
             f"FLOPs minimised; proxy = {data.aggregation} {data.metric} similarity, "
             "maximised).")
 
@@ -107,13 +109,19 @@ def _markdown(data: ReportData, html_name: str) -> str:
     base = data.baseline
     orig_rows = [["parameters", fmt(o.get("params"), ",")], ["FLOPs", fmt(o.get("flops"), ",")],
                  ["similarity metric / aggregation", f"{data.metric} / {data.aggregation}"]]
-    for label, key, spec in (("test accuracy", "test_acc", ".4f"),
+    for label, key, spec in (("val accuracy", "val_acc", ".4f"),
+                             ("test accuracy", "test_acc", ".4f"),
                              ("Keras latency (ms)", "latency_ms_keras", ".3f"),
                              ("TFLite latency (ms)", "latency_ms_tflite", ".3f"),
                              (".keras bytes", "keras_bytes", ","),
                              (".tflite bytes", "tflite_bytes", ",")):
         if key in base:
             orig_rows.append([label, fmt(base.get(key), spec)])
+    for recipe, ref in data.references.items():
+        orig_rows.append([f"fair reference val / test accuracy "
+                          f"({data.recipe_texts.get(recipe, recipe)})",
+                          f"{fmt(ref.val_acc_after, '.4f')} / "
+                          f"{fmt(ref.measured.test_acc, '.4f')}"])
     parts = [
         f"# LRF compression report: `{data.study_name}`", "",
         _summary(data), "",

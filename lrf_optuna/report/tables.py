@@ -18,17 +18,19 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lrf_optuna.study.records import SearchRecord, as_float
+from lrf_optuna.study.records import FinetuneRecord, Measured, SearchRecord, as_float
 
 if TYPE_CHECKING:
     import optuna
 
+    from lrf_optuna.finetune.budget import WithinBudget
     from lrf_optuna.models.training import TrainingResult
     from lrf_optuna.report.data import ReportData
 
 __all__ = ["CACHE_HEADER", "FRONT_HEADER", "RESULT_HEADER", "Table", "baselines_table",
            "cache_table", "fmt", "format_table", "front_table", "front_text", "html_table",
-           "kib", "markdown_table", "plan_table", "results_table", "results_text", "spread"]
+           "kib", "markdown_table", "plan_table", "results_table", "results_text", "spread",
+           "within_budget_table", "within_budget_text"]
 
 
 def _is_number(cell: str) -> bool:
@@ -184,59 +186,130 @@ def _ratio(original: Any, value: Any) -> str:
     return f"{a / b:.2f}x"
 
 
-def _delta(value: Any, original: Any) -> str:
-    a, b = as_float(value), as_float(original)
-    if a is None or b is None:
-        return "n/a"
-    return f"{a - b:+.4f}"
-
-
 def _changed(plan: Mapping[str, str]) -> str:
     changed = [f"{k}: {v}" for k, v in plan.items() if v != "keep"]
     return ", ".join(changed) or "(all kept)"
 
 
 RESULT_HEADER = ["trial", "job", "params", "params ratio", "FLOPs", "FLOPs ratio",
-                 "val acc before", "val acc after", "test acc", "test acc delta",
+                 "val acc before", "val acc after", "test acc", "val drop vs ref (pp)",
+                 "test drop vs ref (pp)", "test drop vs orig (pp)",
                  "Keras ms", "Keras speed-up", "TFLite ms", "TFLite speed-up",
                  ".keras bytes", ".keras ratio", ".tflite bytes", ".tflite ratio",
-                 "epochs", "fine-tune s"]
+                 "epochs", "fine-tune s", "recipe"]
 #: The columns of the results table that fit a terminal.
 RESULT_TEXT_COLUMNS = ["trial", "params", "params ratio", "FLOPs", "val acc before",
-                       "val acc after", "test acc", "test acc delta", "Keras ms", "TFLite ms",
-                       ".tflite bytes", "epochs"]
+                       "val acc after", "test acc", "val drop vs ref (pp)",
+                       "test drop vs ref (pp)", "test drop vs orig (pp)", "Keras ms",
+                       "TFLite ms", ".tflite bytes", "epochs"]
+
+
+def _pp(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.2f}"
 
 
 def results_table(data: ReportData) -> Table:
-    """The original model, then each fine-tuned trial (its latest COMPLETE job), smallest
-    first; ratios are original / compressed."""
+    """The untouched original, the fair reference of each recipe (the original fine-tuned
+    with it), then each fine-tuned trial (its latest COMPLETE job per recipe), smallest
+    first; ratios are original / compressed; drops are in percentage points (positive:
+    worse) against the fair reference of the job's recipe ("ref") and the untouched
+    original ("orig")."""
     base = {**{k: data.original.get(k) for k in ("params", "flops")}, **data.baseline}
     val = fmt(base.get("val_acc"), ".4f") if "val_acc" in base else ""
     rows = [["original", "", fmt(base.get("params"), ","), "1.00x",
              fmt(base.get("flops"), ","), "1.00x", val, val,
-             fmt(base.get("test_acc"), ".4f"), "", fmt(base.get("latency_ms_keras"), ".3f"),
+             fmt(base.get("test_acc"), ".4f"), "", "", "",
+             fmt(base.get("latency_ms_keras"), ".3f"),
              "1.00x", fmt(base.get("latency_ms_tflite"), ".3f"), "1.00x",
              fmt(base.get("keras_bytes"), ","), "1.00x", fmt(base.get("tflite_bytes"), ","),
-             "1.00x", "", ""]]
-    for r in data.finetuned:
-        job = r.record
+             "1.00x", "", "", ""]]
+    original = Measured.from_attrs(base)
+
+    def row(label: str, job: FinetuneRecord, reference: FinetuneRecord | None) -> list[str]:
         m = job.measured
-        rows.append([
-            f"#{r.source}", str(r.job), fmt(m.params, ","),
-            _ratio(base.get("params"), m.params), fmt(m.flops, ","),
-            _ratio(base.get("flops"), m.flops), fmt(job.val_acc_before, ".4f"),
-            fmt(job.val_acc_after, ".4f"), fmt(m.test_acc, ".4f"),
-            _delta(m.test_acc, base.get("test_acc")),
-            fmt(m.latency_ms_keras, ".3f"),
-            _ratio(base.get("latency_ms_keras"), m.latency_ms_keras),
-            fmt(m.latency_ms_tflite, ".3f"),
-            _ratio(base.get("latency_ms_tflite"), m.latency_ms_tflite),
-            fmt(m.keras_bytes, ","), _ratio(base.get("keras_bytes"), m.keras_bytes),
-            fmt(m.tflite_bytes, ","), _ratio(base.get("tflite_bytes"), m.tflite_bytes),
-            fmt(job.epochs_run, ".0f"), fmt(job.finetune_seconds, ".1f")])
+        drops = job.drops_pp(reference, original)
+        return [label, str(job.job), fmt(m.params, ","),
+                _ratio(base.get("params"), m.params), fmt(m.flops, ","),
+                _ratio(base.get("flops"), m.flops), fmt(job.val_acc_before, ".4f"),
+                fmt(job.val_acc_after, ".4f"), fmt(m.test_acc, ".4f"),
+                "" if job.is_reference else _pp(drops["val_vs_reference"]),
+                "" if job.is_reference else _pp(drops["test_vs_reference"]),
+                _pp(drops["test_vs_original"]),
+                fmt(m.latency_ms_keras, ".3f"),
+                _ratio(base.get("latency_ms_keras"), m.latency_ms_keras),
+                fmt(m.latency_ms_tflite, ".3f"),
+                _ratio(base.get("latency_ms_tflite"), m.latency_ms_tflite),
+                fmt(m.keras_bytes, ","), _ratio(base.get("keras_bytes"), m.keras_bytes),
+                fmt(m.tflite_bytes, ","), _ratio(base.get("tflite_bytes"), m.tflite_bytes),
+                fmt(job.epochs_run, ".0f"), fmt(job.finetune_seconds, ".1f"),
+                data.recipe_texts.get(job.recipe or "", job.recipe or "")]
+
+    for ref in data.references.values():
+        rows.append(row("fair reference", ref, None))
+    for r in data.finetuned:
+        rows.append(row(f"#{r.source}", r.record, r.reference))
     title = (f"Fine-tuned trials of study {data.study_name!r} ({len(data.finetuned)} in "
-             f"{data.finetune_name!r}; latencies: batch 1, median)")
+             f"{data.finetune_name!r}; latencies: batch 1, median; drops in pp, positive = "
+             "worse, against the fair reference (the original fine-tuned with the same "
+             "recipe) and the untouched original)")
     return Table(RESULT_HEADER, rows, title)
+
+
+def _reduction(original: float | None, value: float | None) -> str:
+    if original is None or value is None or original == 0:
+        return "n/a"
+    return f"{100 * (1 - value / original):.1f}%"
+
+
+def within_budget_table(answer: WithinBudget) -> Table:
+    """The probes of a max-drop search (:func:`lrf_optuna.finetune.finetune_within`), in
+    the order they were evaluated; drops in pp against the fair reference and the untouched
+    original (positive: worse)."""
+    rows = []
+    chosen = answer.chosen.number if answer.chosen is not None else None
+    for order, (trial, job) in enumerate(answer.probes, 1):
+        m = job.measured
+        drops = job.drops_pp(answer.reference, answer.original)
+        probe = answer.search.probes[order - 1]
+        rows.append([str(order) + (" (known)" if probe.known else ""), f"#{trial.number}",
+                     fmt(m.params, ","), _reduction(answer.original_params, m.params),
+                     _reduction(answer.original_flops, m.flops),
+                     fmt(trial.user_attrs.get("proxy"), ".4f"), fmt(job.val_acc_after, ".4f"),
+                     _pp(drops["val_vs_reference"]), _pp(drops["test_vs_reference"]),
+                     _pp(drops["test_vs_original"]),
+                     ("yes" if probe.passed else "no") + (" <- chosen"
+                                                          if trial.number == chosen else "")])
+    header = ["probe", "trial", "params", "params saved", "FLOPs saved", "proxy",
+              "val acc", "val drop vs ref (pp)", "test drop vs ref (pp)",
+              "test drop vs orig (pp)", f"within {answer.max_drop:g} pp"]
+    title = (f"Max-drop search: {len(answer.candidates)} candidate(s) on the (params, proxy) "
+             f"front, {answer.search.n_evaluated} fine-tuned now; recipe: {answer.recipe}")
+    return Table(header, rows, title)
+
+
+def within_budget_text(answer: WithinBudget) -> str:
+    """The answer of a max-drop search in two lines (the chosen trial and its drops)."""
+    ref = answer.reference
+    head = (f"fair reference (the original fine-tuned the same way): val "
+            f"{fmt(ref.val_acc_after, '.4f')}, test {fmt(ref.measured.test_acc, '.4f')}; "
+            f"untouched original: val {fmt(answer.original.val_acc, '.4f')}, test "
+            f"{fmt(answer.original.test_acc, '.4f')}")
+    if answer.chosen is None or answer.job is None:
+        return (f"{head}\nno compressed trial stays within {answer.max_drop:g} pp of the fair "
+                "reference on validation accuracy")
+    m = answer.job.measured
+    d = answer.drops_pp()
+    note = ("" if answer.search.converged
+            else " (probe budget exhausted: a smaller one may pass)")
+    return (f"{head}\nsmallest model within {answer.max_drop:g} pp (decided on validation): "
+            f"trial #{answer.chosen.number}, {fmt(m.params, ',')} params "
+            f"({_reduction(answer.original_params, m.params)} fewer, "
+            f"{_ratio(answer.original_params, m.params)}), FLOPs "
+            f"{_reduction(answer.original_flops, m.flops)} fewer; val drop "
+            f"{_pp(d['val_vs_reference'])} pp, test drop {_pp(d['test_vs_reference'])} pp "
+            "vs "
+            f"the fair reference ({_pp(d['test_vs_original'])} pp vs the untouched "
+            f"original){note}")
 
 
 def plan_table(data: ReportData, trials: Sequence[tuple[str, Mapping[str, str]]]) -> Table:

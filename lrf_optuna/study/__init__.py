@@ -5,11 +5,20 @@
 * :mod:`~lrf_optuna.study.records`: the user-attribute names, their typed readers and the
   plan codec;
 * :mod:`~lrf_optuna.study.lookup`: a search study by name (one error type,
-  :class:`~lrf_optuna.errors.UserError`), its fine-tuning study and jobs.
+  :class:`~lrf_optuna.errors.UserError`), its fine-tuning study and jobs;
+* :mod:`~lrf_optuna.study.binding`: the fingerprints that bind a study to its model, data
+  and search settings (resuming with others is refused);
+* :mod:`~lrf_optuna.study.recovery`: RUNNING trials of killed search workers, failed with
+  the reason.
+
+Studies are shared files (or rows on a server): nothing here trusts a path a study
+records (:func:`~lrf_optuna.study.records.problem_spec`,
+:func:`~lrf_optuna.study.lookup.artifact_store_dir`).
 """
 
 from __future__ import annotations
 
+from lrf_optuna.study.binding import Binding, check_binding, load_study_problem
 from lrf_optuna.study.lookup import (
     FINETUNE_SUFFIX,
     find_finetune_study,
@@ -30,8 +39,10 @@ from lrf_optuna.study.records import (
     readable_plan,
     record_problem,
 )
+from lrf_optuna.study.recovery import recover_stale_trials
 from lrf_optuna.study.storage import (
     artifact_dir_for,
+    check_storage,
     default_storage,
     open_storage,
     sqlite_path,
@@ -40,8 +51,11 @@ from lrf_optuna.study.storage import (
 
 __all__ = [
     "FINETUNE_SUFFIX",
+    "Binding",
     "CompressionPlan",
     "artifact_dir_for",
+    "check_binding",
+    "check_storage",
     "decode_plan",
     "default_storage",
     "find_finetune_study",
@@ -50,12 +64,14 @@ __all__ = [
     "get_search_trial",
     "latest_jobs",
     "load_study",
+    "load_study_problem",
     "open_finetune_study",
     "open_storage",
     "original_info",
     "problem_spec",
     "readable_plan",
     "record_problem",
+    "recover_stale_trials",
     "resolve_storage",
     "search_study_names",
     "sqlite_path",

@@ -17,8 +17,25 @@ pruned plan instead of building the wrong model.
 Study attributes: :data:`PROBLEM_ATTR` (how to rebuild model and data,
 :class:`~lrf_optuna.problem.ProblemSpec`), :data:`SPACE_ATTR` (the search space),
 :data:`ORIGINAL_ATTR` (the original model's costs and the proxy's settings,
-:class:`OriginalInfo`). Fine-tuning jobs: :class:`FinetuneRecord`; the original model
-measured the same way: :class:`Measured`.
+:class:`OriginalInfo`), :data:`BINDING_ATTR` (fingerprints of the model and data and the
+search settings, :mod:`lrf_optuna.study.binding`).
+
+A study is a shared file (or rows anyone with access to the server can write), so the
+paths it records are not trusted: :func:`problem_spec` resolves the problem files
+lrf_optuna saved (recorded relative to the artifact store the storage URL implies) inside
+that store only, and accepts a path outside it only when the study also records the
+fingerprints the loaded model and data must then match
+(:func:`lrf_optuna.study.binding.load_study_problem` checks them).
+
+Fine-tuning jobs: :class:`FinetuneRecord`; the original model measured the same way:
+:class:`Measured`.
+
+Every fine-tuning job records its *recipe* (:data:`RECIPE_ATTR`, the digest of the
+training settings, and :data:`RECIPE_CONFIG_ATTR`, the settings): results are compared and
+reused only within one recipe. The **fair reference** of a recipe is the job that
+fine-tuned the original model (the search trial with the empty plan) with that recipe
+(:data:`REFERENCE_ATTR`); drops are reported against it and against the untouched
+original.
 
 Example:
     >>> attrs = plan_attrs({"fc1": ("svd", 8)}, layers=["conv1", "fc1"])
@@ -43,8 +60,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
@@ -56,11 +75,15 @@ if TYPE_CHECKING:
     from lrf_optuna.problem import ProblemSpec
 
 __all__ = [
+    "BINDING_ATTR",
     "KEEP",
     "LRF_PLAN_ATTR",
     "ORIGINAL_ATTR",
     "PLAN_ATTR",
     "PROBLEM_ATTR",
+    "RECIPE_ATTR",
+    "RECIPE_CONFIG_ATTR",
+    "REFERENCE_ATTR",
     "SOURCE_TRIAL",
     "SPACE_ATTR",
     "STRATEGY_ATTR",
@@ -97,6 +120,7 @@ ORIGINAL_ATTR = "lrf_optuna:original"
 #: The pruning a search offers (its :class:`~lrf_optuna.prune.PruneConfig` and cache);
 #: absent when the search does not prune.
 PRUNE_ATTR = "lrf_optuna:prune"
+BINDING_ATTR = "lrf_optuna:binding"
 # search-trial user attributes
 PLAN_ATTR = "plan"
 LRF_PLAN_ATTR = "lrf_plan"
@@ -107,6 +131,10 @@ SOURCE_TRIAL = "source_trial"
 BASELINE_ATTR = "original"
 ARTIFACT_DIR_ATTR = "artifact_dir"
 SOURCE_STUDY_ATTR = "source_study"
+# fine-tuning jobs: the recipe they were enqueued with; the fair-reference flag
+RECIPE_ATTR = "recipe"
+RECIPE_CONFIG_ATTR = "recipe_config"
+REFERENCE_ATTR = "fair_reference"
 
 
 # -- plans ------------------------------------------------------------------------------------
@@ -414,40 +442,134 @@ class FinetuneRecord:
     finetune_seconds: float | None
     reverted: bool
     plan: dict[str, str]
+    recipe: str | None = None
+    recipe_config: dict[str, Any] = dataclasses.field(default_factory=dict)
+    is_reference: bool = False
 
     @classmethod
     def of(cls, job: FrozenTrial) -> FinetuneRecord:
         ua = job.user_attrs
-        return cls(job.number, int(_int(ua.get(SOURCE_TRIAL)) or -1), Measured.from_attrs(ua),
+        source = _int(ua.get(SOURCE_TRIAL))
+        recipe = ua.get(RECIPE_ATTR)
+        config = ua.get(RECIPE_CONFIG_ATTR)
+        return cls(job.number, -1 if source is None else source, Measured.from_attrs(ua),
                    as_float(ua.get("val_acc_before")), as_float(ua.get("val_acc_after")),
                    as_float(ua.get("test_acc_before")), _int(ua.get("epochs_run")),
                    as_float(ua.get("finetune_seconds")), bool(ua.get("reverted", False)),
-                   readable_plan(ua))
+                   readable_plan(ua), str(recipe) if recipe is not None else None,
+                   dict(config) if isinstance(config, Mapping) else {},
+                   bool(ua.get(REFERENCE_ATTR, False)))
+
+    def drops_pp(self, reference: FinetuneRecord | None,
+                 original: Measured | None = None) -> dict[str, float | None]:
+        """Accuracy drops in percentage points (positive: worse): ``val_vs_reference``,
+        ``test_vs_reference`` (against the fair reference's fine-tuned accuracies) and
+        ``test_vs_original`` (against the untouched original); ``None`` when unknown.
+
+        Example:
+            >>> job = FinetuneRecord(1, 5, Measured(test_acc=0.90), None, 0.91, None, 3, 1.0,
+            ...                      False, {})
+            >>> ref = FinetuneRecord(0, 0, Measured(test_acc=0.92), None, 0.925, None, 3,
+            ...                      1.0, False, {}, is_reference=True)
+            >>> {k: round(v, 2) for k, v in job.drops_pp(ref, Measured(test_acc=0.915)).items()}
+            {'val_vs_reference': 1.5, 'test_vs_reference': 2.0, 'test_vs_original': 1.5}
+        """
+        def drop(theirs: float | None, mine: float | None) -> float | None:
+            return None if theirs is None or mine is None else 100.0 * (theirs - mine)
+
+        return {"val_vs_reference": drop(reference.val_acc_after if reference else None,
+                                         self.val_acc_after),
+                "test_vs_reference": drop(reference.measured.test_acc if reference else None,
+                                          self.measured.test_acc),
+                "test_vs_original": drop(original.test_acc if original else None,
+                                         self.measured.test_acc)}
 
 
 # -- the problem --------------------------------------------------------------------------------
 
-def record_problem(study: optuna.Study, spec: ProblemSpec) -> None:
-    """Store ``spec`` in the study (once), so later commands can rebuild the problem."""
-    if PROBLEM_ATTR not in study.user_attrs:
-        study.set_user_attr(PROBLEM_ATTR, spec.to_json())
+_PATH_FIELDS = ("model", "dataset", "data_dir")
+
+
+def _is_name(field: str, value: str) -> bool:
+    """A value that is not a path: a reference model or the Fashion-MNIST dataset."""
+    from lrf_optuna.models import REFERENCE_MODELS
+
+    return (field == "model" and value in REFERENCE_MODELS) or (
+        field == "dataset" and value in ("fashion-mnist", "fashion_mnist"))
+
+
+def _inside(path: Path, directory: Path) -> bool:
+    return os.path.commonpath([path, directory]) == str(directory)
+
+
+def record_problem(study: optuna.Study, spec: ProblemSpec, *,
+                   store: str | os.PathLike[str] | None = None) -> None:
+    """Store ``spec`` in the study (once), so later commands can rebuild the problem.
+
+    Files inside ``store`` (the artifact store, where lrf_optuna saves in-memory models
+    and data) are recorded relative to it, so that :func:`problem_spec` finds them in the
+    store of whoever opens the study, never at a path the study names.
+    """
+    if PROBLEM_ATTR in study.user_attrs:
+        return
+    raw = spec.to_json()
+    if store is not None:
+        root = Path(store).resolve()
+        for field in _PATH_FIELDS:
+            value = raw.get(field)
+            if value and not _is_name(field, value) and _inside(Path(value).resolve(), root):
+                raw[field] = Path(value).resolve().relative_to(root).as_posix()
+    study.set_user_attr(PROBLEM_ATTR, raw)
 
 
 def problem_spec(study: optuna.Study) -> ProblemSpec:
-    """The :class:`~lrf_optuna.problem.ProblemSpec` recorded in a study.
+    """The :class:`~lrf_optuna.problem.ProblemSpec` recorded in a study, its paths made
+    safe to open.
+
+    A relative path is a file lrf_optuna saved in the artifact store the storage URL
+    implies (:func:`~lrf_optuna.study.storage.artifact_dir_for`) and resolves inside it;
+    an absolute path (the user's own ``--model`` / ``--dataset`` files) is returned only
+    when the study records the fingerprints (:data:`BINDING_ATTR`) that the loaded files
+    must match.
 
     Raises:
         UserError: the study has none (it was not made by ``create_lrf_study`` or
-            ``lrf-optuna search``).
+            ``lrf-optuna search``), a relative path leaves the artifact store, or an
+            absolute path cannot be verified.
     """
     from lrf_optuna.problem import ProblemSpec
+    from lrf_optuna.study.storage import artifact_dir_for, storage_url
 
     raw = study.user_attrs.get(PROBLEM_ATTR)
-    if raw is None:
+    if not isinstance(raw, Mapping):
         raise UserError(f"study {study.study_name!r} has no {PROBLEM_ATTR!r} attribute; it "
                         "was not made by lrf_optuna.create_lrf_study or `lrf-optuna search` "
                         "(pass problem= explicitly)")
-    return ProblemSpec.from_json(raw)
+    spec = ProblemSpec.from_json(dict(raw))
+    store = artifact_dir_for(storage_url(study)).resolve()
+    resolved: dict[str, Any] = {}
+    outside = []
+    for field in _PATH_FIELDS:
+        value = getattr(spec, field)
+        if value is None or not isinstance(value, str) or _is_name(field, value):
+            continue
+        path = Path(value)
+        if not path.is_absolute():
+            path = (store / path).resolve()
+            if not _inside(path, store):
+                raise UserError(f"study {study.study_name!r} records the {field} path "
+                                f"{value!r}, which leads out of its artifact store {store}; "
+                                "the study file may have been tampered with")
+            resolved[field] = str(path)
+        elif not _inside(path.resolve(), store):
+            outside.append(f"{field} {value}")
+    if outside and not isinstance(study.user_attrs.get(BINDING_ATTR), Mapping):
+        raise UserError(f"study {study.study_name!r} names files outside its artifact store "
+                        f"{store} ({', '.join(outside)}) and records no fingerprints to "
+                        "verify them (a study of an older lrf_optuna, or edited); rerun "
+                        "`lrf-optuna search` on it with the same --model and --dataset to "
+                        "record them, or pass problem= explicitly")
+    return dataclasses.replace(spec, **resolved)
 
 
 # -- trials -----------------------------------------------------------------------------------

@@ -1,0 +1,171 @@
+"""One call: the smallest compressed model within an accuracy budget, as deployable files.
+
+:func:`compress` runs the whole pipeline on a trained model and a dataset -- the NSGA-II
+search (:func:`lrf_optuna.search.prepare_lrf_study`), the max-drop search along its front
+(:func:`lrf_optuna.finetune.finetune_within`: fine-tuned probes decided on validation
+accuracy against the fair reference) -- and writes the chosen model's ``.keras`` and
+``.tflite`` files. Everything lives in a study (``sqlite:///<out_dir>/<study>.db`` by
+default), so calling it again resumes: finished search trials, fine-tuned probes and the
+fair reference are reused. CLI: ``lrf-optuna compress``.
+
+Example:
+    >>> small = lrf_optuna.compress(model, data, max_drop=1.0)  # doctest: +SKIP
+    >>> small.count_params() < model.count_params()  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lrf_optuna.errors import UserError
+
+if TYPE_CHECKING:
+    import keras
+    import optuna
+
+    from lrf_optuna.data import Dataset
+    from lrf_optuna.finetune import FinetuneConfig, WithinBudget
+    from lrf_optuna.finetune.budget import ProbeStrategy
+
+__all__ = ["Compressed", "compress", "compress_detailed"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Compressed:
+    """What :func:`compress_detailed` produced.
+
+    Attributes:
+        model: The fine-tuned compressed model (loaded from ``keras_path``).
+        keras_path: Its ``.keras`` file (load it with :func:`lrf_optuna.load_model`).
+        tflite_path: Its float32 ``.tflite`` file.
+        answer: The max-drop search: chosen trial, probes, fair reference, drops.
+        study: The search study (resumable).
+    """
+
+    model: keras.Model
+    keras_path: Path
+    tflite_path: Path
+    answer: WithinBudget
+    study: optuna.Study
+
+
+def compress_detailed(
+    model: keras.Model | str | os.PathLike[str],
+    data: Dataset | str | os.PathLike[str] = "fashion-mnist",
+    max_drop: float = 1.0,
+    *,
+    out_dir: str | os.PathLike[str] = "compressed",
+    study_name: str | None = None,
+    storage: str | None = None,
+    n_trials: int = 300,
+    config: FinetuneConfig | None = None,
+    max_probes: int | None = None,
+    strategy: ProbeStrategy = "bisect",
+    seed: int = 0,
+    calibration_size: int = 512,
+    val_fraction: float = 0.1,
+    cache_dir: str | os.PathLike[str] = ".lrf_cache",
+    show_progress_bar: bool = True,
+    **objective_kwargs: Any,
+) -> Compressed:
+    """:func:`compress`, returning the files, the max-drop answer and the study too."""
+    from lrf_optuna.export import export_trial, load_model
+    from lrf_optuna.finetune import FinetuneConfig, finetune_within
+    from lrf_optuna.search import load_problem, prepare_lrf_study
+
+    if not max_drop >= 0:
+        raise UserError(f"max_drop must be >= 0 percentage points, but got {max_drop}")
+    if n_trials < 1:
+        raise UserError(f"n_trials must be >= 1, but got {n_trials}")
+    config = config or FinetuneConfig()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    problem = load_problem(model, data, seed=seed, calibration_size=calibration_size,
+                           val_fraction=val_fraction, cache_dir=cache_dir)
+    name = study_name or f"compress_{problem.name}"
+    url = storage or f"sqlite:///{out.resolve() / name}.db"
+    search = prepare_lrf_study(problem, study_name=name, storage=url, seed=seed,
+                               progress=show_progress_bar, **objective_kwargs)
+    search.optimize(n_trials, show_progress_bar=show_progress_bar)
+    answer = finetune_within(search.study, max_drop, config=config, strategy=strategy,
+                             max_probes=max_probes, problem=search.problem)
+    if answer.chosen is None:
+        smallest_drop = min((job.drops_pp(answer.reference)["val_vs_reference"] or 0.0
+                             for _, job in answer.probes), default=None)
+        seen = ("" if smallest_drop is None
+                else f"; the best probe lost {smallest_drop:.2f} pp")
+        raise UserError(f"no compressed trial of study {name!r} ({url}) stays within "
+                        f"{max_drop:g} pp of the fair reference's validation accuracy"
+                        f"{seen}: allow a larger max_drop, run more search trials or "
+                        "fine-tune longer (config=FinetuneConfig(epochs=...))")
+    keras_path, tflite_path = export_trial(search.study, answer.chosen.number, out,
+                                           problem=search.problem, recipe=config.recipe_key())
+    logger.info("compressed model: %s and %s", keras_path, tflite_path)
+    return Compressed(load_model(keras_path), keras_path, tflite_path, answer, search.study)
+
+
+def compress(
+    model: keras.Model | str | os.PathLike[str],
+    data: Dataset | str | os.PathLike[str] = "fashion-mnist",
+    max_drop: float = 1.0,
+    *,
+    out_dir: str | os.PathLike[str] = "compressed",
+    study_name: str | None = None,
+    storage: str | None = None,
+    n_trials: int = 300,
+    config: FinetuneConfig | None = None,
+    max_probes: int | None = None,
+    strategy: ProbeStrategy = "bisect",
+    seed: int = 0,
+    calibration_size: int = 512,
+    val_fraction: float = 0.1,
+    cache_dir: str | os.PathLike[str] = ".lrf_cache",
+    show_progress_bar: bool = True,
+    **objective_kwargs: Any,
+) -> keras.Model:
+    """The smallest compressed model within ``max_drop`` pp of the fair reference.
+
+    Search (``n_trials`` NSGA-II trials, resumable), then the max-drop search along the
+    front (:func:`lrf_optuna.finetune.finetune_within`: each probe fine-tuned with
+    ``config``, decided on validation accuracy against the original fine-tuned the same
+    way), then the chosen model's ``.keras`` and ``.tflite`` files are written to
+    ``out_dir`` (``<study>_trial<N>.keras`` / ``.tflite``).
+
+    Args:
+        model: A trained Keras model, a reference model name or a ``.keras`` file.
+        data: A :class:`~lrf_optuna.data.Dataset`, ``"fashion-mnist"`` or a ``.npz`` file
+            (x_train, y_train, x_test, y_test).
+        max_drop: Accepted drop of validation accuracy, in percentage points.
+        out_dir: Where the files (and, by default, the study database) go.
+        study_name: Default ``compress_<model name>``.
+        storage: Default ``sqlite:///<out_dir>/<study_name>.db``.
+        n_trials: Search trials (total: a rerun continues).
+        config: The fine-tuning recipe (default :class:`~lrf_optuna.finetune.FinetuneConfig`).
+        max_probes: At most this many fine-tuned probes (``None``: until decided).
+        strategy: How probes are chosen (``"bisect"`` or ``"interpolate"``).
+        seed: Seed of the splits and of the sampler.
+        calibration_size: Calibration images (from the training split).
+        val_fraction: Validation fraction of the training data (decides everything).
+        cache_dir: Similarity cache directory.
+        show_progress_bar: Progress bars.
+        **objective_kwargs: More :class:`~lrf_optuna.search.LRFObjective` arguments
+            (``methods``, ``layers`` ...).
+
+    Returns:
+        The fine-tuned compressed model.
+
+    Raises:
+        UserError: bad arguments, or no compressed trial within ``max_drop``.
+    """
+    return compress_detailed(
+        model, data, max_drop, out_dir=out_dir, study_name=study_name, storage=storage,
+        n_trials=n_trials, config=config, max_probes=max_probes, strategy=strategy, seed=seed,
+        calibration_size=calibration_size, val_fraction=val_fraction, cache_dir=cache_dir,
+        show_progress_bar=show_progress_bar, **objective_kwargs).model

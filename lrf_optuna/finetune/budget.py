@@ -1,0 +1,352 @@
+""""The smallest model within my accuracy budget": a search along the front.
+
+The question users ask is not "fine-tune three trials" but "how small can the model get
+while losing at most ``max_drop`` percentage points". :func:`finetune_within` answers it on
+a search study: its candidates are the useful trials on the front of (params, proxy)
+(:func:`~lrf_optuna.finetune.select.budget_candidates`), smallest first; a candidate
+*passes* when its validation accuracy after fine-tuning is at least the **fair
+reference**'s (the original model fine-tuned with the same recipe) minus ``max_drop``.
+Every probe is a normal fine-tuning job of the study (resumable: a rerun reuses the
+finished probes), and the test split decides nothing (it is only reported).
+
+The search itself, :func:`smallest_passing`, is a pure function of the candidates'
+positions and an evaluator, shared with the benchmark (``benchmarks/compression.py``):
+
+1. The bracket ``(lo, hi)``: ``lo`` the largest candidate known to fail below ``hi``
+   (``-1``: none), ``hi`` the smallest candidate known to pass (``n``: none; the original
+   model, which passes by definition, stands beyond the last candidate). Results already
+   known (finished jobs of the same recipe) are used first.
+2. While a candidate lies strictly inside the bracket (and the probe budget lasts): probe
+   one, move ``hi`` down to it when it passes, ``lo`` up to it when it fails.
+   ``"bisect"`` (default) probes the middle index. ``"interpolate"`` probes the
+   candidate whose position (its proxy; log(params) without proxies) is nearest to where
+   the straight line through the two measured bracket ends reaches the target accuracy,
+   the original (proxy 1, the reference's accuracy) serving as the upper end before a
+   passing probe exists; the choice is clamped to the middle half of the bracket, so each
+   probe removes at least a quarter of it. The first probe, with no failing end yet, is
+   the middle. On 2000 simulated fronts (10-60 candidates, accuracy saturating in the
+   proxy, with noise; ``benchmarks/compression.py``, section "Probe strategies")
+   interpolation needed 4.8 probes on average against 5.0 for bisection, but up to 9
+   against 6: bisection, whose ``ceil(log2(n + 1))`` bound holds always, is the default.
+3. The answer is ``hi``: the smallest candidate seen to pass.
+
+With accuracy monotone in size (the usual case) that is the smallest passing candidate.
+When it is not (two plans of similar size can differ by a point after fine-tuning, and seed
+noise is about 0.2 pp), the answer still always passes -- it is the smallest *probed*
+candidate that passed, its next smaller neighbour probed and failed -- but a smaller
+passing candidate may sit below a failing one unprobed.
+
+Example:
+    >>> accuracy = [0.60, 0.80, 0.90, 0.925, 0.93, 0.935, 0.94]   # by size
+    >>> found = smallest_passing([1, 2, 3, 4, 5, 6, 7], lambda i: accuracy[i], 0.92)
+    >>> found.chosen, [p.index for p in found.probes]
+    (3, [3, 1, 2])
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lrf_optuna.errors import UserError
+from lrf_optuna.finetune.config import FinetuneConfig
+from lrf_optuna.finetune.select import MIN_REDUCTION, PROXY_FLOOR, budget_candidates
+from lrf_optuna.study.lookup import (
+    find_finetune_study,
+    jobs_by_source,
+    latest_jobs,
+)
+from lrf_optuna.study.records import BASELINE_ATTR, FinetuneRecord, Measured
+
+if TYPE_CHECKING:
+    import os
+
+    from lrf_optuna.problem import Problem
+
+__all__ = ["BudgetProbe", "BudgetSearch", "ProbeStrategy", "WithinBudget", "finetune_within",
+           "smallest_passing"]
+
+logger = logging.getLogger(__name__)
+
+#: How :func:`smallest_passing` chooses the next probe.
+ProbeStrategy = Literal["interpolate", "bisect"]
+
+
+@dataclass(frozen=True)
+class BudgetProbe:
+    """One evaluated candidate: its index (by size), position, score and verdict."""
+
+    index: int
+    position: float
+    score: float
+    passed: bool
+    known: bool  # known before the search started (not probed by it)
+
+
+@dataclass(frozen=True)
+class BudgetSearch:
+    """What :func:`smallest_passing` found: ``chosen`` (an index, ``None`` when no
+    candidate passed), the probes in order, and whether the bracket closed
+    (``converged``: the chosen candidate's smaller neighbour was evaluated and failed, or
+    it is the smallest candidate)."""
+
+    chosen: int | None
+    probes: list[BudgetProbe]
+    target: float
+    converged: bool
+
+    @property
+    def n_evaluated(self) -> int:
+        """Evaluations this search ran (results known beforehand not counted)."""
+        return sum(1 for p in self.probes if not p.known)
+
+
+def _next_probe(lo: int, hi: int, positions: Sequence[float], scores: Mapping[int, float],
+                target: float, top: tuple[float, float] | None,
+                strategy: ProbeStrategy) -> int:
+    middle = (lo + hi) // 2
+    if strategy == "bisect" or lo < 0:
+        return middle
+    upper = (positions[hi], scores[hi]) if hi < len(positions) else top
+    if upper is None:
+        return middle
+    x0, y0 = positions[lo], scores[lo]
+    x1, y1 = upper
+    width = hi - lo
+    margin = max(1, math.ceil(width / 4))
+    low_i, high_i = lo + margin, hi - margin
+    if low_i > high_i:
+        return middle
+    if y1 <= y0 or x1 == x0:
+        return middle
+    x_star = x0 + (target - y0) * (x1 - x0) / (y1 - y0)
+    inside = range(low_i, high_i + 1)
+    return min(inside, key=lambda i: (abs(positions[i] - x_star), i))
+
+
+def smallest_passing(positions: Sequence[float], evaluate: Callable[[int], float],
+                     target: float, *, known: Mapping[int, float] | None = None,
+                     strategy: ProbeStrategy = "bisect",
+                     top: tuple[float, float] | None = None,
+                     max_probes: int | None = None) -> BudgetSearch:
+    """The smallest candidate whose score reaches ``target`` (module docstring).
+
+    Args:
+        positions: One number per candidate, candidates ordered by size (smallest first);
+            increasing along them (the proxy, or log(params)). Used by
+            ``"interpolate"`` only.
+        evaluate: ``index -> score`` (e.g. validation accuracy after fine-tuning).
+        target: A candidate passes when its score is at least this.
+        known: Scores known beforehand (``{index: score}``), used before any probe.
+        strategy: ``"bisect"`` (default) or ``"interpolate"``.
+        top: ``(position, score)`` of the reference beyond the last candidate (e.g.
+            ``(1.0, reference accuracy)`` with proxies), for ``"interpolate"``.
+        max_probes: Stop once this many candidates are evaluated, ``known`` ones included
+            (``None``: until the bracket closes); so rerunning with the results of a run as
+            ``known`` evaluates nothing new.
+
+    Returns:
+        A :class:`BudgetSearch`.
+    """
+    n = len(positions)
+    if strategy not in ("interpolate", "bisect"):
+        raise ValueError(f"strategy must be 'interpolate' or 'bisect', got {strategy!r}")
+    scores: dict[int, float] = {}
+    probes: list[BudgetProbe] = []
+    for i, score in sorted((known or {}).items()):
+        if 0 <= i < n:
+            scores[i] = float(score)
+            probes.append(BudgetProbe(i, float(positions[i]), float(score),
+                                      float(score) >= target, True))
+
+    def bracket() -> tuple[int, int]:
+        hi = min((i for i, s in scores.items() if s >= target), default=n)
+        lo = max((i for i, s in scores.items() if s < target and i < hi), default=-1)
+        return lo, hi
+
+    lo, hi = bracket()
+    while hi - lo > 1 and (max_probes is None or len(scores) < max_probes):
+        i = _next_probe(lo, hi, positions, scores, target, top, strategy)
+        score = float(evaluate(i))
+        scores[i] = score
+        probes.append(BudgetProbe(i, float(positions[i]), score, score >= target, False))
+        lo, hi = bracket()
+    return BudgetSearch(hi if hi < n else None, probes, target, hi - lo <= 1)
+
+
+# -- on a study -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class WithinBudget:
+    """The answer of :func:`finetune_within`.
+
+    Attributes:
+        max_drop: The budget in percentage points of validation accuracy.
+        chosen: The chosen search trial (``None``: no candidate stays within the budget).
+        job: Its fine-tuning job (``None`` likewise).
+        reference: The fair reference (the original fine-tuned with the same recipe).
+        original: The untouched original model, measured like the jobs.
+        probes: ``(search trial, its job's record)`` of every candidate evaluated, in
+            probe order (jobs known before the search first).
+        search: The search's own record (indices into ``candidates``).
+        candidates: The candidates' trial numbers, smallest first.
+        recipe: The recipe in words.
+    """
+
+    max_drop: float
+    chosen: FrozenTrial | None
+    job: FinetuneRecord | None
+    reference: FinetuneRecord
+    original: Measured
+    probes: list[tuple[FrozenTrial, FinetuneRecord]]
+    search: BudgetSearch
+    candidates: list[int]
+    recipe: str
+    original_params: int | None = None
+    original_flops: int | None = None
+
+    def drops_pp(self) -> dict[str, float | None]:
+        """The chosen job's drops (pp): ``val_vs_reference``, ``test_vs_reference``,
+        ``test_vs_original`` (empty values when nothing was chosen)."""
+        if self.job is None:
+            return {"val_vs_reference": None, "test_vs_reference": None,
+                    "test_vs_original": None}
+        return self.job.drops_pp(self.reference, self.original)
+
+
+def _wait_for(study: optuna.Study, source: int, recipe: str, run: Callable[[], int],
+              poll: float) -> FrozenTrial:
+    """Run queued jobs until the job of ``(source, recipe)`` is finished; returns it.
+
+    Raises:
+        RuntimeError: its latest job FAILed.
+    """
+    while True:
+        ft = find_finetune_study(study)
+        jobs = jobs_by_source(ft, recipe=recipe).get(source, []) if ft is not None else []
+        done = [j for j in jobs if j.state == TrialState.COMPLETE]
+        if done:
+            return done[-1]
+        if jobs and all(j.state == TrialState.FAIL for j in jobs):
+            error = next((j.user_attrs["error"] for j in reversed(jobs)
+                          if "error" in j.user_attrs), "see the fine-tuning study")
+            raise RuntimeError(f"the fine-tuning job of trial {source} failed: {error}; "
+                               "rerun to retry it")
+        if run() == 0:  # the queue is empty: another worker runs it
+            logger.info("trial %d is being fine-tuned by another worker; waiting", source)
+            time.sleep(poll)
+
+
+def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
+                    config: FinetuneConfig | None = None,
+                    strategy: ProbeStrategy = "bisect",
+                    max_probes: int | None = None,
+                    proxy_floor: float = PROXY_FLOOR, min_reduction: float = MIN_REDUCTION,
+                    artifact_dir: str | os.PathLike[str] | None = None,
+                    problem: Problem | None = None, poll_seconds: float = 5.0
+                    ) -> WithinBudget:
+    """The smallest model of a search study within ``max_drop`` pp of the fair reference.
+
+    Fine-tunes the fair reference (the original with ``config``'s recipe), then probes the
+    candidates (:func:`~lrf_optuna.finetune.select.budget_candidates`) with
+    :func:`smallest_passing` on their validation accuracy after fine-tuning, each probe a
+    normal resumable job of ``"<study>:finetune"`` (jobs of the same recipe finished
+    earlier count as known results, so a rerun probes nothing twice). The test split is
+    only reported. CLI: ``lrf-optuna finetune --max-drop 1.0``.
+
+    Args:
+        study: The search study.
+        max_drop: Largest accepted drop of validation accuracy, in percentage points,
+            against the fair reference.
+        config: The recipe (and measurement settings) of every job.
+        strategy: ``"bisect"`` (default) or ``"interpolate"`` (module docstring).
+        max_probes: At most this many candidates fine-tuned in all, jobs of the recipe
+            finished earlier included (the reference not counted): a rerun adds none.
+        proxy_floor: Candidates need at least this proxy.
+        min_reduction: Candidates save at least this fraction of the parameters.
+        artifact_dir: Artifact store of the fine-tuned files.
+        problem: The loaded problem (default: loaded from the study once).
+        poll_seconds: How often to look again when another worker runs a probe.
+
+    Returns:
+        A :class:`WithinBudget` (``chosen`` is ``None`` when no candidate is within it).
+
+    Raises:
+        UserError: ``max_drop`` is negative, the study has no original trial (fair
+            reference) or no candidate.
+
+    Example:
+        >>> answer = finetune_within(study, max_drop=1.0)  # doctest: +SKIP
+        >>> answer.chosen.number, answer.drops_pp()["val_vs_reference"]  # doctest: +SKIP
+        (412, 0.83)
+    """
+    from lrf_optuna.finetune.jobs import enqueue_finetune, original_trial, run_finetune_jobs
+    from lrf_optuna.search import StudyModels
+
+    if not max_drop >= 0:
+        raise UserError(f"max_drop must be >= 0 percentage points, but got {max_drop}")
+    config = config or FinetuneConfig()
+    recipe = config.recipe_key()
+    original = original_trial(study)
+    if original is None:
+        raise UserError(f"study {study.study_name!r} has no trial of the original model "
+                        "(empty plan) to fine-tune as the fair reference; seed the study "
+                        "with LRFObjective.seed_study (create_lrf_study does)")
+    candidates = budget_candidates(study, proxy_floor=proxy_floor, min_reduction=min_reduction)
+    if not candidates:
+        raise UserError(f"study {study.study_name!r} has no compressed trial on the front "
+                        f"saving at least {min_reduction:.0%} of the parameters with proxy "
+                        f">= {proxy_floor}; run more search trials")
+    problem = problem or StudyModels(study).problem
+
+    def run() -> int:
+        return len(run_finetune_jobs(study, config=config, artifact_dir=artifact_dir,
+                                     max_jobs=1, problem=problem))
+
+    enqueue_finetune(study, [original.number], config=config)
+    ref_job = _wait_for(study, original.number, recipe, run, poll_seconds)
+    reference = FinetuneRecord.of(ref_job)
+    ref_val = reference.val_acc_after
+    if ref_val is None:
+        raise RuntimeError(f"the fair reference job {ref_job.number} has no val_acc_after")
+    target = ref_val - max_drop / 100.0
+    has_proxy = all("proxy" in t.user_attrs for t in candidates)
+    positions = [float(t.user_attrs["proxy"]) if has_proxy
+                 else math.log(max(float(t.user_attrs["params"]), 1.0)) for t in candidates]
+    original_params = float(original.user_attrs["params"])
+    top = (1.0 if has_proxy else math.log(max(original_params, 1.0)), ref_val)
+    done = latest_jobs(find_finetune_study(study), recipe=recipe)
+    index_of = {t.number: i for i, t in enumerate(candidates)}
+    known = {index_of[n]: float(FinetuneRecord.of(j).val_acc_after or 0.0)
+             for n, j in done.items() if n in index_of}
+
+    def evaluate(i: int) -> float:
+        trial = candidates[i]
+        logger.info("max-drop probe: trial %d (%s params, proxy %s)", trial.number,
+                    f"{trial.user_attrs['params']:,}", trial.user_attrs.get("proxy"))
+        enqueue_finetune(study, [trial.number], config=config, reference=False)
+        job = _wait_for(study, trial.number, recipe, run, poll_seconds)
+        return float(FinetuneRecord.of(job).val_acc_after or 0.0)
+
+    search = smallest_passing(positions, evaluate, target, known=known, strategy=strategy,
+                              top=top, max_probes=max_probes)
+    ft = find_finetune_study(study)
+    finished = latest_jobs(ft, recipe=recipe)
+    probes = [(candidates[p.index], FinetuneRecord.of(finished[candidates[p.index].number]))
+              for p in search.probes]
+    chosen = candidates[search.chosen] if search.chosen is not None else None
+    base = Measured.from_attrs(ft.user_attrs.get(BASELINE_ATTR) or {}) if ft else Measured()
+    return WithinBudget(
+        max_drop=max_drop, chosen=chosen,
+        job=FinetuneRecord.of(finished[chosen.number]) if chosen is not None else None,
+        reference=reference, original=base, probes=probes, search=search,
+        candidates=[t.number for t in candidates], recipe=config.describe(),
+        original_params=int(original_params),
+        original_flops=int(original.user_attrs.get("flops", 0)) or None)
