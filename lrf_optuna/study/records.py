@@ -81,24 +81,24 @@ __all__ = [
     "ORIGINAL_ATTR",
     "PLAN_ATTR",
     "PROBLEM_ATTR",
+    "PRUNE_ATTR",
+    "PRUNE_IMPORTANCE_ATTR",
     "RECIPE_ATTR",
     "RECIPE_CONFIG_ATTR",
     "REFERENCE_ATTR",
     "SOURCE_TRIAL",
     "SPACE_ATTR",
     "STRATEGY_ATTR",
-    "FinetuneRecord",
-    "PRUNE_ATTR",
-    "PRUNE_IMPORTANCE_ATTR",
     "CompressionPlan",
+    "FinetuneRecord",
     "Measured",
     "OriginalInfo",
     "Plan",
     "SearchRecord",
     "as_float",
     "decode_plan",
-    "describe_ratio",
     "describe_choice",
+    "describe_ratio",
     "get_search_trial",
     "original_info",
     "parse_choice",
@@ -183,7 +183,7 @@ class CompressionPlan(dict[str, tuple[str, int]]):
         equal = self.__eq__(other)
         return equal if equal is NotImplemented else not equal
 
-    __hash__ = None  # type: ignore[assignment]
+    __hash__ = None
 
     def __bool__(self) -> bool:
         return bool(len(self)) or bool(self.ratios)
@@ -194,7 +194,7 @@ class CompressionPlan(dict[str, tuple[str, int]]):
         return (f"CompressionPlan({dict.__repr__(self)}, ratios={self.ratios!r}, "
                 f"importance={self.importance!r})")
 
-    def copy(self) -> CompressionPlan:  # type: ignore[override]
+    def copy(self) -> CompressionPlan:
         return CompressionPlan(self, ratios=self.ratios, importance=self.importance)
 
     def choices(self) -> dict[str, tuple[float, str, int | None]]:
