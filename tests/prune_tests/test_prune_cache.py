@@ -54,7 +54,7 @@ def built(tmp_path_factory):
 
 
 def test_groups_and_tables_cover_the_prunable_layers(built) -> None:
-    model, _, base, pruning, _ = built
+    _, _, _, pruning, _ = built
     assert pruning.complete
     assert pruning.group_names == ["c1", "c2", "fc1"]  # fc2 feeds the output
     assert pruning.group("c2").consumers == ("fc1",)
@@ -96,7 +96,7 @@ def test_group_score_is_the_consumer_of_the_real_pruned_model(built) -> None:
 def test_unpruned_kernel_scores_equal_the_lrf_cache_exactly(built) -> None:
     """The pruned-table scoring path with no filter removed reproduces the LRF cache's
     candidates bit for bit (ratio 0 is the unpruned candidate)."""
-    model, x, base, _, acts = built
+    model, _, base, _, acts = built
     found = find_layers(model)
     for path in ("c2", "fc1"):
         layer = model.get_layer(path)

@@ -1,0 +1,150 @@
+"""Searching pruning with LRF (``prune=``): parameters in every trial, exact costs, built
+models, FBP-alone seeds, studies bound to their prune setting."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import optuna
+import pytest
+
+from lrf_optuna.cache import GridConfig, SimilarityCache
+from lrf_optuna.costs import model_costs
+from lrf_optuna.data import from_arrays
+from lrf_optuna.errors import UserError
+from lrf_optuna.prune import PruneCache, kept_count
+from lrf_optuna.search import LRFObjective, StudyModels, create_lrf_study
+from lrf_optuna.strategies import PruningThreshold, UniformPruning, all_plans
+from lrf_optuna.study.records import CompressionPlan, decode_plan
+
+from .test_prune_cache import CONFIG, trained_model
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    model, x = trained_model()
+    cache = SimilarityCache.build(model, x, cache_dir=tmp_path_factory.mktemp("ps"),
+                                  grid=GridConfig(points=4), progress=False)
+    pruning = PruneCache.build(model, x, cache, config=CONFIG, progress=False)
+    return model, x, cache, pruning
+
+
+def _study(objective: LRFObjective) -> optuna.Study:
+    study = optuna.create_study(directions=objective.directions,
+                                sampler=optuna.samplers.NSGAIISampler(seed=0,
+                                                                      population_size=10))
+    objective.describe_study(study)
+    return study
+
+
+def test_every_trial_has_the_prune_params_and_exact_costs(setup) -> None:
+    model, x, cache, pruning = setup
+    objective = LRFObjective(model, x, cache=cache, prune=CONFIG, pruning=pruning)
+    space = objective.search_space()
+    assert {k for k in space if k.endswith(":prune")} == {"c1:prune", "c2:prune",
+                                                          "fc1:prune"}
+    assert space["c1:prune"].high == len(CONFIG.ratios) - 1
+    study = _study(objective)
+    added = objective.seed_study(study)
+    study.optimize(objective, n_trials=added + 30)
+    pruned_and_factorized = 0
+    for t in study.trials:
+        assert set(t.params) == set(space)
+        plan = decode_plan(t)
+        assert plan == objective.plan_of(t)  # stored plan = decoded parameters
+        built = objective.build_model(t)
+        assert built.count_params() == t.user_attrs["params"] == t.values[0]
+        assert 2 * model_costs(built).macs == t.user_attrs["flops"] == t.values[1]
+        out = keras.ops.convert_to_numpy(built(x[:4]))
+        assert out.shape == (4, 4) and np.isfinite(out).all()
+        pruned_and_factorized += bool(set(plan.ratios) & set(plan))
+    assert pruned_and_factorized > 0  # some trials prune a layer and factorize it
+    labels = {t.user_attrs.get("strategy", "").split(":")[0] for t in study.trials}
+    assert {"original", "fbp", "fbp-tau", "tau"} <= labels
+
+
+def test_scores_of_the_unpruned_plan_equal_the_lrf_search(setup) -> None:
+    """Ratio 0 everywhere: the same costs and proxy as the search without pruning."""
+    model, x, cache, pruning = setup
+    plain = LRFObjective(model, x, cache=cache)
+    pruned = LRFObjective(model, x, cache=cache, prune=CONFIG, pruning=pruning)
+    for plan in ({}, {"c2": ("tucker2", 4), "fc1": ("svd", 4)}):
+        a, b = plain.score(plan), pruned.score(plan)
+        assert (a.params, a.macs, a.proxy) == (b.params, b.macs, b.proxy)
+    fbp = CompressionPlan(ratios={"c1": 0.5})
+    score = pruned.score(fbp)
+    assert score.similarities["c1:prune"] == pruning.group_score("c1", kept=4,
+                                                                  metric="cosine")
+    assert score.proxy == pytest.approx(score.similarities["c1:prune"])
+    with pytest.raises(UserError, match="does not search pruning"):
+        plain.score(fbp)
+    with pytest.raises(UserError, match="which this search does not prune"):
+        pruned.score(CompressionPlan(ratios={"fc2": 0.5}))
+    with pytest.raises(UserError, match="use one of the search's ratios"):
+        pruned.score(CompressionPlan(ratios={"c1": 0.4}))  # keeps 5 of 8: not scored
+
+
+def test_plans_round_trip_through_parameters(setup) -> None:
+    model, x, cache, pruning = setup
+    objective = LRFObjective(model, x, cache=cache, prune=CONFIG, pruning=pruning)
+    space = objective.spaces["c2"]
+    for ratio in CONFIG.ratios[1:]:
+        kept = objective.prune.kept("c2", {"c2": ratio})[0]
+        for method, grid in objective.prune.grids["c2"][kept].items():
+            for cand in grid:
+                plan = CompressionPlan({"c2": (method, cand.rank)}, ratios={"c2": ratio})
+                params = objective.params_for_plan(plan)
+                assert params["c2:prune"] == CONFIG.ratios.index(ratio)
+                assert objective.plan_from_params(params) == plan, (ratio, method)
+                assert space.n_levels > 1
+
+
+def test_fbp_strategies(setup) -> None:
+    model, _, cache, pruning = setup
+    uniform = UniformPruning(ratios=(0.25, 0.5)).plans(model, cache)
+    assert [p.label for p in uniform] == ["fbp:ratio=0.25", "fbp:ratio=0.5"]
+    assert all(dict(p.plan) == {} for p in uniform)  # nothing factorized
+    assert uniform[1].plan.ratios == {"c1": 0.5, "c2": 0.5, "fc1": 0.5}
+    tau = PruningThreshold(pruning, taus=(0.999, 0.5)).plans(model, cache)
+    loose = tau[-1].plan.ratios
+    assert loose
+    for g, r in loose.items():
+        kept = kept_count(pruning.group(g).channels, r)
+        assert pruning.group_score(g, kept=kept, metric="cosine") >= 0.5
+    strict = tau[0].plan.ratios if len(tau) == 2 else {}
+    assert all(strict.get(g, 0) <= loose.get(g, 0) for g in pruning.groups)
+    # FBP plans differ only by their ratios: none is dropped as a duplicate
+    assert len(all_plans(model, cache, [UniformPruning(ratios=(0.25, 0.5))])) == 2
+
+
+def _dataset(x: np.ndarray):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (120, *x.shape[1:]), dtype=np.uint8)
+    return from_arrays(images[:100], np.arange(100) % 4, images[100:], np.arange(20) % 4,
+                       name="toy")
+
+
+def test_study_is_bound_to_its_prune_setting_and_rebuilds_pruned_trials(setup,
+                                                                        tmp_path) -> None:
+    model, x, _, _ = setup
+    data = _dataset(x)
+    storage = f"sqlite:///{tmp_path / 'p.db'}"
+    kwargs = dict(study_name="p", storage=storage, cache_dir=tmp_path / "c",
+                  grid=GridConfig(points=4), population_size=10, calibration_size=32,
+                  show_progress_bar=False, progress=False)
+    study, _ = create_lrf_study(model, data, n_trials=80, prune=CONFIG, **kwargs)
+    assert study.user_attrs["lrf_optuna:binding"]["search"]["prune"] == CONFIG.to_json()
+    trial = next(t for t in study.trials if t.state.name == "COMPLETE"
+                 and decode_plan(t).ratios)
+    built = StudyModels(study).build(trial)  # from the study alone
+    assert built.count_params() == trial.user_attrs["params"]
+    with pytest.raises(UserError, match=r"cannot resume .*prune"):
+        create_lrf_study(model, data, n_trials=90, **kwargs)
+    with pytest.raises(UserError, match=r"cannot resume .*prune"):
+        create_lrf_study(model, data, n_trials=90, prune=True, **kwargs)
+    # a study without pruning records no prune setting (older bindings stay valid)
+    plain, _ = create_lrf_study(model, data, n_trials=2, **{**kwargs, "study_name": "q"})
+    assert "prune" not in plain.user_attrs["lrf_optuna:binding"]["search"]
+    assert all(":prune" not in k for t in plain.trials for k in t.params)
