@@ -219,6 +219,23 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def read_manifest(directory: Path, fmt: int, what: str) -> dict[str, Any]:
+    """The ``manifest.json`` of a cache directory, checked to be of format ``fmt``.
+
+    Raises:
+        FileNotFoundError: no manifest (not a cache directory).
+        ValueError: another format (the cache must be rebuilt).
+    """
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"no {what} at {directory} (no manifest.json)")
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+    if manifest.get("format") != fmt:
+        raise ValueError(f"{what} {directory} has format {manifest.get('format')!r}, this "
+                         f"lrf_optuna reads format {fmt}; rebuild it")
+    return manifest
+
+
 def factor_file(directory: Path, path: str, method: str) -> Path:
     """Where a cache directory keeps the factors of (layer ``path``, ``method``)."""
     return directory / "factors" / f"{safe_file_name(path)}--{method}.npz"
@@ -288,13 +305,7 @@ class SimilarityCache:
     def load(cls, directory: str | os.PathLike[str]) -> SimilarityCache:
         """Open a built (or partially built) cache directory."""
         directory = Path(directory)
-        manifest_path = directory / "manifest.json"
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"no similarity cache at {directory} (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != CACHE_FORMAT:
-            raise ValueError(f"cache {directory} has format {manifest.get('format')!r}, "
-                             f"this lrf_optuna reads format {CACHE_FORMAT}; rebuild it")
+        manifest = read_manifest(directory, CACHE_FORMAT, "similarity cache")
         tables = {}
         for f in sorted((directory / "layers").glob("*.json")):
             t = LayerTable.from_json(json.loads(f.read_text()))

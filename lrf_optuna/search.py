@@ -499,37 +499,32 @@ class LRFObjective:
         if ratios:
             raise UserError(f"the plan prunes {sorted(ratios)}, but this objective does not "
                             "search pruning (pass prune=True)")
+        sims, clean, picked = self._choose(checked, {})
         params, macs = self.original_params, self.original_macs
-        sims: dict[str, float] = {}
-        clean: dict[str, tuple[str, int]] = {}
-        for path in self.spaces:
-            choice = checked.get(path)
-            if choice is None:
-                sims[path] = 1.0
-                continue
-            table = self.cache.layer(path)
-            cand = table.lookup(choice[0], choice[1])
+        for table, cand in picked.values():
             params += cand.params - table.original_params
             macs += cand.macs - table.original_macs
-            sims[path] = cand.score(self.metric)
-            clean[path] = (cand.method, cand.rank)
         proxy = AGGREGATIONS[self.aggregation](list(sims.values()))
         return PlanScore(clean, params, round(params * self._bytes_per_param), macs, proxy,
                          sims)
 
-    def _score_pruned(self, checked: Mapping[str, tuple[str, int]],
-                      ratios: Mapping[str, float]) -> PlanScore:
-        """:meth:`score` of a search that prunes (see :mod:`lrf_optuna.prune.space`)."""
-        assert self.prune is not None
+    def _choose(self, checked: Mapping[str, tuple[str, int]], ratios: Mapping[str, float]
+                ) -> tuple[dict[str, float], dict[str, tuple[str, int]],
+                           dict[str, tuple[LayerTable, Candidate]]]:
+        """Each searched layer's scored candidate under ``ratios`` (``{group: ratio}``; a
+        layer whose filters are pruned looks up its pruned table): similarities (1.0 when
+        kept), the plan on the grid and ``{layer: (table, candidate)}``."""
         sims: dict[str, float] = {}
         clean: dict[str, tuple[str, int]] = {}
+        picked: dict[str, tuple[LayerTable, Candidate]] = {}
         for path in self.spaces:
             choice = checked.get(path)
             if choice is None:
                 sims[path] = 1.0
                 continue
-            kept, channels = self.prune.kept(path, ratios)
+            kept, channels = self.prune.kept(path, ratios) if self.prune else (0, 0)
             if kept < channels:
+                assert self.prune is not None
                 table = self.prune.table(path, kept)
                 if choice[0] not in table.methods:
                     raise UserError(f"plan entry of layer {path!r}: method {choice[0]!r} "
@@ -540,6 +535,14 @@ class LRFObjective:
             cand = table.lookup(choice[0], choice[1])
             sims[path] = cand.score(self.metric)
             clean[path] = (cand.method, cand.rank)
+            picked[path] = (table, cand)
+        return sims, clean, picked
+
+    def _score_pruned(self, checked: Mapping[str, tuple[str, int]],
+                      ratios: Mapping[str, float]) -> PlanScore:
+        """:meth:`score` of a search that prunes (see :mod:`lrf_optuna.prune.space`)."""
+        assert self.prune is not None
+        sims, clean, _ = self._choose(checked, ratios)
         sims.update(self.prune.group_similarities(ratios))
         costs = self.prune.costs(ratios, clean)
         proxy = AGGREGATIONS[self.aggregation](list(sims.values()))

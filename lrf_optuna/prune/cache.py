@@ -73,6 +73,7 @@ from lrf_optuna.cache import (
     library_versions,
     progress_bar,
     read_factors,
+    read_manifest,
     run_batched,
     run_parallel,
     safe_file_name,
@@ -312,14 +313,7 @@ class PruneCache:
     def load(cls, directory: str | os.PathLike[str]) -> PruneCache:
         """Open a built (or partially built) pruning cache directory."""
         directory = Path(directory)
-        manifest_path = directory / "manifest.json"
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"no pruning cache at {directory} (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != PRUNE_CACHE_FORMAT:
-            raise ValueError(f"pruning cache {directory} has format "
-                             f"{manifest.get('format')!r}, this lrf_optuna reads format "
-                             f"{PRUNE_CACHE_FORMAT}; rebuild it")
+        manifest = read_manifest(directory, PRUNE_CACHE_FORMAT, "pruning cache")
         groups = {}
         for f in sorted((directory / "groups").glob("*.json")):
             g = GroupTable.from_json(json.loads(f.read_text()))

@@ -8,27 +8,18 @@ import numpy as np
 import optuna
 import pytest
 
-from lrf_optuna.cache import GridConfig, SimilarityCache
+from lrf_optuna.cache import GridConfig
 from lrf_optuna.costs import model_costs
 from lrf_optuna.data import from_arrays
 from lrf_optuna.errors import UserError
-from lrf_optuna.prune import PruneCache, kept_count
+from lrf_optuna.prune import kept_count
 from lrf_optuna.search import LRFObjective, StudyModels, create_lrf_study
 from lrf_optuna.strategies import PruningThreshold, UniformPruning, all_plans
 from lrf_optuna.study.records import CompressionPlan, decode_plan
 
-from .test_prune_cache import CONFIG, trained_model
+from .conftest import CONFIG
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    model, x = trained_model()
-    cache = SimilarityCache.build(model, x, cache_dir=tmp_path_factory.mktemp("ps"),
-                                  grid=GridConfig(points=4), progress=False)
-    pruning = PruneCache.build(model, x, cache, config=CONFIG, progress=False)
-    return model, x, cache, pruning
 
 
 def _study(objective: LRFObjective) -> optuna.Study:
@@ -39,8 +30,8 @@ def _study(objective: LRFObjective) -> optuna.Study:
     return study
 
 
-def test_every_trial_has_the_prune_params_and_exact_costs(setup) -> None:
-    model, x, cache, pruning = setup
+def test_every_trial_has_the_prune_params_and_exact_costs(built) -> None:
+    model, x, cache, pruning, _ = built
     objective = LRFObjective(model, x, cache=cache, prune=CONFIG, pruning=pruning)
     space = objective.search_space()
     assert {k for k in space if k.endswith(":prune")} == {"c1:prune", "c2:prune",
@@ -54,10 +45,10 @@ def test_every_trial_has_the_prune_params_and_exact_costs(setup) -> None:
         assert set(t.params) == set(space)
         plan = decode_plan(t)
         assert plan == objective.plan_of(t)  # stored plan = decoded parameters
-        built = objective.build_model(t)
-        assert built.count_params() == t.user_attrs["params"] == t.values[0]
-        assert 2 * model_costs(built).macs == t.user_attrs["flops"] == t.values[1]
-        out = keras.ops.convert_to_numpy(built(x[:4]))
+        compressed = objective.build_model(t)
+        assert compressed.count_params() == t.user_attrs["params"] == t.values[0]
+        assert 2 * model_costs(compressed).macs == t.user_attrs["flops"] == t.values[1]
+        out = keras.ops.convert_to_numpy(compressed(x[:4]))
         assert out.shape == (4, 4) and np.isfinite(out).all()
         pruned_and_factorized += bool(set(plan.ratios) & set(plan))
     assert pruned_and_factorized > 0  # some trials prune a layer and factorize it
@@ -65,9 +56,9 @@ def test_every_trial_has_the_prune_params_and_exact_costs(setup) -> None:
     assert {"original", "fbp", "fbp-tau", "tau"} <= labels
 
 
-def test_scores_of_the_unpruned_plan_equal_the_lrf_search(setup) -> None:
+def test_scores_of_the_unpruned_plan_equal_the_lrf_search(built) -> None:
     """Ratio 0 everywhere: the same costs and proxy as the search without pruning."""
-    model, x, cache, pruning = setup
+    model, x, cache, pruning, _ = built
     plain = LRFObjective(model, x, cache=cache)
     pruned = LRFObjective(model, x, cache=cache, prune=CONFIG, pruning=pruning)
     for plan in ({}, {"c2": ("tucker2", 4), "fc1": ("svd", 4)}):
@@ -86,8 +77,8 @@ def test_scores_of_the_unpruned_plan_equal_the_lrf_search(setup) -> None:
         pruned.score(CompressionPlan(ratios={"c1": 0.4}))  # keeps 5 of 8: not scored
 
 
-def test_plans_round_trip_through_parameters(setup) -> None:
-    model, x, cache, pruning = setup
+def test_plans_round_trip_through_parameters(built) -> None:
+    model, x, cache, pruning, _ = built
     objective = LRFObjective(model, x, cache=cache, prune=CONFIG, pruning=pruning)
     space = objective.spaces["c2"]
     for ratio in CONFIG.ratios[1:]:
@@ -101,8 +92,8 @@ def test_plans_round_trip_through_parameters(setup) -> None:
                 assert space.n_levels > 1
 
 
-def test_fbp_strategies(setup) -> None:
-    model, _, cache, pruning = setup
+def test_fbp_strategies(built) -> None:
+    model, _, cache, pruning, _ = built
     uniform = UniformPruning(ratios=(0.25, 0.5)).plans(model, cache)
     assert [p.label for p in uniform] == ["fbp:ratio=0.25", "fbp:ratio=0.5"]
     assert all(dict(p.plan) == {} for p in uniform)  # nothing factorized
@@ -126,9 +117,9 @@ def _dataset(x: np.ndarray):
                        name="toy")
 
 
-def test_study_is_bound_to_its_prune_setting_and_rebuilds_pruned_trials(setup,
+def test_study_is_bound_to_its_prune_setting_and_rebuilds_pruned_trials(built,
                                                                         tmp_path) -> None:
-    model, x, _, _ = setup
+    model, x, _, _, _ = built
     data = _dataset(x)
     storage = f"sqlite:///{tmp_path / 'p.db'}"
     kwargs = dict(study_name="p", storage=storage, cache_dir=tmp_path / "c",
@@ -138,8 +129,8 @@ def test_study_is_bound_to_its_prune_setting_and_rebuilds_pruned_trials(setup,
     assert study.user_attrs["lrf_optuna:binding"]["search"]["prune"] == CONFIG.to_json()
     trial = next(t for t in study.trials if t.state.name == "COMPLETE"
                  and decode_plan(t).ratios)
-    built = StudyModels(study).build(trial)  # from the study alone
-    assert built.count_params() == trial.user_attrs["params"]
+    rebuilt = StudyModels(study).build(trial)  # from the study alone
+    assert rebuilt.count_params() == trial.user_attrs["params"]
     with pytest.raises(UserError, match=r"cannot resume .*prune"):
         create_lrf_study(model, data, n_trials=90, **kwargs)
     with pytest.raises(UserError, match=r"cannot resume .*prune"):
