@@ -16,6 +16,8 @@ cloning the graph: no masks. The pipeline, one module each:
                                 (:class:`PruneCache`): each (group, ratio) scored on its
                                 consumers, each (layer, ratio, method, rank) on the
                                 pruned kernel; building a searched plan
+``space``                       the search's side (:class:`PruneSpace`): one ratio-level
+                                parameter per group, pruned rank grids, exact costs
 =============================== =========================================================
 
 What is adjusted when a layer's filters go: the next Conv / ConvTranspose /
@@ -48,6 +50,7 @@ Example:
 from __future__ import annotations
 
 from lrf_optuna.prune.cache import PruneCache, PruneConfig, build_pruned_model
+from lrf_optuna.prune.space import PruneSpace
 from lrf_optuna.prune.costs import kept_count, pruned_layer_cost, pruned_layer_info
 from lrf_optuna.prune.importance import CRITERIA, select_channels
 from lrf_optuna.prune.pruner import (
@@ -68,6 +71,7 @@ __all__ = [
     "PruneConfig",
     "PruneEntry",
     "PruneGraph",
+    "PruneSpace",
     "build_pruned_model",
     "find_prunable",
     "kept_channels",
