@@ -50,7 +50,6 @@ Example:
 from __future__ import annotations
 
 from lrf_optuna.prune.cache import PruneCache, PruneConfig, build_pruned_model
-from lrf_optuna.prune.space import PruneSpace
 from lrf_optuna.prune.costs import kept_count, pruned_layer_cost, pruned_layer_info
 from lrf_optuna.prune.importance import CRITERIA, select_channels
 from lrf_optuna.prune.pruner import (
@@ -63,6 +62,7 @@ from lrf_optuna.prune.pruner import (
     prune_model,
     split_choices,
 )
+from lrf_optuna.prune.space import PruneSpace
 
 __all__ = [
     "CRITERIA",
