@@ -522,21 +522,40 @@ class LRFObjective:
             if choice is None:
                 sims[path] = 1.0
                 continue
-            kept, channels = self.prune.kept(path, ratios) if self.prune else (0, 0)
-            if kept < channels:
-                assert self.prune is not None
-                table = self.prune.table(path, kept)
-                if choice[0] not in table.methods:
-                    raise UserError(f"plan entry of layer {path!r}: method {choice[0]!r} "
-                                    f"was not scored for it pruned to {kept} of {channels} "
-                                    f"filters; scored methods: {table.methods}")
-            else:
-                table = self.cache.layer(path)
-            cand = table.lookup(choice[0], choice[1])
+            fitted = self._fit(path, choice[0], choice[1], ratios)
+            if fitted is None:  # no rank of the method fits the pruned layer: pruned only
+                sims[path] = 1.0
+                continue
+            table, cand = fitted
             sims[path] = cand.score(self.metric)
             clean[path] = (cand.method, cand.rank)
             picked[path] = (table, cand)
         return sims, clean, picked
+
+    def _fit(self, path: str, method: str, rank: int, ratios: Mapping[str, float]
+             ) -> tuple[LayerTable, Candidate] | None:
+        """The scored candidate of ``(method, rank)`` for ``path`` under ``{group:
+        ratio}``: from the pruned layer's table when its filters are pruned, at the
+        nearest scored rank at or below ``rank`` that the layer still takes once its
+        producers are pruned (``None``: none does).
+
+        Raises:
+            UserError: ``method`` was not scored for the layer pruned this way.
+        """
+        kept, channels = self.prune.kept(path, ratios) if self.prune else (0, 0)
+        if kept < channels:
+            table = self.prune.table(path, kept)  # type: ignore[union-attr]
+            if method not in table.methods:
+                raise UserError(f"plan entry of layer {path!r}: method {method!r} was not "
+                                f"scored for it pruned to {kept} of {channels} filters; "
+                                f"scored methods: {table.methods}")
+        else:
+            table = self.cache.layer(path)
+        if self.prune is None or not ratios:
+            return table, table.lookup(method, rank)
+        limit = self.prune.max_rank(path, method, ratios)
+        cand = table.lookup(method, min(rank, limit))
+        return None if cand.rank > limit else (table, cand)
 
     def _score_pruned(self, checked: Mapping[str, tuple[str, int]],
                       ratios: Mapping[str, float]) -> PlanScore:
@@ -573,7 +592,9 @@ class LRFObjective:
             plan[path] = (method, space.candidate(method, level).rank)
         if self.prune is None:
             return plan
-        return CompressionPlan(plan, ratios=ratios, importance=self.prune.config.importance)
+        fitted = {p: self._fit(p, m, r, ratios) for p, (m, r) in plan.items()}
+        return CompressionPlan({p: (f[1].method, f[1].rank) for p, f in fitted.items() if f},
+                               ratios=ratios, importance=self.prune.config.importance)
 
     def plan_of(self, trial: optuna.trial.FrozenTrial | optuna.Trial) -> Plan:
         """The plan of a trial, decoded from its parameters."""

@@ -73,6 +73,9 @@ class PruneSpace:
                                               for n in pruning.group_names}
         self.group_of: dict[str, str] = {p: n for n, g in self.groups.items()
                                          for p in g.members}
+        from lrf_optuna.rewrite import find_layers
+
+        self.infos = {p: e.info for p, e in find_layers(model).items()}
         methods = methods or {}
         rank_ranges = rank_ranges or {}
         #: ``{layer: {kept filters: {method: candidates by rank}}}``.
@@ -180,6 +183,29 @@ class PruneSpace:
             return 0
         index = min(range(len(grid)), key=lambda i: abs(grid[i].rank - rank))
         return round(index * (n_levels - 1) / (len(grid) - 1))
+
+    def max_rank(self, path: str, method: str, ratios: Mapping[str, float]) -> int:
+        """The largest rank ``method`` takes on layer ``path`` once ``{group: ratio}``
+        apply (its own filters and its producers' pruned), 0 when it does not apply.
+
+        A rank scored on the layer with every input channel can exceed it once its
+        producers are pruned (an SVD rank above the kept inputs).
+        """
+        from lrf_optuna.decompose import get_method
+        from lrf_optuna.prune.costs import pruned_layer_info
+
+        info = self.infos[path]
+        assert info is not None
+        cin, cout = self.graph.channels(path, ratios)
+        if (cin, cout) == (info.in_channels, info.out_channels):
+            return get_method(method).max_rank(info)
+        try:
+            small = pruned_layer_info(info, in_channels=cin, out_channels=None
+                                      if info.kind == "depthwise" else cout)
+            m = get_method(method)
+            return m.max_rank(small) if m.applies_to(small) else 0
+        except ValueError:  # DecompositionError included
+            return 0
 
     def table(self, path: str, kept: int) -> LayerTable:
         """The LRF table of ``path`` pruned to ``kept`` filters."""

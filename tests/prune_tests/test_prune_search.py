@@ -139,3 +139,33 @@ def test_study_is_bound_to_its_prune_setting_and_rebuilds_pruned_trials(built,
     plain, _ = create_lrf_study(model, data, n_trials=2, **{**kwargs, "study_name": "q"})
     assert "prune" not in plain.user_attrs["lrf_optuna:binding"]["search"]
     assert all(":prune" not in k for t in plain.trials for k in t.params)
+
+
+def test_ranks_fit_layers_whose_producers_are_pruned(tmp_path) -> None:
+    """A rank scored on the layer with every input can exceed what the layer takes once
+    its producer is pruned (SVD of 16 -> 16 at rank 12, with 4 inputs left): the plan
+    falls back to the largest scored rank that fits, and the model builds."""
+    from lrf_optuna.prune import PruneConfig
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, "relu", name="a"),
+                              keras.layers.Dense(16, "relu", name="b"),
+                              keras.layers.Dense(4, name="out")], name="mlp")
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype("float32")
+    objective = LRFObjective(model, x, cache_dir=tmp_path, grid=GridConfig(points=6),
+                             methods=["svd"], prune=PruneConfig(ratios=(0.0, 0.75)),
+                             progress=False)
+    high = max(c.rank for c in objective.cache.layer("b").for_method("svd"))
+    assert high > 4
+    assert objective.prune.max_rank("b", "svd", {"a": 0.75}) == 4
+    plan = CompressionPlan({"b": ("svd", high)}, ratios={"a": 0.75})
+    score = objective.score(plan)
+    method, rank = score.plan["b"]
+    assert method == "svd" and rank <= 4
+    compressed = objective.build_model(score.plan)
+    assert compressed.count_params() == score.params
+    params = objective.params_for_plan({"b": ("svd", high)})
+    params["a:prune"] = 1
+    decoded = objective.plan_from_params(params)
+    assert decoded.ratios == {"a": 0.75} and decoded["b"] == (method, rank)
+    assert objective.build_model(decoded).count_params() == score.params
