@@ -147,6 +147,11 @@ def test_search_with_pruning_then_export_a_pruned_trial(files, tmp_path, capsys)
     exported = keras.saving.load_model(next((tmp_path / "out").glob("*.keras")),
                                        safe_mode=True)
     assert exported.count_params() == trial.user_attrs["params"]
+    assert main(["show", "--study-name", "pnet", "--storage", storage]) == 0
+    assert "prune " in capsys.readouterr().out
+    assert main(["report", "--study-name", "pnet", "--storage", storage, "--out",
+                 str(tmp_path / "report")]) == 0
+    assert "prune " in (tmp_path / "report" / "report.md").read_text()
     # the prune setting binds the study
     argv.remove("--prune")
     assert main(argv) == 2
