@@ -476,6 +476,7 @@ def best_within(ctx: Context, family: list[Candidate], config: Any, reference: d
     base = float(base_params or ctx.original_params)
     curve = [{"label": family[i].label, "params": family[i].params, "flops": family[i].flops,
               "proxy": family[i].proxy, "val": r["val_after"], "test": r["test_after"],
+              "prunes": bool(getattr(family[i].plan, "ratios", None)),
               "reduction": 1 - size(family[i]) / base}
              for i, r in sorted(results.items(), key=lambda kv: family[kv[0]].params)]
     row: dict[str, Any] = {"candidates": len(family), "probes": search.n_evaluated,
@@ -486,7 +487,8 @@ def best_within(ctx: Context, family: list[Candidate], config: Any, reference: d
     else:
         c, r = family[search.chosen], results[search.chosen]
         row.update(
-            label=c.label, params=c.params, flops=c.flops,
+            label=c.label + (" (prunes)" if getattr(c.plan, "ratios", None) else ""),
+            params=c.params, flops=c.flops,
             param_reduction=round(1 - size(c) / base, 4),
             flops_reduction=round(1 - c.flops / ctx.original_flops, 4),
             val_acc=r["val_after"], test_acc=r["test_after"],
@@ -728,10 +730,16 @@ def pruned_proxy_quality(ctx: Context, recipe: Any, recipe_name: str) -> dict[st
     completed trials) and after the main recipe (``--spearman-finetuned`` trials spread
     along the front)."""
     from lrf_optuna.finetune import select_trials
+    from lrf_optuna.search import AGGREGATIONS, LRFObjective
     from lrf_optuna.study.records import decode_plan
 
     study = ctx.studies["nsga2-prune"]
-    objective = prune_objective(ctx)
+    base = prune_objective(ctx)
+    objectives = {agg: LRFObjective(ctx.problem.model, ctx.problem.splits.x_cal,
+                                    cache=base.cache, aggregation=agg, prune=True,
+                                    pruning=base.prune.pruning, methods=base.restrictions.methods,
+                                    progress=False)
+                  for agg in AGGREGATIONS}
     out: dict[str, Any] = {}
     plans = [decode_plan(t) for t in study.trials
              if t.state.name == "COMPLETE" and decode_plan(t).ratios]
@@ -745,7 +753,8 @@ def pruned_proxy_quality(ctx: Context, recipe: Any, recipe_name: str) -> dict[st
         out["pruned_without_finetuning"] = {
             "n": len(picked), "log_params": spearman([math.log(b["params"]) for b in before],
                                                      val),
-            objective.aggregation: spearman([objective.score(p).proxy for p in picked], val)}
+            **{agg: spearman([obj.score(p).proxy for p in picked], val)
+               for agg, obj in objectives.items()}}
     if ctx.args.spearman_finetuned:
         chosen = [t for t in select_trials(study, ctx.args.spearman_finetuned)
                   if decode_plan(t).ratios]
@@ -755,7 +764,8 @@ def pruned_proxy_quality(ctx: Context, recipe: Any, recipe_name: str) -> dict[st
         out["pruned_finetuned"] = {
             "n": len(pts), "recipe": recipe_name,
             "log_params": spearman([math.log(p[1]) for p in pts], val),
-            objective.aggregation: spearman([objective.score(p[0]).proxy for p in pts], val)}
+            **{agg: spearman([obj.score(p[0]).proxy for p in pts], val)
+               for agg, obj in objectives.items()}}
     return out
 
 
