@@ -169,3 +169,25 @@ def test_ranks_fit_layers_whose_producers_are_pruned(tmp_path) -> None:
     decoded = objective.plan_from_params(params)
     assert decoded.ratios == {"a": 0.75} and decoded["b"] == (method, rank)
     assert objective.build_model(decoded).count_params() == score.params
+
+
+def test_activation_importance_builds_the_filters_it_scored(built) -> None:
+    """With ``importance="activation"`` the pruning cache stores each group's channel
+    scores; the built model keeps exactly the filters those scores choose."""
+    from lrf_optuna.calibration import capture_activations
+    from lrf_optuna.prune import PruneConfig, PruneGraph
+
+    model, x, cache, _, _ = built
+    config = PruneConfig(ratios=(0.0, 0.5), importance="activation", points=2)
+    objective = LRFObjective(model, x, cache=cache, prune=config, progress=False)
+    graph = PruneGraph(model)
+    acts = capture_activations(model, x, graph.activation_layers())
+    kept = graph.kept_channels("c1", 0.5, importance="activation", activations=acts)
+    assert not np.array_equal(kept, graph.kept_channels("c1", 0.5))  # not the L1 choice
+    plan = CompressionPlan({"fc1": ("svd", 4)}, ratios={"c1": 0.5}, importance="activation")
+    score = objective.score(plan)
+    compressed = objective.build_model(score.plan)
+    assert compressed.count_params() == score.params
+    original = keras.ops.convert_to_numpy(model.get_layer("c1").kernel)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(compressed.get_layer("c1").kernel), original[..., kept])
