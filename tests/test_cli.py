@@ -59,7 +59,7 @@ def test_search_then_resume_then_show(files, capsys) -> None:
     # strategy plans beyond the trial budget stay enqueued (WAITING) for a later run
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) == 30 and len(front) > 5
-    complete = [t for t in finished if t.state.name == "COMPLETE"]  # what show counts
+    complete = [t for t in finished if t.state == optuna.trial.TrialState.COMPLETE]
     assert out.startswith(f"Pareto front of study 'net': {len(front)} trial(s) of "
                           f"{len(complete)}, 5 shown\n")
     lines = out.splitlines()

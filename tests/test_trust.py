@@ -25,7 +25,7 @@ from lrf_optuna.errors import UserError
 from lrf_optuna.export import export_trial
 from lrf_optuna.search import StudyModels, create_lrf_study
 from lrf_optuna.study import load_study_problem, problem_spec
-from lrf_optuna.study.records import BINDING_ATTR, PROBLEM_ATTR
+from lrf_optuna.study.records import BINDING_ATTR, PROBLEM_ATTR, REFERENCE_ATTR
 from lrf_optuna.study.storage import safe_name
 
 SECRET = b"root:x:0:0:root:/root:/bin/bash\n"
@@ -209,4 +209,6 @@ def test_finetune_refuses_an_untrusted_problem_before_running_a_job(tiny_study, 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "leads out of its artifact store" in err[0], err
     ft = optuna.load_study(study_name="tiny:finetune", storage=storage)
-    assert [j.state.name for j in ft.trials] == ["WAITING"]  # queued, not failed
+    # the trial's job and the recipe's fair reference: queued, not failed
+    assert [j.state.name for j in ft.trials] == ["WAITING", "WAITING"]
+    assert sorted(bool(j.user_attrs.get(REFERENCE_ATTR)) for j in ft.trials) == [False, True]
