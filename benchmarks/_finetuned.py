@@ -42,9 +42,23 @@ Plan = Mapping[str, tuple[str, int]]
 
 
 def plan_digest(plan: Plan) -> str:
-    """A short digest of a plan (order-independent)."""
+    """A short digest of a plan (order-independent; a plan that prunes, a
+    :class:`~lrf_optuna.study.records.CompressionPlan`, includes its ratios and criterion).
+    """
     text = json.dumps({k: [str(m), int(r)] for k, (m, r) in sorted(plan.items())})
+    ratios = getattr(plan, "ratios", None)
+    if ratios:
+        text += json.dumps({"ratios": dict(sorted(ratios.items())),
+                            "importance": getattr(plan, "importance", "l1")})
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def _plan_json(plan: Plan) -> dict[str, Any]:
+    out: dict[str, Any] = {k: [m, int(r)] for k, (m, r) in plan.items()}
+    ratios = getattr(plan, "ratios", None)
+    if ratios:
+        out["_ratios"] = dict(ratios)
+    return out
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -74,9 +88,14 @@ class PlanEvaluator:
             .encode(), digest_size=8).hexdigest()
         self.root = Path(root) / f"{problem.name}-{self.key}"
         self.trained = 0  # fine-tunings run (not read from the cache) by this evaluator
+        #: The pruning cache (a :class:`~lrf_optuna.prune.PruneCache`) for plans that prune.
+        self.pruning: Any = None
 
     def build(self, plan: Plan) -> Any:
-        """The compressed (not fine-tuned) model of ``plan``."""
+        """The compressed (not fine-tuned) model of ``plan`` (pruned first when it prunes).
+        """
+        if getattr(plan, "ratios", None):
+            return self.cache.build_model(self.problem.model, plan, pruning=self.pruning)
         return self.cache.build_model(self.problem.model, dict(plan))
 
     def before(self, plan: Plan) -> dict[str, Any]:
@@ -90,7 +109,7 @@ class PlanEvaluator:
         model = self.build(plan)
         costs = model_costs(model)
         s = self.problem.splits
-        out = {"plan": {k: [m, int(r)] for k, (m, r) in plan.items()},
+        out = {"plan": _plan_json(plan),
                "params": int(costs.params), "flops": int(costs.flops),
                "val_before": evaluate(model, s.x_val, s.y_val)}
         _write_json(path, out)
@@ -113,7 +132,7 @@ class PlanEvaluator:
                    if config.distill > 0 else None)
         start = time.perf_counter()
         outcome = finetune_model(model, s, config, teacher=teacher)
-        out = {"plan": {k: [m, int(r)] for k, (m, r) in plan.items()},
+        out = {"plan": _plan_json(plan),
                "recipe": config.recipe(), "params": int(costs.params),
                "flops": int(costs.flops), "val_before": outcome.val_acc_before,
                "val_after": outcome.val_acc_after, "test_before": test_before,

@@ -70,6 +70,9 @@ logger = logging.getLogger("benchmarks.compression")
 
 HERE = Path(__file__).resolve().parent
 SELECTIONS = ("search", "tau", "uniform", "energy", "vbmf", "random", "tpe", "narrow")
+#: Opt-in selections (issue 13): ``fbp`` (filter pruning alone: uniform ratios and the
+#: pruning similarity threshold) and ``search+prune`` (NSGA-II over LRF and pruning).
+PRUNE_SELECTIONS = ("fbp", "search+prune")
 SAMPLERS = ("nsga2", "tpe", "random")
 
 Plan = dict[str, tuple[str, int]]
@@ -144,6 +147,8 @@ MODES: dict[str, Mode] = {
 TAUS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 ENERGIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999)
 RATIOS = (0.5, 0.3, 0.2, 0.12, 0.08, 0.05, 0.03, 0.02, 0.01)
+#: Uniform pruning ratios of the ``fbp`` selection (the pruning cache's default levels).
+FBP_RATIOS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 NARROW_FRACTIONS = (0.5, 0.25, 0.12, 0.06, 0.03, 0.02, 0.01)
 
 
@@ -255,9 +260,27 @@ class Context:
     original_params: int = 0
     original_flops: int = 0
     original_test_acc: float = 0.0
+    #: The objective that also searches pruning (built by :func:`prune_objective`).
+    pruning_objective: Any = None
 
     def proxy(self, plan: Plan) -> float:
+        if getattr(plan, "ratios", None):
+            return float(prune_objective(self).score(plan).proxy)
         return float(self.objective.score(plan).proxy)
+
+
+def prune_objective(ctx: Context) -> Any:
+    """The LRF + pruning objective of ``ctx``'s model, on the same similarity cache
+    (builds the pruning cache once); the evaluator builds pruned plans with it."""
+    from lrf_optuna.search import LRFObjective
+
+    if ctx.pruning_objective is None:
+        ctx.pruning_objective = LRFObjective(
+            ctx.problem.model, ctx.problem.splits.x_cal, cache=ctx.objective.cache,
+            methods=None if ctx.args.aware != "off" else
+            [m for m in _methods() if not _is_aware(m)], prune=True, progress=False)
+        ctx.evaluator.pruning = ctx.pruning_objective.prune.pruning
+    return ctx.pruning_objective
 
 
 def _layer_kinds(ctx: Context) -> tuple[list[str], list[str]]:
@@ -292,7 +315,7 @@ def _from_plans(ctx: Context, named: Sequence[tuple[str, Plan]]) -> list[Candida
             continue
         proxy = ctx.proxy(plan)
         out[key] = Candidate(label, before["params"], before["flops"],
-                             math.log(max(before["params"], 1)), dict(plan), proxy=proxy)
+                             math.log(max(before["params"], 1)), plan.copy(), proxy=proxy)
     return sorted(out.values(), key=lambda c: (c.params, c.label))
 
 
@@ -350,7 +373,17 @@ def selection_family(ctx: Context, selection: str) -> list[Candidate]:
         return _from_plans(ctx, _uniform_plans(ctx, conv_method, fc_method or "svd"))
     if selection == "narrow":
         return narrow_family(ctx)
-    raise ValueError(f"unknown selection {selection!r}; choose from {SELECTIONS}")
+    if selection == "fbp":
+        from lrf_optuna.strategies import PruningThreshold, UniformPruning
+
+        pruning = prune_objective(ctx).prune.pruning
+        named = [*UniformPruning(ratios=FBP_RATIOS, importance=pruning.config.importance)
+                 .plans(model, cache), *PruningThreshold(pruning, taus=TAUS).plans(model, cache)]
+        return _from_plans(ctx, [(p.label, p.plan) for p in named])
+    if selection == "search+prune":
+        return _study_family(ctx, ctx.studies["nsga2-prune"])
+    raise ValueError(f"unknown selection {selection!r}; choose from "
+                     f"{SELECTIONS + PRUNE_SELECTIONS}")
 
 
 # -- narrow: the same architecture, narrower, trained from scratch ---------------------------
@@ -443,6 +476,7 @@ def best_within(ctx: Context, family: list[Candidate], config: Any, reference: d
     base = float(base_params or ctx.original_params)
     curve = [{"label": family[i].label, "params": family[i].params, "flops": family[i].flops,
               "proxy": family[i].proxy, "val": r["val_after"], "test": r["test_after"],
+              "prunes": bool(getattr(family[i].plan, "ratios", None)),
               "reduction": 1 - size(family[i]) / base}
              for i, r in sorted(results.items(), key=lambda kv: family[kv[0]].params)]
     row: dict[str, Any] = {"candidates": len(family), "probes": search.n_evaluated,
@@ -453,7 +487,8 @@ def best_within(ctx: Context, family: list[Candidate], config: Any, reference: d
     else:
         c, r = family[search.chosen], results[search.chosen]
         row.update(
-            label=c.label, params=c.params, flops=c.flops,
+            label=c.label + (" (prunes)" if getattr(c.plan, "ratios", None) else ""),
+            params=c.params, flops=c.flops,
             param_reduction=round(1 - size(c) / base, 4),
             flops_reduction=round(1 - c.flops / ctx.original_flops, 4),
             val_acc=r["val_after"], test_acc=r["test_after"],
@@ -582,6 +617,10 @@ def run_model(name: str, mode: Mode, args: argparse.Namespace, dataset: Any) -> 
     ctx.studies = run_studies(ctx, args.trials, storage,
                               samplers=[s for s in SAMPLERS
                                         if s == "nsga2" or s in args.selections])
+    if "search+prune" in args.selections:
+        ctx.studies.update({f"{k}-prune": v for k, v in run_studies(
+            ctx, args.trials, storage, suffix="-prune", objective=prune_objective(ctx),
+            samplers=["nsga2"]).items()})
     stage("search (NSGA-II, TPE, random)")
     hv = hypervolumes(ctx, mode.hv_checkpoints if args.trials >= max(mode.hv_checkpoints)
                       else [*[c for c in mode.hv_checkpoints if c < args.trials], args.trials])
@@ -654,6 +693,9 @@ def run_model(name: str, mode: Mode, args: argparse.Namespace, dataset: Any) -> 
             proxy["without_finetuning"][agg] = spearman([obj.score(p).proxy for p in picked], val)
         stage("proxy without fine-tuning")
 
+    if "search+prune" in args.selections:
+        proxy.update(pruned_proxy_quality(ctx, main_recipe, args.recipes[0]))
+        stage("proxy on pruned plans")
     claims = run_claims(ctx, main_recipe, ref, mode, storage) if name in args.claims else {}
     stage("paper claims")
     levers = run_levers(ctx, recipes, references, families.get("search") or [], rows, storage,
@@ -680,6 +722,51 @@ def run_model(name: str, mode: Mode, args: argparse.Namespace, dataset: Any) -> 
         "levers": levers, "stage_seconds": stages,
         "finetunings_run": evaluator.trained,
     }
+
+
+def pruned_proxy_quality(ctx: Context, recipe: Any, recipe_name: str) -> dict[str, Any]:
+    """Spearman of the LRF + pruning search's proxy (and of log params) against accuracy,
+    on plans of its study that prune: without fine-tuning (``--spearman-plans`` random
+    completed trials) and after the main recipe (``--spearman-finetuned`` trials spread
+    along the front)."""
+    from lrf_optuna.finetune import select_trials
+    from lrf_optuna.search import AGGREGATIONS, LRFObjective
+    from lrf_optuna.study.records import decode_plan
+
+    study = ctx.studies["nsga2-prune"]
+    base = prune_objective(ctx)
+    objectives = {agg: LRFObjective(ctx.problem.model, ctx.problem.splits.x_cal,
+                                    cache=base.cache, aggregation=agg, prune=True,
+                                    pruning=base.prune.pruning, methods=base.restrictions.methods,
+                                    progress=False)
+                  for agg in AGGREGATIONS}
+    out: dict[str, Any] = {}
+    plans = [decode_plan(t) for t in study.trials
+             if t.state.name == "COMPLETE" and decode_plan(t).ratios]
+    if ctx.args.spearman_plans and plans:
+        rng = np.random.default_rng(0)
+        picked = [plans[i] for i in rng.choice(len(plans),
+                                               min(ctx.args.spearman_plans, len(plans)),
+                                               replace=False)]
+        before = [ctx.evaluator.before(p) for p in picked]
+        val = [b["val_before"] for b in before]
+        out["pruned_without_finetuning"] = {
+            "n": len(picked), "log_params": spearman([math.log(b["params"]) for b in before],
+                                                     val),
+            **{agg: spearman([obj.score(p).proxy for p in picked], val)
+               for agg, obj in objectives.items()}}
+    if ctx.args.spearman_finetuned:
+        chosen = [t for t in select_trials(study, ctx.args.spearman_finetuned)
+                  if decode_plan(t).ratios]
+        pts = [(decode_plan(t), float(t.user_attrs["params"]),
+                ctx.evaluator.finetuned(decode_plan(t), recipe)["val_after"]) for t in chosen]
+        val = [p[2] for p in pts]
+        out["pruned_finetuned"] = {
+            "n": len(pts), "recipe": recipe_name,
+            "log_params": spearman([math.log(p[1]) for p in pts], val),
+            **{agg: spearman([obj.score(p[0]).proxy for p in pts], val)
+               for agg, obj in objectives.items()}}
+    return out
 
 
 def _best_key(max_drop: float) -> str:
@@ -883,8 +970,12 @@ def markdown(results: dict[str, Any], html_name: str | None) -> str:
         if pq:
             prow = []
             for label, block in (("after fine-tuning", pq.get("finetuned")),
-                                 ("without fine-tuning", pq.get("without_finetuning"))):
-                if block:
+                                 ("without fine-tuning", pq.get("without_finetuning")),
+                                 ("pruned plans (search+prune), after fine-tuning",
+                                  pq.get("pruned_finetuned")),
+                                 ("pruned plans (search+prune), without fine-tuning",
+                                  pq.get("pruned_without_finetuning"))):
+                if block and block["n"]:
                     prow.append([label, str(block["n"]), *(f"{block.get(a, float('nan')):.3f}"
                                                           for a in ("product", "mean", "min",
                                                                     "log_params"))])
@@ -1004,7 +1095,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Mode, st
     group.add_argument("--tiny", action="store_true", help="CI smoke test (seconds)")
     parser.add_argument("--models", type=_csv, default=None)
     parser.add_argument("--selections", type=_csv, default=list(SELECTIONS),
-                        help=f"subset of {','.join(SELECTIONS)}")
+                        help=f"subset of {','.join(SELECTIONS)}; opt-in: "
+                             f"{','.join(PRUNE_SELECTIONS)}")
     parser.add_argument("--uniform", type=_csv, default=None,
                         help="conv+fc method pairs of the uniform selections")
     parser.add_argument("--recipes", type=_csv, default=None,
@@ -1067,7 +1159,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Mode, st
         epochs[k] = int(v)
     args.train_epochs = epochs
     unknown = [m for m in args.models if m not in MODELS]
-    bad = [s for s in args.selections if s not in SELECTIONS]
+    bad = [s for s in args.selections if s not in SELECTIONS + PRUNE_SELECTIONS]
     if unknown or bad:
         parser.error(f"unknown models {unknown} / selections {bad}")
     for r in args.recipes:

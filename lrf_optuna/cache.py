@@ -38,7 +38,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,7 +163,8 @@ class LayerTable:
         return cls(**{**d, "candidates": cands})
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries a cache depends on, and of its on-disk format."""
     from importlib import metadata
 
     out = {}
@@ -192,16 +193,18 @@ def fingerprint(model: keras.Model, x: np.ndarray, *, metrics: Sequence[str],
 
     h.update(json.dumps({"metrics": list(metrics), "grid": grid.to_json(),
                          "methods": list(grid.methods or available_methods()),
-                         "layers": list(layers), "versions": _versions()},
+                         "layers": list(layers), "versions": library_versions()},
                         sort_keys=True).encode())
     return h.hexdigest()
 
 
-def _safe(path: str) -> str:
+def safe_file_name(path: str) -> str:
+    """A layer path as a file-name part (``"outer/inner"`` -> ``"outer_inner"``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", path)
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file (readers never see half)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -214,6 +217,46 @@ def _atomic_write(path: Path, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_manifest(directory: Path, fmt: int, what: str) -> dict[str, Any]:
+    """The ``manifest.json`` of a cache directory, checked to be of format ``fmt``.
+
+    Raises:
+        FileNotFoundError: no manifest (not a cache directory).
+        ValueError: another format (the cache must be rebuilt).
+    """
+    manifest_path = directory / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"no {what} at {directory} (no manifest.json)")
+    manifest: dict[str, Any] = json.loads(manifest_path.read_text())
+    if manifest.get("format") != fmt:
+        raise ValueError(f"{what} {directory} has format {manifest.get('format')!r}, this "
+                         f"lrf_optuna reads format {fmt}; rebuild it")
+    return manifest
+
+
+def factor_file(directory: Path, path: str, method: str) -> Path:
+    """Where a cache directory keeps the factors of (layer ``path``, ``method``)."""
+    return directory / "factors" / f"{safe_file_name(path)}--{method}.npz"
+
+
+def write_factors(file: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Store one (layer, method)'s factors, ``{"r<rank>_<i>": array}``, atomically."""
+    file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_name(f".{file.stem}.tmp.npz")
+    np.savez(tmp, allow_pickle=False, **arrays)
+    os.replace(tmp, file)
+
+
+def read_factors(file: Path, rank: int) -> list[np.ndarray] | None:
+    """The factors of ``rank`` in a file written by :func:`write_factors` (``None``: none)."""
+    if not file.exists():
+        return None
+    with np.load(file, allow_pickle=False) as z:
+        keys = sorted((k for k in z.files if k.startswith(f"r{rank}_")),
+                      key=lambda k: int(k.split("_")[1]))
+        return [z[k] for k in keys] or None
 
 
 class SimilarityCache:
@@ -262,13 +305,7 @@ class SimilarityCache:
     def load(cls, directory: str | os.PathLike[str]) -> SimilarityCache:
         """Open a built (or partially built) cache directory."""
         directory = Path(directory)
-        manifest_path = directory / "manifest.json"
-        if not manifest_path.exists():
-            raise FileNotFoundError(f"no similarity cache at {directory} (no manifest.json)")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != CACHE_FORMAT:
-            raise ValueError(f"cache {directory} has format {manifest.get('format')!r}, "
-                             f"this lrf_optuna reads format {CACHE_FORMAT}; rebuild it")
+        manifest = read_manifest(directory, CACHE_FORMAT, "similarity cache")
         tables = {}
         for f in sorted((directory / "layers").glob("*.json")):
             t = LayerTable.from_json(json.loads(f.read_text()))
@@ -277,22 +314,29 @@ class SimilarityCache:
 
     def factors(self, path: str, method: str, rank: int) -> list[np.ndarray] | None:
         """Cached factors of ``(path, method, rank)``, when the method caches them."""
-        f = self.directory / "factors" / f"{_safe(path)}--{method}.npz"
-        if not f.exists():
-            return None
-        with np.load(f, allow_pickle=False) as z:
-            keys = sorted((k for k in z.files if k.startswith(f"r{rank}_")),
-                          key=lambda k: int(k.split("_")[1]))
-            return [z[k] for k in keys] or None
+        return read_factors(factor_file(self.directory, path, method), rank)
 
-    def build_model(self, model: keras.Model, plan: Mapping[str, Any]) -> keras.Model:
+    def build_model(self, model: keras.Model, plan: Mapping[str, Any], *,
+                    pruning: Any = None) -> keras.Model:
         """The compressed model for ``plan``, reusing cached factors where stored.
 
         ``model`` must be the model the cache was built from (checked by fingerprint of
-        its architecture and weights is costly, so only the layer names are checked).
+        its architecture and weights is costly, so only the layer names are checked). A
+        plan that prunes (a :class:`~lrf_optuna.study.records.CompressionPlan` with
+        ``ratios``) is pruned, then factorized
+        (:func:`lrf_optuna.prune.build_pruned_model`), with the factors of the pruning
+        cache ``pruning`` (a :class:`~lrf_optuna.prune.PruneCache`) where stored.
         """
         from lrf_optuna.decompose import get_method
         from lrf_optuna.rewrite import rewrite_model
+
+        ratios = getattr(plan, "ratios", None)
+        if ratios:
+            from lrf_optuna.prune.cache import build_pruned_model
+
+            return build_pruned_model(model, dict(plan), ratios,
+                                      importance=getattr(plan, "importance", "l1"),
+                                      cache=self, pruning=pruning)
 
         factors = {}
         for path, choice in plan.items():
@@ -369,9 +413,9 @@ class SimilarityCache:
         manifest = {"format": CACHE_FORMAT, "fingerprint": fp, "model": model.name,
                     "metric": metric, "metrics": metrics, "grid": grid.to_json(),
                     "layers": targets, "calibration_samples": len(x),
-                    "versions": _versions()}
+                    "versions": library_versions()}
         if not (directory / "manifest.json").exists():
-            _atomic_write(directory / "manifest.json",
+            atomic_write(directory / "manifest.json",
                           json.dumps(manifest, indent=1).encode())
         cache = cls.load(directory)
         todo = [p for p in targets if p not in cache.tables]
@@ -387,7 +431,7 @@ class SimilarityCache:
         infos = {p: found[p].info for p in todo}
         plans = {p: cls._layer_grid(info, grid) for p, info in infos.items() if info}
         total = sum(len(r) for per in plans.values() for r in per.values())
-        bar = _progress(total, progress)
+        bar = progress_bar(total, progress)
         order = {p: targets.index(p) for p in todo}
 
         def score_layer(path: str) -> None:
@@ -396,32 +440,14 @@ class SimilarityCache:
             table, factor_store = _score_layer(
                 path, info, found[path].layer, acts[path], plans[path], metrics,
                 batch_size, bar)
-            if factor_store:
-                for method, arrays in factor_store.items():
-                    f = directory / "factors" / f"{_safe(path)}--{method}.npz"
-                    f.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = f.with_name(f".{f.stem}.tmp.npz")
-                    np.savez(tmp, allow_pickle=False, **arrays)
-                    os.replace(tmp, f)
-            out = directory / "layers" / f"{order[path]:03d}-{_safe(path)}.json"
-            _atomic_write(out, json.dumps(table.to_json()).encode())
+            for method, arrays in factor_store.items():
+                write_factors(factor_file(directory, path, method), arrays)
+            out = directory / "layers" / f"{order[path]:03d}-{safe_file_name(path)}.json"
+            atomic_write(out, json.dumps(table.to_json()).encode())
             cache.tables[path] = table
 
-        n_workers = workers or min(4, os.cpu_count() or 1)
         try:
-            if n_workers <= 1 or len(todo) == 1:
-                for path in todo:
-                    score_layer(path)
-            else:
-                from concurrent.futures import ThreadPoolExecutor
-
-                from threadpoolctl import threadpool_limits
-
-                # one BLAS thread per worker: oversubscribed BLAS runs 10x slower here
-                with threadpool_limits(limits=1, user_api="blas"), \
-                        ThreadPoolExecutor(n_workers) as pool:
-                    for fut in [pool.submit(score_layer, p) for p in todo]:
-                        fut.result()
+            run_parallel(score_layer, todo, workers)
         finally:
             bar.close()
         return cache
@@ -451,26 +477,80 @@ class _NoBar:
         return None
 
 
-def _progress(total: int, enabled: bool) -> Any:
+def progress_bar(total: int, enabled: bool, desc: str = "scoring candidates") -> Any:
+    """A tqdm bar of ``total`` candidates (a do-nothing stand-in when not ``enabled``)."""
     if not enabled:
         return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="scoring candidates", unit="cand")
+    return tqdm(total=total, desc=desc, unit="cand")
+
+
+def run_parallel(fn: Callable[[Any], None], items: Sequence[Any], workers: int | None
+                 ) -> None:
+    """``fn(item)`` for every item, on ``workers`` threads (default: CPU count, at most 4)
+    with one BLAS thread each (oversubscribed BLAS runs 10x slower here)."""
+    n_workers = workers or min(4, os.cpu_count() or 1)
+    if n_workers <= 1 or len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(n_workers) as pool:
+        for fut in [pool.submit(fn, item) for item in items]:
+            fut.result()
+
+
+def score_outputs(metrics: Sequence[str], y_ref: np.ndarray, y_hat: np.ndarray
+                  ) -> dict[str, float]:
+    """``{metric: similarity}`` of ``y_hat`` to ``y_ref`` (CKA on at most
+    :data:`CKA_MAX_SAMPLES` evenly spaced samples)."""
+    from lrf_optuna.similarity import METRICS
+
+    scores = {}
+    for m in metrics:
+        if m == "cka" and len(y_ref) > CKA_MAX_SAMPLES:
+            idx = np.linspace(0, len(y_ref) - 1, CKA_MAX_SAMPLES).round().astype(int)
+            scores[m] = float(METRICS[m](y_ref[idx], y_hat[idx]))
+        else:
+            scores[m] = float(METRICS[m](y_ref, y_hat))
+    return scores
+
+
+def run_batched(layer: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """``layer`` applied to ``x`` batch by batch, as one numpy array."""
+    import keras
+
+    return np.concatenate([keras.ops.convert_to_numpy(layer(x[i:i + batch_size]))
+                           for i in range(0, len(x), batch_size)])
 
 
 def _score_layer(path: str, info: LayerInfo, layer: Any, acts: Any,
                  ranks: Mapping[str, list[int]], metrics: Sequence[str], batch_size: int,
                  bar: Any) -> tuple[LayerTable, dict[str, dict[str, np.ndarray]]]:
-    import keras
+    from lrf_optuna.decompose import layer_weights
 
-    from lrf_optuna.decompose import get_method, layer_weights, validate_weights
-    from lrf_optuna.similarity import METRICS
+    return score_candidates(path, info, layer_weights(layer), acts.inputs, acts.outputs,
+                            ranks, metrics, batch_size, bar)
+
+
+def score_candidates(path: str, info: LayerInfo, weights: Mapping[str, np.ndarray],
+                     x_in: np.ndarray, y_ref: np.ndarray, ranks: Mapping[str, list[int]],
+                     metrics: Sequence[str], batch_size: int, bar: Any
+                     ) -> tuple[LayerTable, dict[str, dict[str, np.ndarray]]]:
+    """Factorize the layer ``info`` (``weights``) at every ``(method, rank)`` of ``ranks``,
+    run each replacement alone on ``x_in`` and score its outputs against ``y_ref``.
+
+    Returns the :class:`LayerTable` and, for methods flagged ``cache_factors``, their
+    factors as ``{method: {"r<rank>_<i>": array}}``.
+    """
+    from lrf_optuna.decompose import get_method, validate_weights
 
     t_layer = time.perf_counter()
-    weights = validate_weights(info, layer_weights(layer))
-    x_in = acts.inputs
-    y_ref = acts.outputs
+    weights = validate_weights(info, weights)
     cands: list[Candidate] = []
     prep_secs: dict[str, float] = {}
     stored: dict[str, dict[str, np.ndarray]] = {}
@@ -485,16 +565,7 @@ def _score_layer(path: str, info: LayerInfo, layer: Any, acts: Any,
             factors = method.factorize(info, prepared, rank)
             small = method.decompose(info, weights, rank, factors=factors)
             secs = time.perf_counter() - t1
-            outs = [keras.ops.convert_to_numpy(small(x_in[i:i + batch_size]))
-                    for i in range(0, len(x_in), batch_size)]
-            y_hat = np.concatenate(outs)
-            scores = {}
-            for m in metrics:
-                if m == "cka" and len(y_ref) > CKA_MAX_SAMPLES:
-                    idx = np.linspace(0, len(y_ref) - 1, CKA_MAX_SAMPLES).round().astype(int)
-                    scores[m] = float(METRICS[m](y_ref[idx], y_hat[idx]))
-                else:
-                    scores[m] = float(METRICS[m](y_ref, y_hat))
+            scores = score_outputs(metrics, y_ref, run_batched(small, x_in, batch_size))
             cands.append(Candidate(name, int(rank), method.params(info, rank),
                                    method.macs(info, rank), scores, round(secs, 6)))
             if getattr(method, "cache_factors", False):

@@ -88,6 +88,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
             raise UserError(f"unknown --methods {unknown}; choose from {available_methods()}")
     if args.n_trials < 0:
         raise UserError(f"--n-trials must be >= 0, but got {args.n_trials}")
+    if args.prune_importance and not args.prune:
+        raise UserError("--prune-importance needs --prune")
+    prune = None
+    if args.prune:
+        from lrf_optuna.prune import PruneConfig
+
+        prune = PruneConfig(importance=args.prune_importance or "l1")
     spec = ProblemSpec(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
                        seed=args.seed, calibration_size=args.calibration_size,
                        cache_dir=args.cache_dir)
@@ -97,7 +104,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, grace_period=args.grace_period, metric=args.metric,
         aggregation=args.aggregation, layers=args.layers, methods=args.methods,
         max_params=args.max_params, max_flops=args.max_flops, min_proxy=args.min_proxy,
-        progress=not args.quiet)
+        prune=prune, progress=not args.quiet)
     study = search.study
     print(f"study {study.study_name!r} in {search.storage}: {finished_trials(study)} finished "
           f"trial(s), {search.enqueued} strategy plan(s) enqueued; target {args.n_trials} "
@@ -490,6 +497,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-params", type=float, default=None, help="constraint")
     p.add_argument("--max-flops", type=float, default=None, help="constraint")
     p.add_argument("--min-proxy", type=float, default=None, help="constraint")
+    p.add_argument("--prune", action="store_true",
+                   help="also search filter pruning: a pruning ratio per prunable layer "
+                        "group, combined with LRF (prune, then factorize the pruned layer)")
+    p.add_argument("--prune-importance", default=None, choices=["l1", "l2", "activation"],
+                   help="with --prune: which filters go (default: l1)")
     p.add_argument("--cache-dir", default=".lrf_cache",
                    help="similarity cache directory (default: %(default)s)")
     p.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD,

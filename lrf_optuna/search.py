@@ -67,8 +67,10 @@ from lrf_optuna.study.records import (
     KEEP,
     ORIGINAL_ATTR,
     PROBLEM_ATTR,
+    PRUNE_ATTR,
     SPACE_ATTR,
     STRATEGY_ATTR,
+    CompressionPlan,
     OriginalInfo,
     Plan,
     decode_plan,
@@ -95,6 +97,8 @@ if TYPE_CHECKING:
     import keras
 
     from lrf_optuna.data import Dataset
+    from lrf_optuna.prune.cache import PruneCache, PruneConfig
+    from lrf_optuna.prune.space import PruneSpace
     from lrf_optuna.strategies import Strategy
 
 __all__ = [
@@ -152,6 +156,26 @@ DEFAULT_AGGREGATION = "product"
 Direction = Literal["minimize", "maximize"]
 _OBJECTIVES: dict[str, Direction] = {"params": "minimize", "bytes": "minimize", "flops": "minimize",
                "macs": "minimize", "proxy": "maximize"}
+
+
+def prune_config_of(prune: Any) -> PruneConfig | None:
+    """The :class:`~lrf_optuna.prune.PruneConfig` of an objective's ``prune`` argument
+    (``None``/``False``: no pruning; ``True``: the default config).
+
+    Example:
+        >>> prune_config_of(None) is None, prune_config_of(True).ratios[:3]
+        (True, (0.0, 0.125, 0.25))
+    """
+    if prune is None or prune is False:
+        return None
+    from lrf_optuna.prune.cache import PruneConfig
+
+    if prune is True:
+        return PruneConfig()
+    if isinstance(prune, PruneConfig):
+        return prune
+    raise UserError(f"prune must be True, False, None or a lrf_optuna.prune.PruneConfig, "
+                    f"but got {prune!r}")
 
 
 def directions_of(objectives: Sequence[str]) -> list[Direction]:
@@ -252,6 +276,11 @@ class LRFObjective:
         grid: Rank grid of the cache.
         cache: An already built cache (skips building; ``model`` is still needed to
             build compressed models).
+        prune: Also search filter pruning (opt-in): ``True`` for the default
+            :class:`~lrf_optuna.prune.PruneConfig`, or a config. Adds one parameter
+            ``"<group>:prune"`` per prunable group (:mod:`lrf_optuna.prune.space`) and
+            builds the :class:`~lrf_optuna.prune.PruneCache` beside the similarity cache.
+        pruning: An already built pruning cache (with ``prune``).
         progress: Show the cache-building progress bar.
 
     Raises:
@@ -288,6 +317,8 @@ class LRFObjective:
         min_proxy: float | None = None,
         grid: GridConfig | None = None,
         cache: SimilarityCache | None = None,
+        prune: PruneConfig | bool | None = None,
+        pruning: PruneCache | None = None,
         progress: bool = True,
     ) -> None:
         from lrf_optuna.costs import model_costs
@@ -301,12 +332,15 @@ class LRFObjective:
             raise UserError(f"unknown similarity metric {metric!r}; choose from "
                             f"{sorted(METRICS)}")
         directions_of(objectives)  # raises on unknown names
+        prune_config = prune_config_of(prune)
         if layers is None and cache is not None:
             layers = cache.layers
         restrictions = Restrictions.of(layers, methods, ranks)
         grids = candidate_grids(model, restrictions, grid or (
             grid_from_json(cache.manifest["grid"]) if cache is not None else None))
-        check_constraints(model, grids, max_params=max_params, max_flops=max_flops,
+        # pruning reaches below LRF's smallest model: only the proxy bound is checked then
+        check_constraints(model, grids, max_params=None if prune_config else max_params,
+                          max_flops=None if prune_config else max_flops,
                           min_proxy=min_proxy)
         if isinstance(calibration_data, tuple):
             calibration_data = calibration_data[0]
@@ -337,11 +371,32 @@ class LRFObjective:
             else:
                 logger.info("layer %s has no candidate left after the restrictions; kept",
                             path)
+        self.prune: PruneSpace | None = None
+        if prune_config is not None:
+            self.prune = self._prune_space(model, calibration_data, prune_config, pruning,
+                                           progress)
         costs = model_costs(model)
         self.original_params = costs.params
         self.original_bytes = costs.bytes
         self.original_macs = costs.macs
         self._bytes_per_param = costs.bytes / max(costs.params, 1)
+
+    def _prune_space(self, model: keras.Model, x: np.ndarray, config: PruneConfig,
+                     pruning: PruneCache | None, progress: bool) -> PruneSpace:
+        from lrf_optuna.prune.cache import PruneCache
+        from lrf_optuna.prune.space import PruneSpace
+
+        if pruning is None:
+            try:
+                pruning = PruneCache.build(model, x, self.cache, config=config,
+                                           layers=list(self.spaces), progress=progress)
+            except ValueError as err:
+                raise UserError(str(err)) from err
+        elif pruning.config != config:
+            raise UserError(f"the pruning cache has config {pruning.config}, not {config}")
+        return PruneSpace(model, pruning, metric=self.metric,
+                          methods={p: self.restrictions.methods_of(p) for p in self.spaces},
+                          rank_ranges=self.restrictions.ranks)
 
     # -- Optuna's side -------------------------------------------------------------------
     @property
@@ -361,16 +416,21 @@ class LRFObjective:
                 space.choices)
             out[f"{path}:rank"] = optuna.distributions.IntDistribution(
                 0, max(space.n_levels - 1, 0))
+        if self.prune is not None:
+            out.update(self.prune.parameters())
         return out
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
-        plan: dict[str, tuple[str, int]] = {}
+        params: dict[str, Any] = {}
         for path, space in self.spaces.items():
-            method = trial.suggest_categorical(f"{path}:method", space.choices)
-            level = trial.suggest_int(f"{path}:rank", 0, max(space.n_levels - 1, 0))
-            if method != KEEP:
-                plan[path] = (str(method), space.candidate(str(method), level).rank)
-        score = self.score(plan)
+            params[f"{path}:method"] = trial.suggest_categorical(f"{path}:method",
+                                                                 space.choices)
+            params[f"{path}:rank"] = trial.suggest_int(f"{path}:rank", 0,
+                                                       max(space.n_levels - 1, 0))
+        if self.prune is not None:
+            for name, dist in self.prune.parameters().items():
+                params[name] = trial.suggest_int(name, dist.low, dist.high)
+        score = self.score(self.plan_from_params(params))
         self._record(trial, score)
         return tuple(score.objective(o) for o in self.objectives)
 
@@ -433,28 +493,87 @@ class LRFObjective:
                 positive integer rank, or names a layer the objective does not search.
         """
         checked = self._checked_plan(plan, layers=self.spaces)
+        ratios = getattr(plan, "ratios", None) or {}
+        if self.prune is not None:
+            return self._score_pruned(checked, self.prune.group_ratios(ratios))
+        if ratios:
+            raise UserError(f"the plan prunes {sorted(ratios)}, but this objective does not "
+                            "search pruning (pass prune=True)")
+        sims, clean, picked = self._choose(checked, {})
         params, macs = self.original_params, self.original_macs
+        for table, cand in picked.values():
+            params += cand.params - table.original_params
+            macs += cand.macs - table.original_macs
+        proxy = AGGREGATIONS[self.aggregation](list(sims.values()))
+        return PlanScore(clean, params, round(params * self._bytes_per_param), macs, proxy,
+                         sims)
+
+    def _choose(self, checked: Mapping[str, tuple[str, int]], ratios: Mapping[str, float]
+                ) -> tuple[dict[str, float], dict[str, tuple[str, int]],
+                           dict[str, tuple[LayerTable, Candidate]]]:
+        """Each searched layer's scored candidate under ``ratios`` (``{group: ratio}``; a
+        layer whose filters are pruned looks up its pruned table): similarities (1.0 when
+        kept), the plan on the grid and ``{layer: (table, candidate)}``."""
         sims: dict[str, float] = {}
         clean: dict[str, tuple[str, int]] = {}
+        picked: dict[str, tuple[LayerTable, Candidate]] = {}
         for path in self.spaces:
             choice = checked.get(path)
             if choice is None:
                 sims[path] = 1.0
                 continue
-            table = self.cache.layer(path)
-            cand = table.lookup(choice[0], choice[1])
-            params += cand.params - table.original_params
-            macs += cand.macs - table.original_macs
+            fitted = self._fit(path, choice[0], choice[1], ratios)
+            if fitted is None:  # no rank of the method fits the pruned layer: pruned only
+                sims[path] = 1.0
+                continue
+            table, cand = fitted
             sims[path] = cand.score(self.metric)
             clean[path] = (cand.method, cand.rank)
+            picked[path] = (table, cand)
+        return sims, clean, picked
+
+    def _fit(self, path: str, method: str, rank: int, ratios: Mapping[str, float]
+             ) -> tuple[LayerTable, Candidate] | None:
+        """The scored candidate of ``(method, rank)`` for ``path`` under ``{group:
+        ratio}``: from the pruned layer's table when its filters are pruned, at the
+        nearest scored rank at or below ``rank`` that the layer still takes once its
+        producers are pruned (``None``: none does).
+
+        Raises:
+            UserError: ``method`` was not scored for the layer pruned this way.
+        """
+        kept, channels = self.prune.kept(path, ratios) if self.prune else (0, 0)
+        if kept < channels:
+            table = self.prune.table(path, kept)  # type: ignore[union-attr]
+            if method not in table.methods:
+                raise UserError(f"plan entry of layer {path!r}: method {method!r} was not "
+                                f"scored for it pruned to {kept} of {channels} filters; "
+                                f"scored methods: {table.methods}")
+        else:
+            table = self.cache.layer(path)
+        if self.prune is None or not ratios:
+            return table, table.lookup(method, rank)
+        limit = self.prune.max_rank(path, method, ratios)
+        cand = table.lookup(method, min(rank, limit))
+        return None if cand.rank > limit else (table, cand)
+
+    def _score_pruned(self, checked: Mapping[str, tuple[str, int]],
+                      ratios: Mapping[str, float]) -> PlanScore:
+        """:meth:`score` of a search that prunes (see :mod:`lrf_optuna.prune.space`)."""
+        assert self.prune is not None
+        sims, clean, _ = self._choose(checked, ratios)
+        sims.update(self.prune.group_similarities(ratios))
+        costs = self.prune.costs(ratios, clean)
         proxy = AGGREGATIONS[self.aggregation](list(sims.values()))
-        return PlanScore(clean, params, round(params * self._bytes_per_param), macs, proxy,
-                         sims)
+        plan = CompressionPlan(clean, ratios=ratios, importance=self.prune.config.importance)
+        return PlanScore(plan, costs.params, costs.bytes, costs.macs, proxy, sims)
 
     def plan_from_params(self, params: Mapping[str, Any]) -> dict[str, tuple[str, int]]:
         """Decode a trial's parameters into ``{layer: (method, rank)}`` (kept layers
-        omitted)."""
+        omitted); a :class:`~lrf_optuna.study.records.CompressionPlan` with the groups'
+        ratios when the search prunes."""
         plan: dict[str, tuple[str, int]] = {}
+        ratios = self.prune.ratios_from_params(params) if self.prune is not None else {}
         for path, space in self.spaces.items():
             method = params.get(f"{path}:method", KEEP)
             if method == KEEP:
@@ -462,8 +581,20 @@ class LRFObjective:
             if method not in space.grids:
                 raise ValueError(f"trial parameter {path}:method={method!r} is not in this "
                                  f"objective's search space {space.choices}")
-            plan[path] = (method, space.candidate(method, int(params[f"{path}:rank"])).rank)
-        return plan
+            level = int(params[f"{path}:rank"])
+            kept, channels = self.prune.kept(path, ratios) if self.prune else (0, 0)
+            if kept < channels:
+                assert self.prune is not None
+                cand = self.prune.pruned_candidate(path, kept, method, level, space.n_levels)
+                if cand is not None:
+                    plan[path] = (method, cand.rank)
+                continue
+            plan[path] = (method, space.candidate(method, level).rank)
+        if self.prune is None:
+            return plan
+        fitted = {p: self._fit(p, m, r, ratios) for p, (m, r) in plan.items()}
+        return CompressionPlan({p: (f[1].method, f[1].rank) for p, f in fitted.items() if f},
+                               ratios=ratios, importance=self.prune.config.importance)
 
     def plan_of(self, trial: optuna.trial.FrozenTrial | optuna.Trial) -> Plan:
         """The plan of a trial, decoded from its parameters."""
@@ -479,14 +610,26 @@ class LRFObjective:
         """
         checked = self._checked_plan(plan, layers=None)
         out: dict[str, Any] = {}
+        ratios: dict[str, float] = {}
+        if self.prune is not None:
+            prune_params = self.prune.params_for_ratios(getattr(plan, "ratios", None) or {})
+            ratios = self.prune.ratios_from_params(prune_params)
         for path, space in self.spaces.items():
             choice = checked.get(path)
             if choice is None or choice[0] not in space.grids:
                 out[f"{path}:method"] = KEEP
                 out[f"{path}:rank"] = 0
+                continue
+            out[f"{path}:method"] = choice[0]
+            kept, channels = self.prune.kept(path, ratios) if self.prune else (0, 0)
+            if kept < channels:
+                assert self.prune is not None
+                out[f"{path}:rank"] = self.prune.rank_level(path, kept, choice[0],
+                                                            choice[1], space.n_levels)
             else:
-                out[f"{path}:method"] = choice[0]
                 out[f"{path}:rank"] = space.level_of(choice[0], choice[1])
+        if self.prune is not None:
+            out.update(prune_params)
         return out
 
     def build_model(self, trial_or_plan: optuna.trial.FrozenTrial | optuna.Trial
@@ -500,9 +643,16 @@ class LRFObjective:
             UserError: a plan entry is not ``(method, rank)`` with a scored method and a
                 positive integer rank, or names a layer the cache has not scored.
         """
-        plan = (self.plan_of(trial_or_plan) if not isinstance(trial_or_plan, Mapping)
-                else self._checked_plan(trial_or_plan, layers=self.cache.tables))
-        return self.cache.build_model(self.model, plan)
+        if not isinstance(trial_or_plan, Mapping):
+            plan = self.plan_of(trial_or_plan)
+        else:
+            plan = self._checked_plan(trial_or_plan, layers=self.cache.tables)
+            ratios = getattr(trial_or_plan, "ratios", None) or {}
+            if ratios:
+                plan = CompressionPlan(plan, ratios=ratios,
+                                       importance=getattr(trial_or_plan, "importance", "l1"))
+        return self.cache.build_model(self.model, plan,
+                                      pruning=self.prune.pruning if self.prune else None)
 
     # -- seeding -------------------------------------------------------------------------
     def seed_study(self, study: optuna.Study, strategies: Iterable[Strategy] | None = None,
@@ -517,12 +667,20 @@ class LRFObjective:
         Raises:
             UserError: the study is not described, or with another search space.
         """
-        from lrf_optuna.strategies import NamedPlan, all_plans
+        from lrf_optuna.strategies import (
+            NamedPlan,
+            all_plans,
+            default_strategies,
+            pruning_strategies,
+        )
 
         if self._recorded_space(study) is None:
             raise UserError(f"study {study.study_name!r} is not described yet: call "
                             "objective.describe_study(study) first (create_lrf_study and "
                             "`lrf-optuna search` do both)")
+        if strategies is None and self.prune is not None:
+            strategies = [*default_strategies(),
+                          *pruning_strategies(self.prune.pruning, metric=self.metric)]
         named = all_plans(self.model, self.cache, strategies)
         if include_original:
             named = [NamedPlan("original", {}), *named]
@@ -567,6 +725,12 @@ class LRFObjective:
                 params=self.original_params, flops=2 * self.original_macs,
                 model=self.model.name, metric=self.metric, aggregation=self.aggregation,
                 cache=str(self.cache.directory)).to_json())
+            if self.prune is not None:
+                study.set_user_attr(PRUNE_ATTR, {
+                    "config": self.prune.config.to_json(),
+                    "cache": str(self.prune.pruning.directory),
+                    "layers": list(self.spaces),
+                    "groups": {n: list(g.members) for n, g in self.prune.groups.items()}})
         if study.metric_names is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -673,7 +837,7 @@ class LRFSearch:
 
 #: The :class:`LRFObjective` arguments ``prepare_lrf_study`` passes on.
 _OBJECTIVE_ARGS = ("metric", "aggregation", "layers", "methods", "ranks", "max_params",
-                   "max_flops", "min_proxy", "grid", "progress")
+                   "max_flops", "min_proxy", "grid", "prune", "progress")
 
 
 def _search_settings(objectives: Sequence[str], kwargs: Mapping[str, Any],
@@ -688,8 +852,12 @@ def _search_settings(objectives: Sequence[str], kwargs: Mapping[str, Any],
         raise UserError(f"unknown aggregation {aggregation!r}; choose from "
                         f"{sorted(AGGREGATIONS)}")
     grid = kwargs.get("grid") or GridConfig()
-    return {"objectives": list(objectives), "metric": metric, "aggregation": aggregation,
-            **restrictions.to_json(), "grid": grid.to_json()}
+    settings = {"objectives": list(objectives), "metric": metric, "aggregation": aggregation,
+                **restrictions.to_json(), "grid": grid.to_json()}
+    prune = prune_config_of(kwargs.get("prune"))
+    if prune is not None:  # absent without pruning: the bindings of older studies hold
+        settings["prune"] = prune.to_json()
+    return settings
 
 
 def _existing_study(url: str | optuna.storages.BaseStorage, study_name: str
@@ -800,8 +968,10 @@ def prepare_lrf_study(
             raise UserError("an in-memory Problem needs its dataset (Problem.from_objects) "
                             "so that the study can record it for fine-tuning")
     grids = candidate_grids(problem.model, restrictions, objective_kwargs.get("grid"))
-    check_constraints(problem.model, grids, max_params=objective_kwargs.get("max_params"),
-                      max_flops=objective_kwargs.get("max_flops"),
+    prunes = prune_config_of(objective_kwargs.get("prune")) is not None
+    check_constraints(problem.model, grids,
+                      max_params=None if prunes else objective_kwargs.get("max_params"),
+                      max_flops=None if prunes else objective_kwargs.get("max_flops"),
                       min_proxy=objective_kwargs.get("min_proxy"))
     binding = Binding.of(problem, settings_json)
     existing = _existing_study(url, study_name) if has_studies else None
@@ -946,6 +1116,7 @@ class StudyModels:
         self._given = problem
         self._problem: Problem | None = None
         self._cache: SimilarityCache | None = None
+        self._pruning: PruneCache | None = None
         settings = (problem.spec or problem.settings) if problem is not None else None
         self.cache_dir = Path(cache_dir or (settings.cache_dir if settings else ".lrf_cache"))
 
@@ -992,6 +1163,38 @@ class StudyModels:
                     metric=original.metric if original else DEFAULT_METRIC, progress=False)
         return self._cache
 
+    @property
+    def pruning(self) -> PruneCache | None:
+        """The pruning cache of a study that searched pruning (built or reopened beside
+        the similarity cache), else ``None``."""
+        raw = self.study.user_attrs.get(PRUNE_ATTR)
+        if not isinstance(raw, Mapping):
+            return None
+        if self._pruning is None:
+            from lrf_optuna.prune.cache import PruneCache, PruneConfig
+
+            config = PruneConfig.from_json(raw["config"])
+            try:  # read only, and only the complete cache of this similarity cache
+                recorded = PruneCache.load(str(raw.get("cache")))
+                if (recorded.complete and recorded.config == config
+                        and recorded.manifest.get("base") == self.cache.fingerprint):
+                    self._pruning = recorded
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                logger.info("the pruning cache recorded by study %r is not usable (%s)",
+                            self.study.study_name, err)
+            if self._pruning is None:
+                try:
+                    self._pruning = PruneCache.build(
+                        self.problem.model, self.problem.splits.x_cal, self.cache,
+                        config=config, layers=raw.get("layers") or None, progress=False)
+                except ValueError as err:
+                    raise UserError(f"cannot rebuild the pruning cache of study "
+                                    f"{self.study.study_name!r}: {err}") from err
+        return self._pruning
+
     def build(self, trial: optuna.trial.FrozenTrial) -> keras.Model:
-        """The compressed (not fine-tuned) model of a search trial's stored plan."""
-        return self.cache.build_model(self.problem.model, decode_plan(trial))
+        """The compressed (not fine-tuned) model of a search trial's stored plan (pruned,
+        then factorized, when it prunes)."""
+        plan = decode_plan(trial)
+        return self.cache.build_model(self.problem.model, plan,
+                                      pruning=self.pruning if plan.ratios else None)

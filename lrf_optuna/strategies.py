@@ -17,6 +17,16 @@ as starting points and the benchmarks can compare them:
   applies, each layer at the largest rank whose parameters stay within ``ratio`` of the
   original's; one plan per (method, ratio).
 
+Filter-based pruning alone (FBP, the paper's baseline; plans are
+:class:`~lrf_optuna.study.records.CompressionPlan` with ratios and no factorization, seeded
+when the search prunes):
+
+* :class:`UniformPruning`: every prunable group of the searched layers loses the same
+  fraction of its filters (the least important by the criterion); one plan per ratio.
+* :class:`PruningThreshold`: each group at the largest ratio of the pruning cache whose
+  consumers' similarity (:class:`~lrf_optuna.prune.PruneCache`) reaches ``tau``; one plan
+  per ``tau``.
+
 Layers where the chosen rank would not save parameters or FLOPs are kept.
 
 Example:
@@ -39,9 +49,11 @@ if TYPE_CHECKING:
 
     from lrf_optuna.cache import SimilarityCache
     from lrf_optuna.decompose import LayerInfo
+    from lrf_optuna.prune.cache import PruneCache
 
-__all__ = ["EnergyThreshold", "NamedPlan", "SimilarityThreshold", "Strategy", "UniformRatio",
-           "VBMFRanks", "all_plans", "default_strategies"]
+__all__ = ["EnergyThreshold", "NamedPlan", "PruningThreshold", "SimilarityThreshold",
+           "Strategy", "UniformPruning", "UniformRatio", "VBMFRanks", "all_plans",
+           "default_strategies", "pruning_strategies"]
 
 Choice = tuple[str, int]
 
@@ -249,6 +261,78 @@ def _largest_rank_within(method: Any, info: LayerInfo, budget: float) -> int | N
     return lo
 
 
+# -- filter-based pruning alone ------------------------------------------------------------
+
+def _pruned_plan(ratios: Mapping[str, float], importance: str) -> Mapping[str, Choice]:
+    from lrf_optuna.study.records import CompressionPlan
+
+    return CompressionPlan({}, ratios=ratios, importance=importance)
+
+
+@dataclass
+class UniformPruning(Strategy):
+    """FBP alone: every prunable group of the searched layers pruned by the same ratio.
+
+    Example:
+        >>> import keras
+        >>> net = keras.Sequential([keras.Input((8, 8, 1)),
+        ...                         keras.layers.Conv2D(8, 3, name="c1"),
+        ...                         keras.layers.Flatten(), keras.layers.Dense(4, name="fc")])
+        >>> [(p.label, p.plan.ratios) for p in UniformPruning(ratios=(0.5,)).plans(net, None)]
+        [('fbp:ratio=0.5', {'c1': 0.5})]
+    """
+
+    ratios: Sequence[float] = (0.25, 0.5, 0.75)
+    importance: str = "l1"
+    name: str = "fbp"
+
+    def plans(self, model: keras.Model, cache: SimilarityCache | None) -> list[NamedPlan]:
+        from lrf_optuna.prune.pruner import PruneGraph
+
+        targets = _targets(model, cache)
+        groups = [g for g in PruneGraph(model).groups if all(p in targets for p in g)]
+        if not groups:
+            return []
+        return [NamedPlan(f"{self.name}:ratio={r:g}",
+                          _pruned_plan({g[0]: float(r) for g in groups}, self.importance))
+                for r in self.ratios]
+
+
+@dataclass
+class PruningThreshold(Strategy):
+    """FBP alone, by similarity: each group at the largest ratio of ``pruning``'s config
+    whose consumers' similarity (``metric``) reaches ``tau``; one plan per ``tau``."""
+
+    pruning: PruneCache
+    taus: Sequence[float] = (0.99, 0.97, 0.95, 0.9)
+    metric: str = "cosine"
+    name: str = "fbp-tau"
+
+    def plans(self, model: keras.Model, cache: SimilarityCache | None) -> list[NamedPlan]:
+        from lrf_optuna.prune.costs import kept_count
+
+        out = []
+        ratios_offered = self.pruning.config.ratios
+        for tau in self.taus:
+            ratios = {}
+            for name, group in self.pruning.groups.items():
+                ok = [r for r in ratios_offered
+                      if group.score(kept_count(group.channels, r), self.metric) >= tau]
+                if ok and max(ok) > 0:
+                    ratios[name] = max(ok)
+            if ratios:
+                out.append(NamedPlan(f"{self.name}:tau={tau:g}", _pruned_plan(
+                    ratios, self.pruning.config.importance)))
+        return out
+
+
+def pruning_strategies(pruning: PruneCache, *, metric: str = "cosine") -> list[Strategy]:
+    """The FBP-alone strategies a search that prunes seeds (uniform ratios, and the
+    similarity threshold on ``pruning``)."""
+    return [UniformPruning(importance=pruning.config.importance),
+            PruningThreshold(pruning, metric=metric)]
+
+
 def default_strategies() -> list[Strategy]:
     """The paper's tau sweep, energy, VBMF and uniform single-method plans."""
     return [SimilarityThreshold(), EnergyThreshold(), VBMFRanks(), UniformRatio()]
@@ -257,13 +341,14 @@ def default_strategies() -> list[Strategy]:
 def all_plans(model: keras.Model, cache: SimilarityCache | None,
               strategies: Iterable[Strategy] | None = None) -> list[NamedPlan]:
     """Every plan of every strategy, duplicates (same plan) removed, first label kept."""
-    seen: set[tuple[tuple[str, Choice], ...]] = set()
+    seen: set[tuple[Any, ...]] = set()
     out = []
     for strategy in strategies if strategies is not None else default_strategies():
         if cache is None and isinstance(strategy, SimilarityThreshold):
             continue
         for named in strategy.plans(model, cache):
-            key = tuple(sorted(named.plan.items()))
+            ratios = getattr(named.plan, "ratios", None) or {}
+            key = (tuple(sorted(named.plan.items())), tuple(sorted(ratios.items())))
             if key not in seen:
                 seen.add(key)
                 out.append(named)

@@ -125,3 +125,36 @@ def test_ctrl_c_says_how_to_resume(files, capsys, monkeypatch) -> None:
     err = capsys.readouterr().err
     assert "interrupted" in err and "Rerun the same command to continue" in err
     assert "finished trial(s) are stored in sqlite:///" in err
+
+
+def test_search_with_pruning_then_export_a_pruned_trial(files, tmp_path, capsys) -> None:
+    """``--prune`` adds a ratio level per prunable group to every trial; a pruned and
+    factorized trial exports to .keras / .tflite from the study alone."""
+    storage = f"sqlite:///{files / 'pnet.db'}"
+    argv = _search(files, "--n-trials", "50", "--prune", "--study-name", "pnet")
+    argv[argv.index("--storage") + 1] = storage
+    assert main(argv) == 0
+    capsys.readouterr()
+    study = optuna.load_study(study_name="pnet", storage=storage)
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert all({"conv1:prune", "fc1:prune"} <= set(t.params) for t in done)
+    both = [t for t in done if any(v.startswith("prune ") and "+" in v
+                                   for v in t.user_attrs["plan"].values())]
+    assert both, "no trial pruned and factorized a layer"
+    trial = min(both, key=lambda t: t.user_attrs["params"])
+    assert main(["export", "--study-name", "pnet", "--storage", storage, "--trial",
+                 str(trial.number), "--out", str(tmp_path / "out")]) == 0
+    exported = keras.saving.load_model(next((tmp_path / "out").glob("*.keras")),
+                                       safe_mode=True)
+    assert exported.count_params() == trial.user_attrs["params"]
+    assert main(["show", "--study-name", "pnet", "--storage", storage]) == 0
+    assert "prune " in capsys.readouterr().out
+    assert main(["report", "--study-name", "pnet", "--storage", storage, "--out",
+                 str(tmp_path / "report")]) == 0
+    assert "prune " in (tmp_path / "report" / "report.md").read_text()
+    # the prune setting binds the study
+    argv.remove("--prune")
+    assert main(argv) == 2
+    assert "search settings differ (prune:" in capsys.readouterr().err
+    assert main([*argv, "--prune-importance", "l2"]) == 2
+    assert "--prune-importance needs --prune" in capsys.readouterr().err

@@ -12,6 +12,12 @@ cloning the graph: no masks. The pipeline, one module each:
                                 layer, without building it
 ``_rebuild``                    clone the model with fewer filters and sliced weights
 ``pruner``                      :class:`PruneGraph` and the functions below
+``cache``                       the pruning candidates of the similarity cache
+                                (:class:`PruneCache`): each (group, ratio) scored on its
+                                consumers, each (layer, ratio, method, rank) on the
+                                pruned kernel; building a searched plan
+``space``                       the search's side (:class:`PruneSpace`): one ratio-level
+                                parameter per group, pruned rank grids, exact costs
 =============================== =========================================================
 
 What is adjusted when a layer's filters go: the next Conv / ConvTranspose /
@@ -43,6 +49,7 @@ Example:
 
 from __future__ import annotations
 
+from lrf_optuna.prune.cache import PruneCache, PruneConfig, build_pruned_model
 from lrf_optuna.prune.costs import kept_count, pruned_layer_cost, pruned_layer_info
 from lrf_optuna.prune.importance import CRITERIA, select_channels
 from lrf_optuna.prune.pruner import (
@@ -55,12 +62,17 @@ from lrf_optuna.prune.pruner import (
     prune_model,
     split_choices,
 )
+from lrf_optuna.prune.space import PruneSpace
 
 __all__ = [
     "CRITERIA",
     "Choice",
+    "PruneCache",
+    "PruneConfig",
     "PruneEntry",
     "PruneGraph",
+    "PruneSpace",
+    "build_pruned_model",
     "find_prunable",
     "kept_channels",
     "kept_count",

@@ -25,6 +25,9 @@ it is a group score by construction; with ``"l1"``/``"l2"`` each member's norms 
 by their mean over the channels (every member has an equal say whatever its weight scale)
 and summed.
 
+Scores computed before (``importance={layer path: scores}``, e.g. ``"activation"`` scores
+stored by :class:`lrf_optuna.prune.PruneCache`) may stand for a criterion.
+
 Selection: the ``n_keep`` highest scores are kept; ties go to the lower channel index.
 """
 
@@ -38,10 +41,13 @@ import numpy as np
 
 from lrf_optuna.prune._graph import GraphAnalysis, Producer
 
-__all__ = ["CRITERIA", "filter_norms", "select_channels"]
+__all__ = ["CRITERIA", "Importance", "filter_norms", "select_channels"]
 
 #: The importance criteria, by name.
 CRITERIA = ("l1", "l2", "activation")
+#: A criterion name, or channel scores computed before (``{layer path: scores}``, one
+#: member per group), e.g. stored by the pruning cache.
+Importance = str | Mapping[str, Any]
 
 
 def _np(v: Any) -> np.ndarray:
@@ -122,9 +128,23 @@ def consumers_of(analysis: GraphAnalysis, root: int) -> list[str]:
                   if (analysis.root_of(analysis.inputs[p].gid) == root).any())
 
 
-def group_scores(analysis: GraphAnalysis, root: int, importance: str,
+def group_scores(analysis: GraphAnalysis, root: int, importance: Importance,
                  activations: Mapping[str, Any] | None) -> np.ndarray:
-    """The importance of every channel of group ``root`` under criterion ``importance``."""
+    """The importance of every channel of group ``root`` under criterion ``importance``
+    (a name of :data:`CRITERIA`, or scores computed before: ``{layer path: scores}`` with
+    an entry for one member of the group)."""
+    if isinstance(importance, Mapping):
+        members = analysis.members(root)
+        given = [p for p in members if p in importance]
+        if not given:
+            raise KeyError(f"the importance scores given have no entry for {members} (one "
+                           f"member of the group is enough); they have {sorted(importance)}")
+        scores = np.asarray(importance[given[0]], dtype=np.float64)
+        channels = analysis.producers[members[0]].channels
+        if scores.shape != (channels,):
+            raise ValueError(f"importance scores of layer {given[0]!r} have shape "
+                             f"{scores.shape}; expected ({channels},), one per channel")
+        return scores
     if importance in ("l1", "l2"):
         return weight_scores(analysis, root, 1 if importance == "l1" else 2)
     if importance == "activation":

@@ -33,7 +33,7 @@ from lrf_optuna.costs import LayerCost, ModelCost, layer_costs
 from lrf_optuna.decompose import LayerInfo, UnsupportedLayerError, describe_layer
 from lrf_optuna.prune._graph import GraphAnalysis, analyze
 from lrf_optuna.prune.costs import kept_count, pruned_layer_cost
-from lrf_optuna.prune.importance import consumers_of, group_scores, select_channels
+from lrf_optuna.prune.importance import Importance, consumers_of, group_scores, select_channels
 from lrf_optuna.rewrite import iter_layers, rewrite_model
 
 __all__ = ["Choice", "PruneEntry", "PruneGraph", "find_prunable", "kept_channels",
@@ -119,6 +119,17 @@ class PruneGraph:
         """The entries that can be pruned."""
         return {p: e for p, e in self.entries.items() if e.prunable}
 
+    @property
+    def groups(self) -> list[tuple[str, ...]]:
+        """The prunable groups (layers pruned alike), each once, in graph order."""
+        return list(dict.fromkeys(e.group for e in self.prunable.values()))
+
+    def input_axis(self, path: str) -> int | None:
+        """The axis (batch axis counted) of layer ``path``'s input that pruning slices
+        (what :meth:`input_mask` indexes); ``None`` when pruning never touches its input."""
+        m = self._a.inputs.get(path)
+        return None if m is None else m.axis
+
     def _groups_in(self, path: str) -> dict[int, int]:
         return self._a.layer_groups(path) if path in self._a.inputs else {}
 
@@ -172,12 +183,12 @@ class PruneGraph:
         return self._a.producers[self._a.producer_paths[root]].channels
 
     # -- importance and selection --------------------------------------------------------
-    def importance(self, path: str, *, importance: str = "l1",
+    def importance(self, path: str, *, importance: Importance = "l1",
                    activations: Mapping[str, Any] | None = None) -> np.ndarray:
         """Importance of each output channel of ``path`` (its group's shared score)."""
         return group_scores(self._a, self._root(path), importance, activations)
 
-    def kept_channels(self, path: str, ratio: float, *, importance: str = "l1",
+    def kept_channels(self, path: str, ratio: float, *, importance: Importance = "l1",
                       activations: Mapping[str, Any] | None = None) -> np.ndarray:
         """Sorted indices of the output channels of ``path`` kept at ``ratio``.
 
@@ -287,7 +298,7 @@ class PruneGraph:
         return ModelCost(tuple(rows))
 
     # -- building ------------------------------------------------------------------------
-    def _masks(self, ratios: Mapping[str, float], importance: str,
+    def _masks(self, ratios: Mapping[str, float], importance: Importance,
                activations: Mapping[str, Any] | None) -> dict[int, np.ndarray]:
         masks: dict[int, np.ndarray] = {}
         for root, n_keep in self._keep_counts(ratios).items():
@@ -300,7 +311,8 @@ class PruneGraph:
             masks[root] = mask
         return masks
 
-    def input_mask(self, path: str, ratios: Mapping[str, float], *, importance: str = "l1",
+    def input_mask(self, path: str, ratios: Mapping[str, float], *,
+                   importance: Importance = "l1",
                    activations: Mapping[str, Any] | None = None) -> np.ndarray | None:
         """Which positions of layer ``path``'s input channel axis survive ``ratios``.
 
@@ -318,7 +330,7 @@ class PruneGraph:
             self.entry(path)            # raises KeyError naming the path
         return input_mask(self._a, path, self._masks(ratios, importance, activations))
 
-    def prune(self, ratios: Mapping[str, float], *, importance: str = "l1",
+    def prune(self, ratios: Mapping[str, float], *, importance: Importance = "l1",
               activations: Mapping[str, Any] | None = None) -> keras.Model:
         """A new, smaller model with ``ratios`` of the planned layers' filters removed.
 
@@ -352,7 +364,8 @@ def find_prunable(model: keras.Model, *, include_unprunable: bool = False
     return dict(graph.entries) if include_unprunable else graph.prunable
 
 
-def kept_channels(model: keras.Model, path: str, ratio: float, *, importance: str = "l1",
+def kept_channels(model: keras.Model, path: str, ratio: float, *,
+                  importance: Importance = "l1",
                   activations: Mapping[str, Any] | None = None) -> np.ndarray:
     """Sorted indices of the output channels of layer ``path`` kept at ``ratio``.
 
@@ -362,7 +375,8 @@ def kept_channels(model: keras.Model, path: str, ratio: float, *, importance: st
                                            activations=activations)
 
 
-def prune_model(model: keras.Model, ratios: Mapping[str, float], *, importance: str = "l1",
+def prune_model(model: keras.Model, ratios: Mapping[str, float], *,
+                importance: Importance = "l1",
                 activations: Mapping[str, Any] | None = None) -> keras.Model:
     """Return a new, smaller model with a fraction of each listed layer's filters removed.
 
@@ -378,7 +392,8 @@ def prune_model(model: keras.Model, ratios: Mapping[str, float], *, importance: 
             ``floor(ratio * filters)`` are removed, at least one is kept
             (:func:`~lrf_optuna.prune.kept_count`).
         importance: ``"l1"`` (default), ``"l2"`` or ``"activation"``
-            (:mod:`lrf_optuna.prune.importance`).
+            (:mod:`lrf_optuna.prune.importance`), or channel scores computed before,
+            ``{layer path: scores}`` with one member of each pruned group.
         activations: For ``"activation"``: ``{path: LayerActivations}`` of the layers
             :meth:`PruneGraph.activation_layers` names.
 
@@ -410,7 +425,7 @@ def split_choices(choices: Mapping[str, Choice | None]
 
 
 def prune_and_factorize(model: keras.Model, choices: Mapping[str, Choice | None], *,
-                        importance: str = "l1",
+                        importance: Importance = "l1",
                         activations: Mapping[str, Any] | None = None) -> keras.Model:
     """Prune each layer's filters, then factorize the pruned kernels.
 

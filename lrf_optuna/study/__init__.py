@@ -31,6 +31,7 @@ from lrf_optuna.study.lookup import (
     search_study_names,
 )
 from lrf_optuna.study.records import (
+    CompressionPlan,
     decode_plan,
     get_search_trial,
     original_info,
@@ -51,6 +52,7 @@ from lrf_optuna.study.storage import (
 __all__ = [
     "FINETUNE_SUFFIX",
     "Binding",
+    "CompressionPlan",
     "artifact_dir_for",
     "check_binding",
     "check_storage",
