@@ -532,7 +532,9 @@ def run_studies(ctx: Context, trials: int, storage: str, *, suffix: str = "",
     for name in samplers:
         sampler: optuna.samplers.BaseSampler
         if name == "nsga2":
-            sampler = optuna.samplers.NSGAIISampler(seed=0, population_size=50)
+            from lrf_optuna.search import SeededNSGAIISampler
+
+            sampler = SeededNSGAIISampler(seed=0, population_size=50)
         elif name == "tpe":
             sampler = optuna.samplers.TPESampler(seed=0, multivariate=True)
         else:

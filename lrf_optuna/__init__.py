@@ -29,6 +29,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "LRFObjective": "lrf_optuna.search",
+    "SeededNSGAIISampler": "lrf_optuna.search",
     "create_lrf_study": "lrf_optuna.search",
     "prepare_lrf_study": "lrf_optuna.search",
     "UserError": "lrf_optuna.errors",

@@ -23,7 +23,7 @@ is a dictionary look-up: it never touches TensorFlow.
 Example:
     >>> objective = LRFObjective(model, x_cal, cache_dir=".lrf_cache")  # doctest: +SKIP
     >>> study = optuna.create_study(directions=objective.directions,  # doctest: +SKIP
-    ...                             sampler=optuna.samplers.NSGAIISampler(seed=0))
+    ...                             sampler=SeededNSGAIISampler(seed=0))
     >>> objective.seed_study(study)  # doctest: +SKIP
     >>> study.optimize(objective, n_trials=300)  # doctest: +SKIP
 """
@@ -108,6 +108,7 @@ __all__ = [
     "LRFObjective",
     "LRFSearch",
     "PlanScore",
+    "SeededNSGAIISampler",
     "create_lrf_study",
     "describe_choice",
     "finished_trials",
@@ -294,7 +295,7 @@ class LRFObjective:
         import optuna, lrf_optuna
         objective = lrf_optuna.LRFObjective(model, x_cal, cache_dir=".lrf_cache")
         study = optuna.create_study(directions=objective.directions,
-                                    sampler=optuna.samplers.NSGAIISampler(seed=0))
+                                    sampler=lrf_optuna.SeededNSGAIISampler(seed=0))
         objective.seed_study(study)
         study.optimize(objective, n_trials=500, show_progress_bar=True)
         compressed = objective.build_model(study.best_trials[0])
@@ -753,6 +754,42 @@ def _trial_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
     return dict(trial.system_attrs.get("fixed_params") or trial.params)
 
 
+class SeededNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """Optuna's NSGA-II, with the enqueued (seeded) trials in its populations.
+
+    NSGA-II gives a trial its generation when it first samples a parameter. A trial enqueued
+    with every parameter fixed (the strategy plans of :meth:`LRFObjective.seed_study`, the
+    original model) never samples one, so it never belongs to a generation and is never
+    chosen as a parent: the search evolves from random plans only, while the good plans it
+    was seeded with sit unused on the front (measured: on ResNet-20 500 NSGA-II trials
+    added 2 trials to a front of 14 seeds, exactly the hypervolume of random search). Here
+    every trial gets its generation before it runs, so seeded plans join the population of
+    the generation they run in (the first one, usually) and are crossed over like any
+    other. Generations are stored under Optuna's own key, so studies started with the plain
+    :class:`~optuna.samplers.NSGAIISampler` resume unchanged.
+
+    Example:
+        >>> import optuna
+        >>> sampler = SeededNSGAIISampler(seed=0, population_size=4)
+        >>> study = optuna.create_study(directions=["minimize", "maximize"], sampler=sampler)
+        >>> study.enqueue_trial({"x": 0.5})
+        >>> study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1.0), n_trials=1)
+        >>> study.trials[0].system_attrs[SeededNSGAIISampler._get_generation_key()]
+        0
+    """
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().before_trial(study, trial)
+        if trial.system_attrs.get("fixed_params"):
+            self.get_trial_generation(study, trial)
+
+
+# __init_subclass__ gave the subclass keys of its own name; share NSGA-II's instead
+SeededNSGAIISampler._GENERATION_KEY = optuna.samplers.NSGAIISampler._get_generation_key()
+SeededNSGAIISampler._PARENT_CACHE_KEY_PREFIX = (
+    optuna.samplers.NSGAIISampler._get_parent_cache_key_prefix())
+
+
 def finished_trials(study: optuna.Study) -> int:
     """How many trials of ``study`` are COMPLETE."""
     states = (optuna.trial.TrialState.COMPLETE,)
@@ -954,7 +991,7 @@ def prepare_lrf_study(
         raise UserError(f"grace_period must be a positive number of seconds, but got "
                         f"{grace_period!r}")
     try:
-        sampler = optuna.samplers.NSGAIISampler(seed=seed, population_size=population_size)
+        sampler = SeededNSGAIISampler(seed=seed, population_size=population_size)
     except (ValueError, TypeError) as err:
         raise UserError(f"population_size {population_size!r}: {err}") from err
     study_name = study_name or problem.name

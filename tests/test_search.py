@@ -296,3 +296,30 @@ def test_open_storage_uses_wal_for_sqlite(tmp_path) -> None:
     assert len(optuna.load_study(study_name="w", storage=url).trials) == 3
     assert open_storage(storage) is storage
     assert open_storage("not-a-db-url") == "not-a-db-url"
+
+
+def test_seeded_plans_are_parents_of_the_next_generation() -> None:
+    """Optuna's NSGA-II never gives a trial enqueued with all parameters fixed a generation,
+    so the seeded strategy plans were never chosen as parents (ResNet-20: the search's
+    hypervolume equalled random search's). With SeededNSGAIISampler they join the first
+    generation and the best of them are parents of the second."""
+    from lrf_optuna.search import SeededNSGAIISampler
+
+    sampler = SeededNSGAIISampler(seed=0, population_size=4)
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    for x in (0.0, 0.1, 0.2):  # seeds that dominate every random trial below
+        study.enqueue_trial({"x": x, "y": 0.0})
+
+    def objective(trial: optuna.Trial) -> tuple[float, float]:
+        x, y = trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)
+        return x + 5 * y, 1 - x + 5 * y
+
+    study.optimize(objective, n_trials=12)
+    key = SeededNSGAIISampler._get_generation_key()
+    assert key == "NSGAIISampler:generation"  # plain NSGA-II studies resume unchanged
+    generations = [t.system_attrs.get(key) for t in study.trials]
+    assert generations[:4] == [0, 0, 0, 0] and None not in generations
+    parents = study._storage.get_study_system_attrs(study._study_id)[
+        SeededNSGAIISampler._get_parent_cache_key_prefix() + "1"]
+    seeded = {t._trial_id for t in study.trials[:3]}
+    assert seeded <= set(parents)
