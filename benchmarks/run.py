@@ -21,6 +21,8 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("benchmarks.rewrite_coverage", [],
      ["--architectures", "MobileNetV2", "zoo/lenet5", "zoo/resnet20"]),
     ("benchmarks.search_soak", [], ["--trials", "600", "--no-write"]),
+    ("benchmarks.seeded_sampler", [], ["--models", "lenet5", "--trials", "300", "--seeds", "1",
+                                       "--no-write"]),
 ]
 
 
