@@ -450,6 +450,25 @@ def test_a_killed_workers_job_is_recovered_by_heartbeat(tiny_study, tmp_path) ->
     assert _complete_per_source(study) == {source: 1}
 
 
+def test_a_job_killed_before_its_first_heartbeat_is_recovered(tiny_study, tmp_path) -> None:
+    # a worker killed between popping a job (RUNNING) and recording its first heartbeat
+    # leaves a job Optuna's fail_stale_trials never sees (it only fails trials with one)
+    study = _copy_study(tiny_study, tmp_path)
+    source = F.select_trials(study, 1)[0].number
+    F.enqueue_finetune(study, [source], reference=False)
+    config = dataclass_replace(FAST, heartbeat_interval=1, grace_period=2)
+    store, _ = _worker_storage(study, config)
+    ft = open_finetune_study(study, storage=store)
+    popped = ft.ask()  # RUNNING, no heartbeat: the worker "dies" here
+    assert F.run_finetune_jobs(study, config=config) == []  # too young: a live worker's
+    time.sleep(3)
+    (done,) = F.run_finetune_jobs(study, config=config)
+    assert done.state == TrialState.COMPLETE and done.user_attrs["source_trial"] == source
+    lost = ft._storage.get_trial(popped._trial_id)
+    assert lost.state == TrialState.FAIL and "no heartbeat" in lost.user_attrs["error"]
+    assert _complete_per_source(study) == {source: 1}
+
+
 WORKER = textwrap.dedent("""
     import json, os, sys
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -52,9 +52,11 @@ Any number of workers (processes, machines for a server database) may run
   ``grace_period`` (default 60 s) and
   ``optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)``. Before popping, each
   worker fails RUNNING jobs whose heartbeat is older than the grace period; the callback
-  re-enqueues them as WAITING copies, which are then run normally. So rerunning the same
-  command after the grace period resumes a killed job. (A job that is RUNNING but not yet
-  stale belongs to a live worker, or becomes stale later: the log says so.)
+  re-enqueues them as WAITING copies, which are then run normally. A job that never
+  recorded a heartbeat (its worker died between popping it and the first beat) is failed
+  and re-enqueued the same way once it started longer than the grace period ago. So
+  rerunning the same command after the grace period resumes a killed job. (A job that
+  is RUNNING but not yet stale belongs to a live worker, or becomes stale later: the log says so.)
 * **Errors and Ctrl-C** mark the job FAIL (user attribute ``error``); the next
   :func:`enqueue_finetune` (e.g. rerunning ``lrf-optuna finetune``) enqueues a new job for
   that source trial, up to ``max_attempts`` (3) failed attempts.
@@ -118,6 +120,7 @@ from lrf_optuna.study.records import (
     FinetuneRecord,
     get_search_trial,
 )
+from lrf_optuna.study.recovery import stale_trials
 from lrf_optuna.study.storage import heartbeat_storage, safe_name, study_lock
 
 if TYPE_CHECKING:
@@ -260,6 +263,32 @@ def _started(job: FrozenTrial) -> tuple[datetime.datetime, int]:
     return (job.datetime_start or datetime.datetime.min, job.number)
 
 
+def _fail_silent_jobs(ft: optuna.Study, rdb: optuna.storages.RDBStorage) -> None:
+    """Fail (and re-enqueue through the retry callback) RUNNING jobs that never recorded a
+    heartbeat and started more than the grace period ago: their worker was killed between
+    popping the job and its first heartbeat, which Optuna's ``fail_stale_trials`` never
+    sees. Called under the fine-tuning lock."""
+    interval = rdb.get_heartbeat_interval()
+    if not interval:
+        return
+    grace = rdb.grace_period or 2 * interval  # Optuna's own default
+    callback = rdb.get_failed_trial_callback()
+    for stale in stale_trials(ft, grace_period=grace):
+        if stale.had_heartbeat:
+            continue  # Optuna's own check owns these
+        try:
+            rdb.set_trial_user_attr(stale.trial._trial_id, "error", stale.reason)
+            if not rdb.set_trial_state_values(stale.trial._trial_id, TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # its worker finished it after all
+        logger.warning("job %d never recorded a heartbeat and started %.0f s ago: its "
+                       "worker was lost; marked FAIL and re-enqueued", stale.trial.number,
+                       stale.silent_seconds)
+        if callback is not None:
+            callback(ft, rdb.get_trial(stale.trial._trial_id))
+
+
 def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
            lock: Callable[[], contextlib.AbstractContextManager[None]]
            ) -> tuple[optuna.Trial, int] | None:
@@ -274,6 +303,7 @@ def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             if rdb is not None:
                 optuna.storages.fail_stale_trials(ft)
+                _fail_silent_jobs(ft, rdb)
             if not ft.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
                 return None
             trial = ft.ask()
