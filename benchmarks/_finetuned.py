@@ -94,9 +94,9 @@ class PlanEvaluator:
     def build(self, plan: Plan) -> Any:
         """The compressed (not fine-tuned) model of ``plan`` (pruned first when it prunes).
         """
-        if getattr(plan, "ratios", None):
-            return self.cache.build_model(self.problem.model, plan, pruning=self.pruning)
-        return self.cache.build_model(self.problem.model, dict(plan))
+        from lrf_optuna.prune import build_plan_model
+
+        return build_plan_model(self.problem.model, plan, self.cache, pruning=self.pruning)
 
     def before(self, plan: Plan) -> dict[str, Any]:
         """Validation accuracy without fine-tuning, and the costs (cached)."""

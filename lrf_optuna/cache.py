@@ -316,27 +316,25 @@ class SimilarityCache:
         """Cached factors of ``(path, method, rank)``, when the method caches them."""
         return read_factors(factor_file(self.directory, path, method), rank)
 
-    def build_model(self, model: keras.Model, plan: Mapping[str, Any], *,
-                    pruning: Any = None) -> keras.Model:
+    def build_model(self, model: keras.Model, plan: Mapping[str, Any]) -> keras.Model:
         """The compressed model for ``plan``, reusing cached factors where stored.
 
         ``model`` must be the model the cache was built from (checked by fingerprint of
         its architecture and weights is costly, so only the layer names are checked). A
         plan that prunes (a :class:`~lrf_optuna.study.records.CompressionPlan` with
-        ``ratios``) is pruned, then factorized
-        (:func:`lrf_optuna.prune.build_pruned_model`), with the factors of the pruning
-        cache ``pruning`` (a :class:`~lrf_optuna.prune.PruneCache`) where stored.
+        ``ratios``) is built by :func:`lrf_optuna.prune.build_plan_model`, which knows the
+        pruning cache.
+
+        Raises:
+            ValueError: ``plan`` prunes; a data-aware method's factors are not cached.
         """
         from lrf_optuna.decompose import get_method
         from lrf_optuna.rewrite import rewrite_model
 
-        ratios = getattr(plan, "ratios", None)
-        if ratios:
-            from lrf_optuna.prune.cache import build_pruned_model
-
-            return build_pruned_model(model, dict(plan), ratios,
-                                      importance=getattr(plan, "importance", "l1"),
-                                      cache=self, pruning=pruning)
+        if getattr(plan, "ratios", None):
+            raise ValueError("this plan prunes: build it with "
+                             "lrf_optuna.prune.build_plan_model(model, plan, cache, "
+                             "pruning=...)")
 
         factors = {}
         for path, choice in plan.items():

@@ -652,8 +652,10 @@ class LRFObjective:
             if ratios:
                 plan = CompressionPlan(plan, ratios=ratios,
                                        importance=getattr(trial_or_plan, "importance", "l1"))
-        return self.cache.build_model(self.model, plan,
-                                      pruning=self.prune.pruning if self.prune else None)
+        from lrf_optuna.prune.cache import build_plan_model
+
+        return build_plan_model(self.model, plan, self.cache,
+                                pruning=self.prune.pruning if self.prune else None)
 
     # -- seeding -------------------------------------------------------------------------
     def seed_study(self, study: optuna.Study, strategies: Iterable[Strategy] | None = None,
@@ -1232,6 +1234,8 @@ class StudyModels:
     def build(self, trial: optuna.trial.FrozenTrial) -> keras.Model:
         """The compressed (not fine-tuned) model of a search trial's stored plan (pruned,
         then factorized, when it prunes)."""
+        from lrf_optuna.prune.cache import build_plan_model
+
         plan = decode_plan(trial)
-        return self.cache.build_model(self.problem.model, plan,
-                                      pruning=self.pruning if plan.ratios else None)
+        return build_plan_model(self.problem.model, plan, self.cache,
+                                pruning=self.pruning if plan.ratios else None)

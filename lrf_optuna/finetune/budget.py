@@ -49,7 +49,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 import optuna
@@ -63,7 +62,14 @@ from lrf_optuna.study.lookup import (
     jobs_by_source,
     latest_jobs,
 )
-from lrf_optuna.study.records import BASELINE_ATTR, FinetuneRecord, Measured
+from lrf_optuna.study.records import (
+    BASELINE_ATTR,
+    BudgetProbe,
+    BudgetSearch,
+    FinetuneRecord,
+    Measured,
+    WithinBudget,
+)
 
 if TYPE_CHECKING:
     import os
@@ -77,35 +83,6 @@ logger = logging.getLogger(__name__)
 
 #: How :func:`smallest_passing` chooses the next probe.
 ProbeStrategy = Literal["interpolate", "bisect"]
-
-
-@dataclass(frozen=True)
-class BudgetProbe:
-    """One evaluated candidate: its index (by size), position, score and verdict."""
-
-    index: int
-    position: float
-    score: float
-    passed: bool
-    known: bool  # known before the search started (not probed by it)
-
-
-@dataclass(frozen=True)
-class BudgetSearch:
-    """What :func:`smallest_passing` found: ``chosen`` (an index, ``None`` when no
-    candidate passed), the probes in order, and whether the bracket closed
-    (``converged``: the chosen candidate's smaller neighbour was evaluated and failed, or
-    it is the smallest candidate)."""
-
-    chosen: int | None
-    probes: list[BudgetProbe]
-    target: float
-    converged: bool
-
-    @property
-    def n_evaluated(self) -> int:
-        """Evaluations this search ran (results known beforehand not counted)."""
-        return sum(1 for p in self.probes if not p.known)
 
 
 def _next_probe(lo: int, hi: int, positions: Sequence[float], scores: Mapping[int, float],
@@ -182,44 +159,6 @@ def smallest_passing(positions: Sequence[float], evaluate: Callable[[int], float
 
 
 # -- on a study -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class WithinBudget:
-    """The answer of :func:`finetune_within`.
-
-    Attributes:
-        max_drop: The budget in percentage points of validation accuracy.
-        chosen: The chosen search trial (``None``: no candidate stays within the budget).
-        job: Its fine-tuning job (``None`` likewise).
-        reference: The fair reference (the original fine-tuned with the same recipe).
-        original: The untouched original model, measured like the jobs.
-        probes: ``(search trial, its job's record)`` of every candidate evaluated, in
-            probe order (jobs known before the search first).
-        search: The search's own record (indices into ``candidates``).
-        candidates: The candidates' trial numbers, smallest first.
-        recipe: The recipe in words.
-    """
-
-    max_drop: float
-    chosen: FrozenTrial | None
-    job: FinetuneRecord | None
-    reference: FinetuneRecord
-    original: Measured
-    probes: list[tuple[FrozenTrial, FinetuneRecord]]
-    search: BudgetSearch
-    candidates: list[int]
-    recipe: str
-    original_params: int | None = None
-    original_flops: int | None = None
-
-    def drops_pp(self) -> dict[str, float | None]:
-        """The chosen job's drops (pp): ``val_vs_reference``, ``test_vs_reference``,
-        ``test_vs_original`` (empty values when nothing was chosen)."""
-        if self.job is None:
-            return {"val_vs_reference": None, "test_vs_reference": None,
-                    "test_vs_original": None}
-        return self.job.drops_pp(self.reference, self.original)
-
 
 def _wait_for(study: optuna.Study, source: int, recipe: str, run: Callable[[], int],
               poll: float) -> FrozenTrial:

@@ -49,7 +49,7 @@ Example:
 
 from __future__ import annotations
 
-from lrf_optuna.prune.cache import PruneCache, PruneConfig, build_pruned_model
+from lrf_optuna.prune.cache import PruneCache, PruneConfig, build_plan_model, build_pruned_model
 from lrf_optuna.prune.costs import kept_count, pruned_layer_cost, pruned_layer_info
 from lrf_optuna.prune.importance import CRITERIA, select_channels
 from lrf_optuna.prune.pruner import (
@@ -72,6 +72,7 @@ __all__ = [
     "PruneEntry",
     "PruneGraph",
     "PruneSpace",
+    "build_plan_model",
     "build_pruned_model",
     "find_prunable",
     "kept_channels",

@@ -517,6 +517,25 @@ def _score_group(graph: PruneGraph, group: tuple[str, ...], scores: np.ndarray,
                       scores=out, seconds=round(time.perf_counter() - t0, 3))
 
 
+def build_plan_model(model: keras.Model, plan: Mapping[str, Any], cache: SimilarityCache,
+                     *, pruning: PruneCache | None = None) -> keras.Model:
+    """The compressed model of any plan: pruned, then factorized
+    (:func:`build_pruned_model`) when it prunes (a
+    :class:`~lrf_optuna.study.records.CompressionPlan` with ``ratios``), else factorized
+    from the similarity cache (:meth:`~lrf_optuna.cache.SimilarityCache.build_model`).
+
+    Example:
+        >>> compressed = build_plan_model(model, objective.plan_of(trial),  # doctest: +SKIP
+        ...                               objective.cache, pruning=objective.prune.pruning)
+    """
+    ratios = getattr(plan, "ratios", None)
+    if ratios:
+        return build_pruned_model(model, dict(plan), ratios,
+                                  importance=getattr(plan, "importance", "l1"),
+                                  cache=cache, pruning=pruning)
+    return cache.build_model(model, dict(plan))
+
+
 def build_pruned_model(model: keras.Model, plan: Mapping[str, Any],
                        ratios: Mapping[str, float], *, importance: Importance = "l1",
                        cache: SimilarityCache | None = None,

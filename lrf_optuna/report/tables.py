@@ -23,9 +23,9 @@ from lrf_optuna.study.records import FinetuneRecord, Measured, SearchRecord, as_
 if TYPE_CHECKING:
     import optuna
 
-    from lrf_optuna.finetune.budget import WithinBudget
     from lrf_optuna.models.training import TrainingResult
     from lrf_optuna.report.data import ReportData
+    from lrf_optuna.study.records import WithinBudget
 
 __all__ = ["CACHE_HEADER", "FRONT_HEADER", "RESULT_HEADER", "Table", "baselines_table",
            "cache_table", "fmt", "format_table", "front_table", "front_text", "html_table",

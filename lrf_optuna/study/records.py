@@ -89,12 +89,15 @@ __all__ = [
     "SOURCE_TRIAL",
     "SPACE_ATTR",
     "STRATEGY_ATTR",
+    "BudgetProbe",
+    "BudgetSearch",
     "CompressionPlan",
     "FinetuneRecord",
     "Measured",
     "OriginalInfo",
     "Plan",
     "SearchRecord",
+    "WithinBudget",
     "as_float",
     "decode_plan",
     "describe_choice",
@@ -593,3 +596,72 @@ def get_search_trial(study: optuna.Study, number: int) -> FrozenTrial:
         raise UserError(f"trial {number} of study {study.study_name!r} has no "
                         f"{LRF_PLAN_ATTR!r} user attribute (not made by lrf_optuna's search)")
     return trial
+
+
+# -- answers of the budget search (lrf_optuna.finetune.budget) -------------------------------
+
+@dataclass(frozen=True)
+class BudgetProbe:
+    """One evaluated candidate: its index (by size), position, score and verdict."""
+
+    index: int
+    position: float
+    score: float
+    passed: bool
+    known: bool  # known before the search started (not probed by it)
+
+
+@dataclass(frozen=True)
+class BudgetSearch:
+    """What :func:`~lrf_optuna.finetune.budget.smallest_passing` found: ``chosen`` (an
+    index, ``None`` when no candidate passed), the probes in order, and whether the
+    bracket closed (``converged``: the chosen candidate's smaller neighbour was evaluated
+    and failed, or it is the smallest candidate)."""
+
+    chosen: int | None
+    probes: list[BudgetProbe]
+    target: float
+    converged: bool
+
+    @property
+    def n_evaluated(self) -> int:
+        """Evaluations this search ran (results known beforehand not counted)."""
+        return sum(1 for p in self.probes if not p.known)
+
+
+@dataclass(frozen=True)
+class WithinBudget:
+    """The answer of :func:`~lrf_optuna.finetune.budget.finetune_within`.
+
+    Attributes:
+        max_drop: The budget in percentage points of validation accuracy.
+        chosen: The chosen search trial (``None``: no candidate stays within the budget).
+        job: Its fine-tuning job (``None`` likewise).
+        reference: The fair reference (the original fine-tuned with the same recipe).
+        original: The untouched original model, measured like the jobs.
+        probes: ``(search trial, its job's record)`` of every candidate evaluated, in
+            probe order (jobs known before the search first).
+        search: The search's own record (indices into ``candidates``).
+        candidates: The candidates' trial numbers, smallest first.
+        recipe: The recipe in words.
+    """
+
+    max_drop: float
+    chosen: FrozenTrial | None
+    job: FinetuneRecord | None
+    reference: FinetuneRecord
+    original: Measured
+    probes: list[tuple[FrozenTrial, FinetuneRecord]]
+    search: BudgetSearch
+    candidates: list[int]
+    recipe: str
+    original_params: int | None = None
+    original_flops: int | None = None
+
+    def drops_pp(self) -> dict[str, float | None]:
+        """The chosen job's drops (pp): ``val_vs_reference``, ``test_vs_reference``,
+        ``test_vs_original`` (empty values when nothing was chosen)."""
+        if self.job is None:
+            return {"val_vs_reference": None, "test_vs_reference": None,
+                    "test_vs_original": None}
+        return self.job.drops_pp(self.reference, self.original)

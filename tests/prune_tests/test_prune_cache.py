@@ -12,10 +12,17 @@ import pytest
 import lrf_optuna.prune.cache as prune_cache_mod
 from lrf_optuna.cache import run_batched, score_candidates
 from lrf_optuna.decompose import layer_weights
-from lrf_optuna.prune import PruneCache, PruneConfig, PruneGraph, build_pruned_model
+from lrf_optuna.prune import (
+    PruneCache,
+    PruneConfig,
+    PruneGraph,
+    build_plan_model,
+    build_pruned_model,
+)
 from lrf_optuna.prune.cache import output_sliced_weights
 from lrf_optuna.rewrite import find_layers
 from lrf_optuna.similarity import METRICS
+from lrf_optuna.study.records import CompressionPlan
 
 from .conftest import CONFIG
 
@@ -109,6 +116,21 @@ def test_built_pruned_layer_reproduces_its_scored_candidate(built, method) -> No
                               pruning=pruning)
     assert both.count_params() == graph.model_costs({path: ratio, "c1": 0.25}, plan).params
     assert np.isfinite(keras.ops.convert_to_numpy(both(acts["c1"].inputs[:4]))).all()
+
+
+def test_build_plan_model_prunes_only_plans_that_prune(built) -> None:
+    model, _, base, pruning, _ = built
+    plan = {"fc1": ("svd", 4)}
+    pruned = CompressionPlan(plan, ratios={"c2": 0.5})
+    expected = build_pruned_model(model, plan, {"c2": 0.5}, cache=base, pruning=pruning)
+    got = build_plan_model(model, pruned, base, pruning=pruning)
+    assert got.count_params() == expected.count_params() < model.count_params()
+    assert got.get_layer("c2").filters == expected.get_layer("c2").filters
+    plain = build_plan_model(model, plan, base, pruning=pruning)
+    assert plain.count_params() == base.build_model(model, plan).count_params()
+    assert plain.count_params() > got.count_params()
+    with pytest.raises(ValueError, match="build_plan_model"):
+        base.build_model(model, pruned)  # the LRF cache alone cannot prune
 
 
 def test_cache_resumes_and_reloads(built, monkeypatch) -> None:
