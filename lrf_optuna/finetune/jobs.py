@@ -272,7 +272,7 @@ def _fail_silent_jobs(ft: optuna.Study, rdb: optuna.storages.RDBStorage) -> None
     if not interval:
         return
     grace = rdb.grace_period or 2 * interval  # Optuna's own default
-    callback = rdb.get_failed_trial_callback()
+    callback = rdb.get_heartbeat_stale_trial_callback()
     for stale in stale_trials(ft, grace_period=grace):
         if stale.had_heartbeat:
             continue  # Optuna's own check owns these
