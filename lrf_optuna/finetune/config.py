@@ -160,5 +160,5 @@ class FinetuneConfig:
         loss = (f"KD {self.distill:g} T={self.temperature:g}" if self.distill > 0 else "CE")
         keep = (f"best epoch by val (patience {self.patience})" if self.keep_epoch == "best"
                 else "last epoch")
-        return (f"{loss}, {self.epochs} epochs, lr {self.learning_rate:g} {self.schedule}, "
-                f"{keep}")
+        epochs = f"{self.epochs} epoch" + ("" if self.epochs == 1 else "s")
+        return f"{loss}, {epochs}, lr {self.learning_rate:g} {self.schedule}, {keep}"
