@@ -28,7 +28,7 @@ Writes ``benchmarks/results.json`` (numbers), the section ``## Compression bench
 an offline file).
 
     python -m benchmarks.compression                # full mode (hours on 2 cores)
-    python -m benchmarks.compression --quick        # subsets, short recipe (under an hour)
+    python -m benchmarks.compression --quick        # subsets, short recipe (about 1.5 h on 2 cores)
     python -m benchmarks.compression --tiny --cache-dir /tmp/b --out /tmp/b   # CI smoke
     python -m benchmarks.compression --models vgg_small --selections search,tau,narrow \\
         --recipes ce10,kd10,ce10-last --trials 3000
@@ -126,6 +126,7 @@ class Mode:
     latency_repeats: int
     hv_checkpoints: tuple[int, ...]
     max_probes: int | None = None
+    val_images: int | None = None  # None: 10 % of the training images
 
 
 MODES: dict[str, Mode] = {
@@ -134,10 +135,12 @@ MODES: dict[str, Mode] = {
                  60, 3, ("vgg_small",), ("tucker2", "cp", "channel_svd", "spatial_svd"),
                  ("svd", "qr", "tt"), (0.90, 0.95, 0.97), 50,
                  (50, 100, 200, 300, 500, 1000, 2000, 3000)),
-    "quick": Mode(("vgg_small", "resnet20"), 4000, 2000, {"vgg_small": 10, "resnet20": 10},
+    # 3,600 training images and 2,000 validation images: a 400-image split (1 image =
+    # 0.25 pp) made val and test disagree by 2-3 pp on the picks
+    "quick": Mode(("vgg_small", "resnet20"), 5600, 2000, {"vgg_small": 10, "resnet20": 10},
                   500, ("ce2", "kd2"), ("channel_svd+svd",), 10, 50, 0, ("vgg_small",),
                   ("tucker2", "channel_svd"), ("svd", "tt"), (0.90, 0.97), 20,
-                  (50, 100, 200, 300, 500)),
+                  (50, 100, 200, 300, 500), val_images=2000),
     "tiny": Mode(("tiny_vgg",), None, None, None, 30, ("ce1", "kd1-last"),
                  ("channel_svd+svd",), 3, 8, 0, ("tiny_vgg",), ("channel_svd",), ("svd",),
                  (0.5,), 2, (10, 20, 30), max_probes=1),
@@ -218,13 +221,32 @@ def _scaled(spec: ModelSpec, factor: float) -> dict[str, Any]:
                               for k, vals in spec.widths.items()}}
 
 
+def val_fraction(dataset: Any, val_images: int | None) -> float:
+    """The validation fraction of the training images: ``val_images`` of them, else 10 %.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> val_fraction(SimpleNamespace(x_train=range(5600)), 2000), val_fraction(None, None)
+        (0.35714285714285715, 0.1)
+    """
+    if val_images is None:
+        return 0.1
+    n = len(dataset.x_train)
+    if not 0 < val_images < n:
+        raise ValueError(f"--val-images must be between 1 and the {n - 1} training images, "
+                         f"got {val_images}")
+    return val_images / n
+
+
 def train_original(spec: ModelSpec, dataset: Any, epochs: int, cache: Path,
-                   **overrides: Any) -> Any:
-    """Train (or load from the model cache) a model of ``spec`` for ``epochs``."""
+                   val_images: int | None = None, **overrides: Any) -> Any:
+    """Train (or load from the model cache) a model of ``spec`` for ``epochs`` (on the
+    training part of the harness's split: ``val_images`` held out)."""
     from lrf_optuna.models.training import train_or_load
 
     return train_or_load(spec.zoo, dataset, epochs=epochs, model_cache_dir=cache / "models",
-                         verbose=False, **{**spec.kwargs, **overrides})
+                         val_fraction=val_fraction(dataset, val_images), verbose=False,
+                         **{**spec.kwargs, **overrides})
 
 
 # -- selections ----------------------------------------------------------------------------------
@@ -425,7 +447,7 @@ def narrow_family(ctx: Context) -> list[Candidate]:
 
 
 def _narrow_result(ctx: Context, width: float, epochs: int) -> dict[str, Any]:
-    trained = train_original(ctx.spec, ctx.dataset, epochs, ctx.cache,
+    trained = train_original(ctx.spec, ctx.dataset, epochs, ctx.cache, ctx.args.val_images,
                              **{k: v for k, v in _scaled(ctx.spec, width).items()
                                 if k in ctx.spec.widths})
     rec = trained.record
@@ -599,8 +621,9 @@ def run_model(name: str, mode: Mode, args: argparse.Namespace, dataset: Any) -> 
         clock = now
 
     epochs = args.train_epochs.get(name, spec.epochs)
-    trained = train_original(spec, dataset, epochs, cache)
-    splits = prepare_splits(dataset, val_fraction=0.1, calibration_size=args.calibration_size,
+    trained = train_original(spec, dataset, epochs, cache, args.val_images)
+    splits = prepare_splits(dataset, val_fraction=val_fraction(dataset, args.val_images),
+                            calibration_size=args.calibration_size,
                             seed=0)
     problem = Problem(trained.model, splits, name, settings=ProblemSpec(
         model="", cache_dir=str(cache / "similarity")))
@@ -1112,6 +1135,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Mode, st
     parser.add_argument("--train-epochs", type=_csv, default=[],
                         help="e.g. vgg_small=30,resnet20=40 (training of the originals)")
     parser.add_argument("--train-images", type=int, default=None)
+    parser.add_argument("--val-images", type=int, default=None,
+                        help="validation images held out of --train-images (default: 10 %%; "
+                             "quick: 2000)")
     parser.add_argument("--spearman-finetuned", type=int, default=None)
     parser.add_argument("--spearman-plans", type=int, default=None)
     parser.add_argument("--curve-points", type=int, default=None)
@@ -1149,7 +1175,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Mode, st
                 "claims_fc": list(mode.claims_fc),
                 "fixed_reductions": list(mode.fixed_reductions),
                 "latency_repeats": mode.latency_repeats, "max_probes": mode.max_probes,
-                "train_images": mode.train_images,
+                "train_images": mode.train_images, "val_images": mode.val_images,
                 "calibration_size": 64 if mode_name == "tiny" else 512}
     for key, value in defaults.items():
         if getattr(args, key) is None:

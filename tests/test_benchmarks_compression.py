@@ -21,6 +21,20 @@ def test_recipe_names() -> None:
             C.parse_recipe(bad)
 
 
+def test_quick_mode_holds_out_2000_validation_images() -> None:
+    from types import SimpleNamespace
+
+    quick = C.MODES["quick"]
+    data = SimpleNamespace(x_train=range(quick.train_images))
+    frac = C.val_fraction(data, quick.val_images)
+    assert round(frac * quick.train_images) == 2000
+    assert quick.train_images - 2000 == 3600  # the training part it had before
+    assert C.val_fraction(data, None) == 0.1
+    for bad in (0, quick.train_images):
+        with pytest.raises(ValueError, match="--val-images"):
+            C.val_fraction(data, bad)
+
+
 def test_probe_strategy_simulation_is_reproducible() -> None:
     a = C.simulate_probe_strategies(50, seed=3)
     assert a == C.simulate_probe_strategies(50, seed=3)
