@@ -120,7 +120,7 @@ from lrf_optuna.study.records import (
     FinetuneRecord,
     get_search_trial,
 )
-from lrf_optuna.study.recovery import stale_trials
+from lrf_optuna.study.recovery import fail_stale_trial, stale_trials
 from lrf_optuna.study.storage import heartbeat_storage, safe_name, study_lock
 
 if TYPE_CHECKING:
@@ -276,11 +276,7 @@ def _fail_silent_jobs(ft: optuna.Study, rdb: optuna.storages.RDBStorage) -> None
     for stale in stale_trials(ft, grace_period=grace):
         if stale.had_heartbeat:
             continue  # Optuna's own check owns these
-        try:
-            rdb.set_trial_user_attr(stale.trial._trial_id, "error", stale.reason)
-            if not rdb.set_trial_state_values(stale.trial._trial_id, TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
+        if not fail_stale_trial(rdb, stale, reason_attr="error"):
             continue  # its worker finished it after all
         logger.warning("job %d never recorded a heartbeat and started %.0f s ago: its "
                        "worker was lost; marked FAIL and re-enqueued", stale.trial.number,

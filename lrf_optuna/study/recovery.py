@@ -48,8 +48,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.study.storage import rdb_of, storage_of, study_lock
 
-__all__ = ["DEFAULT_GRACE_PERIOD", "FAIL_REASON_ATTR", "StaleTrial", "record_heartbeat",
-           "recover_stale_trials", "stale_trials"]
+__all__ = ["DEFAULT_GRACE_PERIOD", "FAIL_REASON_ATTR", "StaleTrial", "fail_stale_trial",
+           "record_heartbeat", "recover_stale_trials", "stale_trials"]
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,18 @@ def stale_trials(study: optuna.Study, *, grace_period: float) -> list[StaleTrial
     return out
 
 
+def fail_stale_trial(storage: optuna.storages.BaseStorage, stale: StaleTrial, *,
+                     reason_attr: str) -> bool:
+    """Mark ``stale``'s trial FAIL with its reason in user attribute ``reason_attr``;
+    ``False`` when its worker finished it meanwhile (nothing changed then)."""
+    trial_id = stale.trial._trial_id
+    try:
+        storage.set_trial_user_attr(trial_id, reason_attr, stale.reason)
+        return storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False
+
+
 def recover_stale_trials(study: optuna.Study, *, grace_period: float = DEFAULT_GRACE_PERIOD
                          ) -> list[FrozenTrial]:
     """Fail the stale RUNNING trials of ``study``, each with the reason in user attribute
@@ -141,11 +153,7 @@ def recover_stale_trials(study: optuna.Study, *, grace_period: float = DEFAULT_G
     failed = []
     with study_lock(study, "seed"):
         for stale in stale_trials(study, grace_period=grace_period):
-            trial_id = stale.trial._trial_id
-            try:
-                storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, stale.reason)
-                storage.set_trial_state_values(trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
+            if not fail_stale_trial(storage, stale, reason_attr=FAIL_REASON_ATTR):
                 continue  # its worker finished it after all
             failed.append(stale.trial)
             logger.warning("trial %d of study %r was RUNNING for %.0f s without a sign of "
