@@ -72,3 +72,34 @@ def test_tiny_mode_writes_every_selection(tmp_path) -> None:
     assert again["finetunings_run"] == 0
     assert again["best_within_1pp"] == {k: {**v, "seconds": again["best_within_1pp"][k]
                                             ["seconds"]} for k, v in rows.items()}
+
+
+@pytest.mark.slow
+def test_extreme_budget_tiny_compares_plans_under_the_budget(tmp_path) -> None:
+    from benchmarks import extreme_budget as E
+
+    md = tmp_path / "RESULTS.md"
+    args = E.parse_args(["--tiny", "--cache-dir", str(tmp_path), "--results-md", str(md)])
+    out = E.run(args)
+    assert out["rows"], "no plan within the budget"
+    limit = args.budget * out["original"]["params"]
+    for row in out["rows"]:
+        assert row["params"] <= limit and row["reference"] == "fair"
+        assert row["val_drop_pp"] == pytest.approx(
+            100 * (out["references"]["ce1"]["val_after"] - row["val"]))
+    assert {r["plan"].split(" #")[0] for r in out["rows"]} >= {"focused nsga2", "focused tpe"}
+    assert E.main(["--tiny", "--cache-dir", str(tmp_path), "--results-md", str(md)]) == 0
+    assert "## Extreme budget (tiny_vgg)" in md.read_text()
+    lower = E.run(E.parse_args(["--tiny", "--cache-dir", str(tmp_path), "--references", "none"]))
+    assert lower["references"] == {"ce1": None}
+    for row in lower["rows"]:  # against the untouched original, a lower bound of the fair one
+        assert row["reference"].startswith("untouched")
+        assert row["val_drop_pp"] == pytest.approx(100 * (lower["original"]["val"] - row["val"]))
+
+
+def test_extreme_budget_refuses_bad_arguments() -> None:
+    from benchmarks import extreme_budget as E
+
+    for bad in (["--budget", "1.5"], ["--recipes", "adam3"]):
+        with pytest.raises(SystemExit):
+            E.parse_args(bad)
