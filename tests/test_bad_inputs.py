@@ -13,6 +13,7 @@ traceback is printed end to end.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import re
@@ -138,9 +139,16 @@ def ws(tiny_study, tmp_path_factory) -> Path:
 def snapshot(root: Path) -> dict[str, str]:
     """Every file under ``root`` (SQLite's shared-memory index aside) by content hash, and
     every database's logical content."""
+    # An engine of an earlier command that is no longer referenced closes its connection
+    # when collected, and SQLite then deletes an empty WAL: collect now, not mid-listing.
+    gc.collect()
     out = {}
     for path in sorted(root.rglob("*")):
-        empty_wal = path.name.endswith("-wal") and path.stat().st_size == 0  # holds nothing
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # deleted after the listing all the same (an empty WAL)
+            continue
+        empty_wal = path.name.endswith("-wal") and size == 0  # holds nothing
         if path.is_file() and not path.name.endswith("-shm") and not empty_wal:
             out[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
     db = root / "study.db"
