@@ -63,7 +63,8 @@ class ProblemSpec:
         data_dir: Directory of the Fashion-MNIST idx files (optional).
         seed: Seed of the splits and of reference-model training.
         calibration_size: Calibration images (stratified, from the training split).
-        val_fraction: Validation fraction held out of the training data.
+        val_fraction: Validation fraction held out of the training data (``None``:
+            :func:`lrf_optuna.data.default_val_fraction` of its size).
         cache_dir: The similarity cache directory.
         epochs: Training epochs of a reference model (``None``: its default).
     """
@@ -73,7 +74,7 @@ class ProblemSpec:
     data_dir: str | None = None
     seed: int = 0
     calibration_size: int = 512
-    val_fraction: float = 0.1
+    val_fraction: float | None = None
     cache_dir: str = ".lrf_cache"
     epochs: int | None = None
 
@@ -101,8 +102,8 @@ class ProblemSpec:
         if not is_int(self.calibration_size) or self.calibration_size < 1:
             raise UserError(f"calibration_size must be an integer >= 1, but got "
                             f"{self.calibration_size!r}")
-        if isinstance(self.val_fraction, bool) or not isinstance(
-                self.val_fraction, (int, float)) or not 0 <= self.val_fraction < 1:
+        if self.val_fraction is not None and (isinstance(self.val_fraction, bool) or not
+                isinstance(self.val_fraction, (int, float)) or not 0 <= self.val_fraction < 1):
             raise UserError(f"val_fraction must be in [0, 1), but got {self.val_fraction!r}")
         if self.epochs is not None and (not is_int(self.epochs) or self.epochs < 1):
             raise UserError(f"epochs must be an integer >= 1, but got {self.epochs!r}")
@@ -226,7 +227,7 @@ class Problem:
 
     @classmethod
     def from_objects(cls, model: keras.Model, dataset: Dataset, *, seed: int = 0,
-                     calibration_size: int = 512, val_fraction: float = 0.1,
+                     calibration_size: int = 512, val_fraction: float | None = None,
                      cache_dir: str | os.PathLike[str] = ".lrf_cache") -> Problem:
         """A problem from a trained model and a dataset in memory (splits made here, the
         same way :meth:`ProblemSpec.load` makes them)."""

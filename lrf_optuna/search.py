@@ -1038,7 +1038,7 @@ def prepare_lrf_study(
 
 def load_problem(model: keras.Model | str | os.PathLike[str],
                  data: Dataset | str | os.PathLike[str] = "fashion-mnist", *, seed: int = 0,
-                 calibration_size: int = 512, val_fraction: float = 0.1,
+                 calibration_size: int = 512, val_fraction: float | None = None,
                  cache_dir: str | os.PathLike[str] = ".lrf_cache") -> Problem | ProblemSpec:
     """The problem of a model and a dataset, each given as an object or by name / path (the
     arguments of :func:`create_lrf_study`).
@@ -1084,7 +1084,7 @@ def create_lrf_study(
     seed: int = 0,
     population_size: int = 50,
     calibration_size: int = 512,
-    val_fraction: float = 0.1,
+    val_fraction: float | None = None,
     cache_dir: str | os.PathLike[str] = ".lrf_cache",
     show_progress_bar: bool = True,
     **objective_kwargs: Any,

@@ -46,7 +46,9 @@ from lrf_optuna.data.sources import (
 from lrf_optuna.data.splits import (
     Splits,
     calibration_subset,
+    default_val_fraction,
     prepare_splits,
+    resolve_val_fraction,
     stratified_indices,
     train_val_split,
 )
@@ -63,6 +65,7 @@ __all__ = [
     "arrays_from_tf_dataset",
     "calibration_subset",
     "check_inputs",
+    "default_val_fraction",
     "fingerprint_arrays",
     "from_arrays",
     "from_tf_datasets",
@@ -70,6 +73,7 @@ __all__ = [
     "load_fashion_mnist_dir",
     "prepare_splits",
     "read_idx",
+    "resolve_val_fraction",
     "stratified_indices",
     "train_val_split",
 ]

@@ -38,7 +38,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from lrf_optuna.data import Dataset, Splits, fingerprint_arrays, train_val_split
+from lrf_optuna.data import (
+    Dataset,
+    Splits,
+    fingerprint_arrays,
+    resolve_val_fraction,
+    train_val_split,
+)
 from lrf_optuna.models.zoo import build_reference_model
 
 __all__ = [
@@ -47,6 +53,7 @@ __all__ = [
     "TrainingRecord",
     "TrainingResult",
     "cache_key",
+    "correct",
     "default_cache_dir",
     "default_model_cache_dir",
     "evaluate",
@@ -194,13 +201,24 @@ def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: in
         >>> evaluate(model, ds.x_test, ds.y_test)  # doctest: +SKIP
         0.9012
     """
+    return float(np.mean(correct(model, x, y, batch_size=batch_size)))
+
+
+def correct(model: keras.Model, x: np.ndarray, y: np.ndarray, *,
+            batch_size: int = 512) -> np.ndarray:
+    """Per-image top-1 correctness of a classifier: a boolean array ``(N,)`` (its mean is
+    :func:`evaluate`), for paired comparisons of two models on the same images.
+
+    Raises:
+        ValueError: If ``x`` and ``y`` disagree in length or are empty.
+    """
     y = np.asarray(y).reshape(-1)
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} examples but y has {len(y)} labels")
     if len(y) == 0:
         raise ValueError("cannot evaluate on an empty set")
     scores = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
-    return float(np.mean(scores.reshape(len(y), -1).argmax(axis=1) == y))
+    return np.asarray(scores.reshape(len(y), -1).argmax(axis=1) == y)
 
 
 def _architecture_fingerprint(model: keras.Model) -> str:
@@ -277,7 +295,7 @@ def _compile(
 
 
 def _resolve_data(
-    dataset: Dataset | Splits, val_fraction: float, seed: int
+    dataset: Dataset | Splits, val_fraction: float | None, seed: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     if isinstance(dataset, Splits):
         n_total = len(dataset.x_train) + len(dataset.x_val)
@@ -292,10 +310,11 @@ def _resolve_data(
             round(frac, 6),
         )
     if isinstance(dataset, Dataset):
+        frac = resolve_val_fraction(val_fraction, len(dataset.x_train))
         x_tr, y_tr, x_val, y_val = train_val_split(
-            dataset.x_train, dataset.y_train, val_fraction=val_fraction, seed=seed
+            dataset.x_train, dataset.y_train, val_fraction=frac, seed=seed
         )
-        return x_tr, y_tr, x_val, y_val, dataset.x_test, dataset.y_test, val_fraction
+        return x_tr, y_tr, x_val, y_val, dataset.x_test, dataset.y_test, frac
     raise TypeError(
         f"dataset must be a lrf_optuna.data.Dataset or Splits, got {type(dataset).__name__}"
     )
@@ -329,7 +348,7 @@ def train_or_load(
     batch_size: int = 128,
     seed: int = 0,
     model_cache_dir: str | os.PathLike[str] | None = None,
-    val_fraction: float = 0.1,
+    val_fraction: float | None = None,
     verbose: bool = True,
     use_cache: bool = True,
     **build_kwargs: Any,
@@ -354,7 +373,9 @@ def train_or_load(
         model_cache_dir: Model cache root (files go to ``<model_cache_dir>/models/``);
             ``None`` uses :func:`default_model_cache_dir`. (``cache_dir=`` is a deprecated
             name of it; the similarity cache is another cache.)
-        val_fraction: Validation fraction when ``dataset`` is a ``Dataset``.
+        val_fraction: Validation fraction when ``dataset`` is a ``Dataset`` (``None``:
+            :func:`lrf_optuna.data.default_val_fraction` of its size, as
+            :func:`~lrf_optuna.data.prepare_splits` resolves it).
         verbose: Show keras' progress bar and log at INFO level.
         use_cache: ``False`` always trains (and still writes the cache).
         **build_kwargs: Passed to the model builder (part of the cache key through
