@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lrf_optuna.similarity import DEFAULT_METRIC, METRICS
+from lrf_optuna.similarity import DEFAULT_METRIC, METRICS, BatchNormView
 
 if TYPE_CHECKING:  # keep `load` free of TensorFlow imports
     import keras
@@ -53,13 +53,15 @@ if TYPE_CHECKING:  # keep `load` free of TensorFlow imports
     from lrf_optuna.decompose import LayerInfo, LRFMethod
 
 __all__ = ["CACHE_FORMAT", "Candidate", "GridConfig", "LayerTable", "SimilarityCache",
-           "fingerprint"]
+           "batchnorm_view", "fingerprint"]
 
 logger = logging.getLogger(__name__)
 
 #: 2: the fingerprint covers the registered methods (a cache built before the
 #: activation-aware methods existed would otherwise be reused without them).
-CACHE_FORMAT = 2
+#: 3: a layer feeding a BatchNorm is scored through it, as re-estimated
+#: (:class:`~lrf_optuna.similarity.BatchNormView`).
+CACHE_FORMAT = 3
 #: CKA costs ``n^2 x features``; it is computed on at most this many samples.
 CKA_MAX_SAMPLES = 256
 
@@ -179,7 +181,7 @@ def library_versions() -> dict[str, str]:
 
 
 def fingerprint(model: keras.Model, x: np.ndarray, *, metrics: Sequence[str],
-                grid: GridConfig, layers: Sequence[str]) -> str:
+                grid: GridConfig, layers: Sequence[str], batchnorm: bool = True) -> str:
     """SHA-256 over architecture, weights, calibration data, metrics, grid and versions."""
     h = hashlib.sha256()
     h.update(model.to_json().encode())
@@ -193,9 +195,36 @@ def fingerprint(model: keras.Model, x: np.ndarray, *, metrics: Sequence[str],
 
     h.update(json.dumps({"metrics": list(metrics), "grid": grid.to_json(),
                          "methods": list(grid.methods or available_methods()),
-                         "layers": list(layers), "versions": library_versions()},
+                         "layers": list(layers), "versions": library_versions(),
+                         **({} if batchnorm else {"batchnorm": False})},
                         sort_keys=True).encode())
     return h.hexdigest()
+
+
+def batchnorm_view(model: keras.Model, path: str) -> BatchNormView | None:
+    """The :class:`~lrf_optuna.similarity.BatchNormView` of the BatchNormalization layer
+    that is the only consumer of the top-level layer ``path`` and normalizes its last
+    axis, else ``None`` (nested layers, several consumers, another axis)."""
+    import keras
+
+    if "/" in path:
+        return None
+    try:
+        layer = model.get_layer(path)
+    except ValueError:
+        return None
+    consumers = [node.operation for node in getattr(layer, "_outbound_nodes", [])]
+    if len(consumers) != 1 or not isinstance(consumers[0], keras.layers.BatchNormalization):
+        return None
+    bn = consumers[0]
+    rank = len(layer.output.shape)
+    if bn.axis not in (-1, rank - 1):
+        return None
+    channels = int(layer.output.shape[-1])
+    gamma = bn.gamma.numpy() if bn.scale else np.ones(channels)
+    beta = bn.beta.numpy() if bn.center else np.zeros(channels)
+    return BatchNormView(np.asarray(gamma, np.float64), np.asarray(beta, np.float64),
+                         float(bn.epsilon))
 
 
 def safe_file_name(path: str) -> str:
@@ -367,6 +396,7 @@ class SimilarityCache:
         max_bytes_per_layer: int | None = None,
         workers: int | None = None,
         progress: bool = True,
+        batchnorm: bool = True,
     ) -> SimilarityCache:
         """Build (or resume, or just open) the cache for ``model`` on ``calibration_x``.
 
@@ -382,6 +412,10 @@ class SimilarityCache:
             max_bytes_per_layer: Activation memory budget per layer.
             workers: Threads scoring layers in parallel (default: CPU count, at most 4).
             progress: Show a progress bar.
+            batchnorm: Score a layer whose only consumer is a BatchNorm through that
+                BatchNorm with re-estimated statistics (:func:`batchnorm_view`), as the
+                fine-tuning jobs re-estimate them before training; ``False`` compares
+                the layer's own outputs.
         """
         from lrf_optuna.calibration import DEFAULT_MAX_BYTES_PER_LAYER, capture_activations
         from lrf_optuna.decompose import get_method
@@ -406,11 +440,13 @@ class SimilarityCache:
                 raise KeyError(f"not decomposable layers of {model.name!r}: {unknown}; "
                                f"decomposable: {sorted(found)}")
         x = np.asarray(calibration_x, dtype="float32")
-        fp = fingerprint(model, x, metrics=metrics, grid=grid, layers=targets)
+        fp = fingerprint(model, x, metrics=metrics, grid=grid, layers=targets,
+                         batchnorm=batchnorm)
         directory = Path(cache_dir) / fp[:16]
         manifest = {"format": CACHE_FORMAT, "fingerprint": fp, "model": model.name,
                     "metric": metric, "metrics": metrics, "grid": grid.to_json(),
                     "layers": targets, "calibration_samples": len(x),
+                    "batchnorm": batchnorm,
                     "versions": library_versions()}
         if not (directory / "manifest.json").exists():
             atomic_write(directory / "manifest.json",
@@ -437,7 +473,7 @@ class SimilarityCache:
             assert info is not None
             table, factor_store = _score_layer(
                 path, info, found[path].layer, acts[path], plans[path], metrics,
-                batch_size, bar)
+                batch_size, bar, batchnorm_view(model, path) if batchnorm else None)
             for method, arrays in factor_store.items():
                 write_factors(factor_file(directory, path, method), arrays)
             out = directory / "layers" / f"{order[path]:03d}-{safe_file_name(path)}.json"
@@ -528,19 +564,22 @@ def run_batched(layer: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 def _score_layer(path: str, info: LayerInfo, layer: Any, acts: Any,
                  ranks: Mapping[str, list[int]], metrics: Sequence[str], batch_size: int,
-                 bar: Any) -> tuple[LayerTable, dict[str, dict[str, np.ndarray]]]:
+                 bar: Any, view: BatchNormView | None = None
+                 ) -> tuple[LayerTable, dict[str, dict[str, np.ndarray]]]:
     from lrf_optuna.decompose import layer_weights
 
     return score_candidates(path, info, layer_weights(layer), acts.inputs, acts.outputs,
-                            ranks, metrics, batch_size, bar)
+                            ranks, metrics, batch_size, bar, view=view)
 
 
 def score_candidates(path: str, info: LayerInfo, weights: Mapping[str, np.ndarray],
                      x_in: np.ndarray, y_ref: np.ndarray, ranks: Mapping[str, list[int]],
-                     metrics: Sequence[str], batch_size: int, bar: Any
+                     metrics: Sequence[str], batch_size: int, bar: Any, *,
+                     view: BatchNormView | None = None
                      ) -> tuple[LayerTable, dict[str, dict[str, np.ndarray]]]:
     """Factorize the layer ``info`` (``weights``) at every ``(method, rank)`` of ``ranks``,
-    run each replacement alone on ``x_in`` and score its outputs against ``y_ref``.
+    run each replacement alone on ``x_in`` and score its outputs against ``y_ref`` (both
+    seen through ``view``, the re-estimated BatchNorm after the layer, when given).
 
     Returns the :class:`LayerTable` and, for methods flagged ``cache_factors``, their
     factors as ``{method: {"r<rank>_<i>": array}}``.
@@ -549,6 +588,8 @@ def score_candidates(path: str, info: LayerInfo, weights: Mapping[str, np.ndarra
 
     t_layer = time.perf_counter()
     weights = validate_weights(info, weights)
+    if view is not None:
+        y_ref = view.apply(y_ref)
     cands: list[Candidate] = []
     prep_secs: dict[str, float] = {}
     stored: dict[str, dict[str, np.ndarray]] = {}
@@ -563,7 +604,9 @@ def score_candidates(path: str, info: LayerInfo, weights: Mapping[str, np.ndarra
             factors = method.factorize(info, prepared, rank)
             small = method.decompose(info, weights, rank, factors=factors)
             secs = time.perf_counter() - t1
-            scores = score_outputs(metrics, y_ref, run_batched(small, x_in, batch_size))
+            y_hat = run_batched(small, x_in, batch_size)
+            scores = score_outputs(metrics, y_ref,
+                                   view.apply(y_hat) if view is not None else y_hat)
             cands.append(Candidate(name, int(rank), method.params(info, rank),
                                    method.macs(info, rank), scores, round(secs, 6)))
             if getattr(method, "cache_factors", False):

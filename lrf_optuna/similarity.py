@@ -24,10 +24,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_METRIC", "METRICS", "cka", "cosine", "nmse", "similarity"]
+__all__ = ["DEFAULT_METRIC", "METRICS", "BatchNormView", "cka", "cosine", "nmse",
+           "similarity"]
 
 _EPS = 1e-12
 
@@ -95,3 +97,39 @@ def similarity(metric: str, y: np.ndarray, y_hat: np.ndarray) -> float:
     if np.shape(y) != np.shape(y_hat):
         raise ValueError(f"shapes differ: reference {np.shape(y)} vs {np.shape(y_hat)}")
     return fn(y, y_hat)
+
+
+@dataclass(frozen=True)
+class BatchNormView:
+    """The outputs of a layer as the BatchNorm after it sees them once its statistics are
+    re-estimated (:func:`lrf_optuna.finetune.batchnorm.reestimate_batchnorm`).
+
+    :meth:`apply` normalizes each channel (the last axis) of a batch of outputs by the
+    batch's own mean and variance, then scales and shifts by the BatchNorm's ``gamma`` and
+    ``beta``. Applied to the original outputs and to a candidate's alike, it scores the
+    candidate as it will act after re-estimation: a channel whose energy the truncation
+    shrank is scaled back up, its lost structure still counts. Identical outputs stay
+    identical (score 1).
+
+    Example:
+        >>> view = BatchNormView(np.ones(2), np.zeros(2), 1e-3)
+        >>> y = np.random.default_rng(0).normal(size=(64, 3, 2))
+        >>> round(similarity("cosine", view.apply(y), view.apply(0.5 * y + 3.0)), 6)
+        1.0
+    """
+
+    gamma: np.ndarray
+    beta: np.ndarray
+    epsilon: float
+
+    def kept(self, mask: np.ndarray) -> BatchNormView:
+        """The view of the channels ``mask`` keeps (a pruned layer's)."""
+        return BatchNormView(self.gamma[mask], self.beta[mask], self.epsilon)
+
+    def apply(self, y: np.ndarray) -> np.ndarray:
+        """``gamma * (y - mean) / sqrt(var + epsilon) + beta`` per channel of ``y``."""
+        y = np.asarray(y, dtype=np.float64)
+        axes = tuple(range(y.ndim - 1))
+        mean = y.mean(axis=axes)
+        var = y.var(axis=axes)
+        return self.gamma * (y - mean) / np.sqrt(var + self.epsilon) + self.beta

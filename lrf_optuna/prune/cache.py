@@ -69,6 +69,7 @@ from lrf_optuna.cache import (
     LayerTable,
     SimilarityCache,
     atomic_write,
+    batchnorm_view,
     fingerprint,
     library_versions,
     progress_bar,
@@ -96,7 +97,8 @@ __all__ = ["PRUNE_CACHE_FORMAT", "GroupTable", "PruneCache", "PruneConfig",
 logger = logging.getLogger(__name__)
 
 #: Version of the on-disk layout of the pruning cache (checked on load, in the fingerprint).
-PRUNE_CACHE_FORMAT = 1
+#: 2: pruned layers are scored through their BatchNorm like the similarity cache's.
+PRUNE_CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -443,6 +445,7 @@ class PruneCache:
 
         def score_layer(path: str) -> None:
             layer = layer_objs[path]
+            view = batchnorm_view(model, path) if base.manifest.get("batchnorm") else None
             keep_order = np.argsort(-importance[group_of[path][0]], kind="stable")
             tables: dict[int, LayerTable] = {}
             for kept, (small, ranks) in plans[path].items():
@@ -453,7 +456,8 @@ class PruneCache:
                 table, stored = score_candidates(
                     path, small, output_sliced_weights(layer, mask), acts[path].inputs,
                     np.compress(mask, acts[path].outputs, axis=axis), ranks, base.metrics,
-                    batch_size, bar)
+                    batch_size, bar,
+                    view=view.kept(mask) if view is not None and axis == -1 else None)
                 for method, arrays in stored.items():
                     write_factors(cache._factor_file(path, kept, method), arrays)
                 tables[kept] = table
