@@ -28,7 +28,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lrf_optuna.errors import UserError
 
@@ -64,6 +64,11 @@ def _add_problem_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of splits, training and "
                    "the sampler (default: %(default)s)")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="fraction of the training data held out for validation, which "
+                        "decides everything (default: 2,000 images, at least 10 %% and at "
+                        "most 25 %%). Your model must not have trained on these images: "
+                        "train it on the same split (lrf_optuna.data.prepare_splits)")
 
 
 def _add_study_args(p: argparse.ArgumentParser, *, need_name: bool = False,
@@ -97,7 +102,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         prune = PruneConfig(importance=args.prune_importance or "l1")
     spec = ProblemSpec(model=args.model, dataset=args.dataset, data_dir=args.data_dir,
                        seed=args.seed, calibration_size=args.calibration_size,
-                       cache_dir=args.cache_dir)
+                       val_fraction=args.val_fraction, cache_dir=args.cache_dir)
     search = prepare_lrf_study(  # checks everything cheap, then loads the spec
         spec, study_name=args.study_name, storage=args.storage, seed=args.seed,
         population_size=args.population_size, objectives=args.objectives,
@@ -143,7 +148,8 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
     overrides = {name: getattr(args, name) for name in
                  ("epochs", "learning_rate", "batch_size", "patience", "distill",
-                  "temperature", "keep_epoch", "latency_repeats")
+                  "temperature", "keep_epoch", "min_steps", "monitor", "bn_images",
+                  "latency_repeats")
                  if getattr(args, name, None) is not None}
     try:
         return dataclasses.replace(FinetuneConfig(), **overrides)
@@ -205,6 +211,16 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _decision(args: argparse.Namespace) -> dict[str, Any]:
+    """The max-drop decision's keyword arguments (:func:`_add_decision_args`)."""
+    if not 0 < args.confidence < 1:
+        raise UserError(f"--confidence must be in (0, 1), but got {args.confidence}")
+    if args.escalate_probes < 0:
+        raise UserError(f"--escalate-probes must be >= 0, but got {args.escalate_probes}")
+    return {"confidence": args.confidence, "escalate": not args.no_escalate,
+            "escalate_probes": args.escalate_probes}
+
+
 def _finetune_within(args: argparse.Namespace, study: optuna.Study,
                      config: FinetuneConfig) -> int:
     from lrf_optuna.finetune.budget import finetune_within
@@ -219,7 +235,7 @@ def _finetune_within(args: argparse.Namespace, study: optuna.Study,
     try:
         answer = finetune_within(study, args.max_drop, config=config,
                                  strategy=args.probe_strategy, max_probes=args.max_probes,
-                                 artifact_dir=args.artifact_dir)
+                                 artifact_dir=args.artifact_dir, **_decision(args))
     except KeyboardInterrupt:
         print("\ninterrupted: finished probes are stored; rerun the same command to "
               "continue.", file=sys.stderr)
@@ -237,20 +253,54 @@ def _finetune_within(args: argparse.Namespace, study: optuna.Study,
 
 
 def _add_recipe_args(p: argparse.ArgumentParser) -> None:
-    """The recipe options beyond epochs / learning rate / batch size."""
+    """The fine-tuning recipe options."""
     from lrf_optuna.finetune import FinetuneConfig
 
     d = FinetuneConfig()
+    p.add_argument("--epochs", type=int, default=None,
+                   help="fine-tuning epochs (default: enough for --min-steps optimizer "
+                        f"steps, {d.min_epochs} to {d.max_epochs} epochs)")
+    p.add_argument("--min-steps", type=int, default=None,
+                   help="without --epochs: train at least this many optimizer steps "
+                        f"(default: {d.min_steps})")
+    p.add_argument("--learning-rate", type=float, default=None,
+                   help=f"initial learning rate, cosine-decayed (default: {d.learning_rate})")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"batch size (default: {d.batch_size})")
+    p.add_argument("--monitor", choices=["val_loss", "val_accuracy"], default=None,
+                   help=f"what picks the epoch kept (default: {d.monitor})")
     p.add_argument("--patience", type=int, default=None,
-                   help=f"early-stopping patience on val accuracy (default: {d.patience})")
+                   help=f"early-stopping patience in epochs (default: {d.patience})")
+    p.add_argument("--bn-images", type=int, default=None,
+                   help="re-estimate the BatchNorm statistics on this many training images "
+                        f"before fine-tuning, 0 to skip (default: {d.bn_images})")
     p.add_argument("--distill", type=float, default=None,
                    help="knowledge distillation from the original model: weight of the KL "
                         f"term in [0, 1] (default: {d.distill}, plain cross-entropy)")
     p.add_argument("--temperature", type=float, default=None,
                    help=f"distillation temperature (default: {d.temperature:g})")
     p.add_argument("--keep-epoch", choices=["best", "last"], default=None,
-                   help="keep the best epoch by val accuracy (optimistic val numbers) or "
-                        f"the last one (default: {d.keep_epoch})")
+                   help="keep the best epoch by --monitor or the last one (default: "
+                        f"{d.keep_epoch})")
+
+
+def _add_decision_args(p: argparse.ArgumentParser) -> None:
+    """How the max-drop search decides (``finetune --max-drop`` and ``compress``)."""
+    from lrf_optuna.paired import DEFAULT_CONFIDENCE
+
+    p.add_argument("--max-probes", type=int, default=None,
+                   help="at most this many candidates fine-tuned with the first recipe "
+                        "(finished jobs of the same recipe count; default: until decided)")
+    p.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                   help="a probe passes when its drop, measured paired on the same "
+                        "validation images as the fair reference, is within the budget "
+                        "with this confidence (default: %(default)s: the drop's estimate)")
+    p.add_argument("--no-escalate", action="store_true",
+                   help="do not re-probe the candidates smaller than the answer with a "
+                        "4x longer recipe")
+    p.add_argument("--escalate-probes", type=int, default=3,
+                   help="at most this many fine-tunings with the longer recipe (default: "
+                        "%(default)s)")
 
 
 def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
@@ -281,18 +331,10 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
                         "after fine-tuning is at most PP percentage points below the fair "
                         "reference (the original fine-tuned the same way), probing the "
                         "(params, proxy) front (each probe a resumable job)")
-    p.add_argument("--max-probes", type=int, default=None,
-                   help="with --max-drop: at most this many fine-tuned candidates in all "
-                        "(finished jobs of the same recipe count; default: until decided)")
     p.add_argument("--probe-strategy", choices=["bisect", "interpolate"], default="bisect",
                    help="with --max-drop: how the next probe is chosen (default: "
                         "%(default)s)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"fine-tuning epochs (default: {d.epochs})")
-    p.add_argument("--learning-rate", type=float, default=None,
-                   help=f"initial learning rate, cosine-decayed (default: {d.learning_rate})")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"batch size (default: {d.batch_size})")
+    _add_decision_args(p)
     _add_recipe_args(p)
     p.add_argument("--latency-repeats", type=int, default=None,
                    help=f"timed runs per latency (default: {d.latency_repeats})")
@@ -318,7 +360,8 @@ def _cmd_compress(args: argparse.Namespace) -> int:
             args.model, args.dataset, args.max_drop, out_dir=args.out,
             study_name=args.study_name, storage=args.storage, n_trials=args.n_trials,
             config=config, max_probes=args.max_probes, seed=args.seed,
-            calibration_size=args.calibration_size, cache_dir=args.cache_dir,
+            calibration_size=args.calibration_size, val_fraction=args.val_fraction,
+            cache_dir=args.cache_dir, **_decision(args),
             show_progress_bar=not args.quiet)
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials and probes are stored; rerun the same command "
@@ -336,9 +379,6 @@ def _cmd_compress(args: argparse.Namespace) -> int:
 
 
 def _add_compress_parser(sub: argparse._SubParsersAction) -> None:
-    from lrf_optuna.finetune import FinetuneConfig
-
-    d = FinetuneConfig()
     p = sub.add_parser(
         "compress", help="one command: the smallest model within an accuracy budget, as "
                          ".keras and .tflite files",
@@ -360,14 +400,7 @@ def _add_compress_parser(sub: argparse._SubParsersAction) -> None:
                    help="Optuna storage URL (default: sqlite:///<out>/<study-name>.db)")
     p.add_argument("--n-trials", type=int, default=300,
                    help="search trials (default: %(default)s)")
-    p.add_argument("--max-probes", type=int, default=None,
-                   help="at most this many fine-tuned probes (default: until decided)")
-    p.add_argument("--epochs", type=int, default=None,
-                   help=f"fine-tuning epochs (default: {d.epochs})")
-    p.add_argument("--learning-rate", type=float, default=None,
-                   help=f"initial learning rate, cosine-decayed (default: {d.learning_rate})")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"batch size (default: {d.batch_size})")
+    _add_decision_args(p)
     _add_recipe_args(p)
     p.add_argument("--cache-dir", default=".lrf_cache",
                    help="similarity cache directory (default: %(default)s)")

@@ -68,9 +68,12 @@ def compress_detailed(
     config: FinetuneConfig | None = None,
     max_probes: int | None = None,
     strategy: ProbeStrategy = "bisect",
+    confidence: float = 0.5,
+    escalate: bool | FinetuneConfig = True,
+    escalate_probes: int | None = 3,
     seed: int = 0,
     calibration_size: int = 512,
-    val_fraction: float = 0.1,
+    val_fraction: float | None = None,
     cache_dir: str | os.PathLike[str] = ".lrf_cache",
     show_progress_bar: bool = True,
     **objective_kwargs: Any,
@@ -95,10 +98,11 @@ def compress_detailed(
                                progress=show_progress_bar, **objective_kwargs)
     search.optimize(n_trials, show_progress_bar=show_progress_bar)
     answer = finetune_within(search.study, max_drop, config=config, strategy=strategy,
-                             max_probes=max_probes, problem=search.problem)
+                             max_probes=max_probes, confidence=confidence, escalate=escalate,
+                             escalate_probes=escalate_probes, problem=search.problem)
     if answer.chosen is None:
-        smallest_drop = min((job.drops_pp(answer.reference)["val_vs_reference"] or 0.0
-                             for _, job in answer.probes), default=None)
+        smallest_drop = min((job.drops_pp(answer.reference_of(job))["val_vs_reference"]
+                             or 0.0 for _, job, _ in answer.probes), default=None)
         seen = ("" if smallest_drop is None
                 else f"; the best probe lost {smallest_drop:.2f} pp")
         raise UserError(f"no compressed trial of study {name!r} ({url}) stays within "
@@ -106,7 +110,8 @@ def compress_detailed(
                         f"{seen}: allow a larger max_drop, run more search trials or "
                         "fine-tune longer (config=FinetuneConfig(epochs=...))")
     keras_path, tflite_path = export_trial(search.study, answer.chosen.number, out,
-                                           problem=search.problem, recipe=config.recipe_key())
+                                           problem=search.problem,
+                                           recipe=answer.job.recipe if answer.job else None)
     logger.info("compressed model: %s and %s", keras_path, tflite_path)
     return Compressed(load_model(keras_path), keras_path, tflite_path, answer, search.study)
 
@@ -123,9 +128,12 @@ def compress(
     config: FinetuneConfig | None = None,
     max_probes: int | None = None,
     strategy: ProbeStrategy = "bisect",
+    confidence: float = 0.5,
+    escalate: bool | FinetuneConfig = True,
+    escalate_probes: int | None = 3,
     seed: int = 0,
     calibration_size: int = 512,
-    val_fraction: float = 0.1,
+    val_fraction: float | None = None,
     cache_dir: str | os.PathLike[str] = ".lrf_cache",
     show_progress_bar: bool = True,
     **objective_kwargs: Any,
@@ -148,11 +156,21 @@ def compress(
         storage: Default ``sqlite:///<out_dir>/<study_name>.db``.
         n_trials: Search trials (total: a rerun continues).
         config: The fine-tuning recipe (default :class:`~lrf_optuna.finetune.FinetuneConfig`).
-        max_probes: At most this many fine-tuned probes (``None``: until decided).
+        max_probes: At most this many probes with the first recipe (``None``: until
+            decided).
         strategy: How probes are chosen (``"bisect"`` or ``"interpolate"``).
+        confidence: A probe passes when its drop, paired on the same validation images
+            as the fair reference, is within ``max_drop`` with this confidence
+            (:mod:`lrf_optuna.paired`; 0.5: the drop's estimate).
+        escalate: Re-probe the candidates smaller than the answer with a 4x longer
+            recipe (``True``), with a given recipe, or not (``False``).
+        escalate_probes: At most this many probes with the longer recipe.
         seed: Seed of the splits and of the sampler.
         calibration_size: Calibration images (from the training split).
-        val_fraction: Validation fraction of the training data (decides everything).
+        val_fraction: Validation fraction of the training data, which decides everything
+            (``None``: 2,000 images, at least 10 % and at most 25 %:
+            :func:`lrf_optuna.data.default_val_fraction`). The model must not have been
+            trained on these images: train it on ``prepare_splits(data).x_train``.
         cache_dir: Similarity cache directory.
         show_progress_bar: Progress bars.
         **objective_kwargs: More :class:`~lrf_optuna.search.LRFObjective` arguments
@@ -166,6 +184,7 @@ def compress(
     """
     return compress_detailed(
         model, data, max_drop, out_dir=out_dir, study_name=study_name, storage=storage,
-        n_trials=n_trials, config=config, max_probes=max_probes, strategy=strategy, seed=seed,
+        n_trials=n_trials, config=config, max_probes=max_probes, strategy=strategy,
+        confidence=confidence, escalate=escalate, escalate_probes=escalate_probes, seed=seed,
         calibration_size=calibration_size, val_fraction=val_fraction, cache_dir=cache_dir,
         show_progress_bar=show_progress_bar, **objective_kwargs).model

@@ -47,6 +47,7 @@ from lrf_optuna.study.records import (
     PROBLEM_ATTR,
     REFERENCE_ATTR,
     FinetuneRecord,
+    Measured,
     original_info,
     problem_spec,
 )
@@ -335,12 +336,28 @@ def job_note(source: int, study_name: str, ua: Mapping[str, Any],
              if ua.get(REFERENCE_ATTR) else f"## Fine-tuned trial {source} of `{study_name}`")
     note = [title, "", markdown_table(header, rows), ""]
     if reference is not None and original is not None:
-        val = 100 * ((reference.val_acc_after or 0) - ua["val_acc_after"])
-        test = 100 * ((reference.measured.test_acc or 0) - ua["test_acc"])
-        test_orig = 100 * (original["test_acc"] - ua["test_acc"])
-        note += [f"Drop against the fair reference: **{val:+.2f} pp** on validation, "
-                 f"**{test:+.2f} pp** on test ({test_orig:+.2f} pp on test against the "
-                 "untouched original; positive: worse).", ""]
+        mine = Measured.from_attrs(ua)
+
+        def drop(theirs: Measured, split: str, plain: float) -> str:
+            paired = mine.drop_against(theirs, split)
+            return f"{plain:+.2f}" if paired is None else paired.text()
+
+        val = drop(reference.measured, "val",
+                   100 * ((reference.val_acc_after or 0) - ua["val_acc_after"]))
+        test = drop(reference.measured, "test",
+                    100 * ((reference.measured.test_acc or 0) - ua["test_acc"]))
+        test_orig = drop(Measured.from_attrs(original), "test",
+                         100 * (original["test_acc"] - ua["test_acc"]))
+        n_val = ua.get("val_images")
+        on = f" on {n_val:,} validation images" if isinstance(n_val, int) else ""
+        note += [f"Drop against the fair reference: **{val} pp** on validation, "
+                 f"**{test} pp** on test ({test_orig} pp on test against the "
+                 "untouched original; positive: worse; ± one standard error, paired on the "
+                 f"same images{on}).", ""]
+    if ua.get("bn_reestimated"):
+        note += [f"BatchNorm statistics re-estimated before fine-tuning: val accuracy "
+                 f"{ua.get('val_acc_built', 0):.4f} as built -> {ua['val_acc_before']:.4f}.",
+                 ""]
     note += [f"{ua['epochs_run']} epoch(s) in {ua['finetune_seconds']:.1f} s"
              + (f" ({recipe})" if recipe else "")
              + (" (reverted: fine-tuning did not improve validation accuracy)"

@@ -12,7 +12,8 @@
    the dashboard.
 5. **The answer**: the smallest model within ``--max-drop`` (1.0) percentage points of the
    fair reference (the original fine-tuned the same way), decided on validation accuracy
-   by at most ``--max-probes`` (3) fine-tuned probes along the front (bisection on size);
+   by at most ``--max-probes`` (3) fine-tuned probes along the front (bisection on size;
+   the library's escalation with a longer recipe only with ``--escalate-probes N``);
    its test drop against the fair reference and the untouched original.
 
 Rerunning resumes everything: cached models, cache, finished trials, fine-tuned jobs.
@@ -78,6 +79,10 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-probes", type=int, default=3,
                         help="fine-tuned probes of the max-drop search (default: "
                              "%(default)s; 0: until decided)")
+    parser.add_argument("--escalate-probes", type=int, default=0,
+                        help="probes of the smaller candidates with the 4x longer, "
+                             "distilled recipe (the library's default is 3; the demo skips "
+                             "them to stay within 10 minutes) (default: %(default)s)")
     parser.add_argument("--finetune-epochs", type=int, default=DEMO_FINETUNE_EPOCHS,
                         help="fine-tuning epochs of every job, the fair reference's too "
                              "(default: %(default)s; the library's default recipe: 3)")
@@ -165,7 +170,9 @@ def _compress(args: argparse.Namespace, name: str) -> None:
                  "reference")
         t0 = time.perf_counter()
         answer = finetune_within(search.study, args.max_drop, config=config,
-                                 max_probes=args.max_probes or None, problem=problem)
+                                 max_probes=args.max_probes or None, problem=problem,
+                                 escalate=args.escalate_probes > 0,
+                                 escalate_probes=args.escalate_probes)
         print(f"max-drop search done in {time.perf_counter() - t0:.0f} s "
               f"({answer.search.n_evaluated} probe(s) fine-tuned now)", flush=True)
 

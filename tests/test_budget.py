@@ -13,6 +13,7 @@ from lrf_optuna import cli
 from lrf_optuna import finetune as F
 from lrf_optuna.finetune.budget import smallest_passing
 from lrf_optuna.finetune.select import MIN_REDUCTION, PROXY_FLOOR, budget_candidates
+from lrf_optuna.report.tables import within_budget_text
 
 STRATEGIES = ["bisect", "interpolate"]
 
@@ -193,14 +194,21 @@ def test_finetune_within_on_a_study_and_its_rerun(tiny_study, tmp_path, monkeypa
     shutil.copy(tiny_study["dir"] / "study.db", tmp_path / "study.db")
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.load_study(study_name="tiny", storage=storage)
-    answer = F.finetune_within(study, max_drop=5.0, config=FAST)
+    answer = F.finetune_within(study, max_drop=5.0, config=FAST, escalate=False)
     candidates = budget_candidates(study)
     assert answer.candidates == [t.number for t in candidates]
     assert answer.reference.is_reference and answer.reference.recipe == FAST.recipe_key()
+    assert answer.escalation is None and list(answer.references) == [FAST.recipe_key()]
     target = (answer.reference.val_acc_after or 0) - 0.05
     assert len(answer.probes) == answer.search.n_evaluated >= 1
-    for trial, job in answer.probes:
+    for trial, job, probe in answer.probes:
         assert job.source == trial.number and job.recipe == FAST.recipe_key()
+        # every decision is paired on the same validation images as the reference
+        paired = job.paired(answer.reference, "val")
+        assert paired is not None and paired.n == answer.resolution.images
+        assert probe.passed == paired.within(5.0, answer.confidence)
+    assert answer.resolution is not None and answer.resolution.max_drop == 5.0
+    assert answer.original_check is not None and answer.original_check.val_acc is not None
     if answer.chosen is not None:
         assert answer.job is not None and (answer.job.val_acc_after or 0) >= target - 1e-9
         drops = answer.drops_pp()
@@ -210,16 +218,48 @@ def test_finetune_within_on_a_study_and_its_rerun(tiny_study, tmp_path, monkeypa
     # a rerun trains nothing: every probe is a finished job
     monkeypatch.setattr(jobs, "finetune_model",
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
-    again = F.finetune_within(study, max_drop=5.0, config=FAST)
+    again = F.finetune_within(study, max_drop=5.0, config=FAST, escalate=False)
     assert again.search.n_evaluated == 0
     assert (again.chosen.number if again.chosen else None) == (
         answer.chosen.number if answer.chosen else None)
     # the CLI prints the same answer from the stored jobs
     assert cli.main(["finetune", "--study-name", "tiny", "--storage", storage,
-                     "--max-drop", "5", "--epochs", "1", "--batch-size", "32"]) == 0
+                     "--max-drop", "5", "--epochs", "1", "--batch-size", "32",
+                     "--no-escalate"]) == 0
     out = capsys.readouterr().out
     assert "Max-drop search" in out and "fair reference" in out
     if answer.chosen is not None:
         assert f"trial #{answer.chosen.number}" in out and "smallest model within 5 pp" in out
     assert cli.main(["finetune", "--study-name", "tiny", "--storage", storage,
                      "--max-drop", "-1"]) == 2
+
+
+@pytest.mark.slow
+def test_escalation_reprobes_the_smaller_candidates_with_a_longer_recipe(
+        tiny_study, tmp_path) -> None:
+    import shutil
+
+    shutil.copy(tiny_study["dir"] / "study.db", tmp_path / "study.db")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    # a budget of 0 pp at high confidence: the short recipe's answer (if any) is large,
+    # so there are smaller candidates to re-probe
+    answer = F.finetune_within(study, max_drop=0.0, config=FAST, confidence=0.6,
+                               escalate_probes=2)
+    longer = FAST.longer()
+    below = (answer.search.chosen if answer.search.chosen is not None
+             else len(answer.candidates))
+    if below == 0:
+        pytest.skip("the first recipe chose the smallest candidate: nothing to escalate")
+    assert answer.escalation is not None and answer.escalation.n_evaluated <= 2
+    assert set(answer.references) == {FAST.recipe_key(), longer.recipe_key()}
+    assert answer.escalated_recipe == longer.describe()
+    escalated = [(t, j) for t, j, _ in answer.probes if j.recipe == longer.recipe_key()]
+    assert len(escalated) == answer.escalation.n_evaluated >= 1
+    # only candidates smaller than the first answer are re-probed
+    for trial, _ in escalated:
+        assert answer.candidates.index(trial.number) < below
+    if answer.job is not None:
+        assert answer.reference.recipe == answer.job.recipe
+        assert answer.reference_of(answer.job) == answer.reference
+    text = within_budget_text(answer)
+    assert "validation images" in text

@@ -378,7 +378,16 @@ def test_fair_reference_is_the_original_finetuned_with_the_recipe(finetuned) -> 
 def test_config_defaults_validation_and_cli_overrides() -> None:
     d = F.FinetuneConfig()
     assert (d.epochs, d.batch_size, d.optimizer, d.learning_rate, d.patience) == (
-        3, 128, "adam", 1e-3, 1)
+        None, 128, "adam", 1e-3, 3)
+    assert (d.min_steps, d.min_epochs, d.max_epochs, d.monitor, d.bn_images) == (
+        600, 3, 30, "val_loss", 2048)
+    # the budget is counted in steps: 600 steps are 25 epochs of 3,000 images, 3 of 54,000
+    assert [d.epochs_for(n) for n in (100, 3_000, 54_000)] == [30, 25, 3]
+    assert F.FinetuneConfig(epochs=2).epochs_for(54_000) == 2
+    with pytest.raises(ValueError, match="monitor"):
+        F.FinetuneConfig(monitor="loss")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="min_epochs"):
+        F.FinetuneConfig(min_epochs=5, max_epochs=4)
     with pytest.raises(ValueError, match="epochs"):
         F.FinetuneConfig(epochs=0)
     with pytest.raises(ValueError, match="heartbeat_interval"):

@@ -4,6 +4,8 @@
 * :mod:`~lrf_optuna.finetune.budget`: the smallest model within an accuracy budget
   (``finetune_within``);
 * :mod:`~lrf_optuna.finetune.recipe`: training one model (``finetune_model``);
+* :mod:`~lrf_optuna.finetune.batchnorm`: BatchNorm statistics recomputed for a changed
+  net (``reestimate_batchnorm``), before scoring a plan and before training it;
 * :mod:`~lrf_optuna.finetune.jobs`: the job queue and its workers (``finetune_study``);
 * :mod:`~lrf_optuna.finetune.config`: the settings (``FinetuneConfig``).
 
@@ -18,6 +20,7 @@ import importlib
 import warnings
 from typing import Any
 
+from lrf_optuna.finetune.batchnorm import reestimate_batchnorm, train_mode_accuracy
 from lrf_optuna.finetune.budget import WithinBudget, finetune_within, smallest_passing
 from lrf_optuna.finetune.config import FinetuneConfig
 from lrf_optuna.finetune.jobs import (
@@ -36,8 +39,9 @@ from lrf_optuna.finetune.select import Selection, budget_candidates, select_tria
 
 __all__ = ["FinetuneConfig", "FinetuneOutcome", "Selection", "WithinBudget", "budget_candidates",
            "enqueue_finetune", "finetune_model", "finetune_study", "finetune_within",
-           "outputs_probabilities", "requeue_running_jobs", "run_finetune_jobs",
-           "select_trials", "smallest_passing", "teacher_outputs"]
+           "outputs_probabilities", "reestimate_batchnorm", "requeue_running_jobs",
+           "run_finetune_jobs", "select_trials", "smallest_passing", "teacher_outputs",
+           "train_mode_accuracy"]
 
 #: Names that moved (deprecated here; they warn once used).
 _MOVED = {

@@ -57,6 +57,7 @@ from optuna.trial import FrozenTrial, TrialState
 from lrf_optuna.errors import UserError
 from lrf_optuna.finetune.config import FinetuneConfig
 from lrf_optuna.finetune.select import MIN_REDUCTION, PROXY_FLOOR, budget_candidates
+from lrf_optuna.paired import DEFAULT_CONFIDENCE, expected_standard_error
 from lrf_optuna.study.lookup import (
     find_finetune_study,
     jobs_by_source,
@@ -68,6 +69,8 @@ from lrf_optuna.study.records import (
     BudgetSearch,
     FinetuneRecord,
     Measured,
+    OriginalCheck,
+    Resolution,
     WithinBudget,
 )
 
@@ -183,22 +186,117 @@ def _wait_for(study: optuna.Study, source: int, recipe: str, run: Callable[[], i
             time.sleep(poll)
 
 
+def _paired_score(job: FinetuneRecord, reference: FinetuneRecord, ref_val: float,
+                  confidence: float) -> float:
+    """The validation accuracy a probe is judged by: the reference's minus the drop's upper
+    bound at ``confidence``, measured paired on the same images (:mod:`lrf_optuna.paired`;
+    at confidence 0.5, simply the job's accuracy); without per-image results, the job's
+    own accuracy."""
+    paired = job.paired(reference, "val")
+    if paired is None:
+        return float(job.val_acc_after or 0.0)
+    return ref_val - paired.upper_pp(confidence) / 100.0
+
+
+class _RecipeSearch:
+    """The max-drop search of one recipe: its fair reference, then probes (each a job of
+    the study's fine-tuning queue)."""
+
+    def __init__(self, study: optuna.Study, candidates: list[FrozenTrial],
+                 original: FrozenTrial, config: FinetuneConfig, run: Callable[[int], int],
+                 poll: float, confidence: float) -> None:
+        from lrf_optuna.finetune.jobs import enqueue_finetune
+
+        self.study, self.candidates, self.config = study, candidates, config
+        self.recipe = config.recipe_key()
+        self.confidence = confidence
+        self._run = run
+        self._poll = poll
+        self._enqueue = enqueue_finetune
+        enqueue_finetune(study, [original.number], config=config)
+        self.reference = FinetuneRecord.of(self._wait(original.number))
+        if self.reference.val_acc_after is None:
+            raise RuntimeError(f"the fair reference job {self.reference.job} has no "
+                               "val_acc_after")
+        self.ref_val = float(self.reference.val_acc_after)
+
+    def _wait(self, source: int) -> FrozenTrial:
+        return _wait_for(self.study, source, self.recipe, lambda: self._run(1), self._poll)
+
+    def score(self, job: FinetuneRecord) -> float:
+        return _paired_score(job, self.reference, self.ref_val, self.confidence)
+
+    def run(self, max_drop: float, indices: Sequence[int], strategy: ProbeStrategy,
+            max_probes: int | None) -> tuple[BudgetSearch, dict[int, FinetuneRecord]]:
+        """:func:`smallest_passing` over ``candidates[i] for i in indices``; returns the
+        search (indices into ``indices``) and the finished jobs by trial number."""
+        cands = [self.candidates[i] for i in indices]
+        target = self.ref_val - max_drop / 100.0
+        has_proxy = all("proxy" in t.user_attrs for t in cands)
+        positions = [float(t.user_attrs["proxy"]) if has_proxy
+                     else math.log(max(float(t.user_attrs["params"]), 1.0)) for t in cands]
+        done = latest_jobs(find_finetune_study(self.study), recipe=self.recipe)
+        index_of = {t.number: i for i, t in enumerate(cands)}
+        known = {index_of[n]: self.score(FinetuneRecord.of(j)) for n, j in done.items()
+                 if n in index_of}
+
+        def evaluate(i: int) -> float:
+            trial = cands[i]
+            logger.info("max-drop probe: trial %d (%s params, proxy %s), %s", trial.number,
+                        f"{trial.user_attrs['params']:,}", trial.user_attrs.get("proxy"),
+                        self.config.describe())
+            self._enqueue(self.study, [trial.number], config=self.config, reference=False)
+            return self.score(FinetuneRecord.of(self._wait(trial.number)))
+
+        top = (1.0, self.ref_val) if has_proxy else None
+        search = smallest_passing(positions, evaluate, target, known=known,
+                                  strategy=strategy, top=top, max_probes=max_probes)
+        finished = latest_jobs(find_finetune_study(self.study), recipe=self.recipe)
+        return search, {n: FinetuneRecord.of(j) for n, j in finished.items()}
+
+
+def _resolution(problem: Problem, max_drop: float) -> Resolution:
+    """The expected resolution of the budget on the validation split, from the
+    untouched original's validation accuracy (one pass, before any fine-tuning)."""
+    from lrf_optuna.models.training import evaluate
+
+    splits = problem.splits
+    accuracy = evaluate(problem.model, splits.x_val, splits.y_val)
+    return Resolution(len(splits.x_val), expected_standard_error(len(splits.x_val), accuracy,
+                                                                 max_drop), max_drop)
+
+
 def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
                     config: FinetuneConfig | None = None,
                     strategy: ProbeStrategy = "bisect",
                     max_probes: int | None = None,
+                    confidence: float = DEFAULT_CONFIDENCE,
+                    escalate: bool | FinetuneConfig = True,
+                    escalate_probes: int | None = 3,
                     proxy_floor: float = PROXY_FLOOR, min_reduction: float = MIN_REDUCTION,
                     artifact_dir: str | os.PathLike[str] | None = None,
                     problem: Problem | None = None, poll_seconds: float = 5.0
                     ) -> WithinBudget:
     """The smallest model of a search study within ``max_drop`` pp of the fair reference.
 
-    Fine-tunes the fair reference (the original with ``config``'s recipe), then probes the
-    candidates (:func:`~lrf_optuna.finetune.select.budget_candidates`) with
-    :func:`smallest_passing` on their validation accuracy after fine-tuning, each probe a
-    normal resumable job of ``"<study>:finetune"`` (jobs of the same recipe finished
-    earlier count as known results, so a rerun probes nothing twice). The test split is
-    only reported. CLI: ``lrf-optuna finetune --max-drop 1.0``.
+    1. Says how finely the validation split resolves the budget (a warning when the
+       budget is under three standard errors of a drop: :class:`Resolution`).
+    2. Fine-tunes the fair reference (the original with ``config``'s recipe) and checks
+       the original against it (:class:`OriginalCheck`: not converged, or stale
+       BatchNorm statistics).
+    3. Probes the candidates (:func:`~lrf_optuna.finetune.select.budget_candidates`) with
+       :func:`smallest_passing`, each probe a normal resumable job of
+       ``"<study>:finetune"`` (jobs of the same recipe finished earlier count as known
+       results, so a rerun probes nothing twice). A probe passes when its drop against
+       the fair reference, measured paired on the same validation images, is within
+       ``max_drop`` at ``confidence`` (:mod:`lrf_optuna.paired`).
+    4. **Escalation** (``escalate``): the candidates smaller than that answer (all of
+       them when none passed) are searched again with a longer recipe
+       (:meth:`FinetuneConfig.longer`, or the config given), at most ``escalate_probes``
+       fine-tunings, against the fair reference of that recipe; a smaller passing
+       candidate becomes the answer.
+
+    The test split is only reported. CLI: ``lrf-optuna finetune --max-drop 1.0``.
 
     Args:
         study: The search study.
@@ -206,8 +304,14 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
             against the fair reference.
         config: The recipe (and measurement settings) of every job.
         strategy: ``"bisect"`` (default) or ``"interpolate"`` (module docstring).
-        max_probes: At most this many candidates fine-tuned in all, jobs of the recipe
-            finished earlier included (the reference not counted): a rerun adds none.
+        max_probes: At most this many candidates fine-tuned with ``config`` in all, jobs
+            of the recipe finished earlier included (the reference not counted): a rerun
+            adds none.
+        confidence: A probe passes when its drop is within the budget with this
+            confidence (0.5: the drop's estimate decides).
+        escalate: ``True``: escalate with ``config.longer()``; a config: with that recipe;
+            ``False``: no escalation.
+        escalate_probes: At most this many candidates fine-tuned with the longer recipe.
         proxy_floor: Candidates need at least this proxy.
         min_reduction: Candidates save at least this fraction of the parameters.
         artifact_dir: Artifact store of the fine-tuned files.
@@ -218,21 +322,22 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
         A :class:`WithinBudget` (``chosen`` is ``None`` when no candidate is within it).
 
     Raises:
-        UserError: ``max_drop`` is negative, the study has no original trial (fair
-            reference) or no candidate.
+        UserError: ``max_drop`` is negative, ``confidence`` not in (0, 1), the study has
+            no original trial (fair reference) or no candidate.
 
     Example:
         >>> answer = finetune_within(study, max_drop=1.0)  # doctest: +SKIP
         >>> answer.chosen.number, answer.drops_pp()["val_vs_reference"]  # doctest: +SKIP
         (412, 0.83)
     """
-    from lrf_optuna.finetune.jobs import enqueue_finetune, original_trial, run_finetune_jobs
+    from lrf_optuna.finetune.jobs import original_trial, run_finetune_jobs
     from lrf_optuna.search import StudyModels
 
     if not max_drop >= 0:
         raise UserError(f"max_drop must be >= 0 percentage points, but got {max_drop}")
+    if not 0.0 < confidence < 1.0:
+        raise UserError(f"confidence must be in (0, 1), but got {confidence}")
     config = config or FinetuneConfig()
-    recipe = config.recipe_key()
     original = original_trial(study)
     if original is None:
         raise UserError(f"study {study.study_name!r} has no trial of the original model "
@@ -244,48 +349,61 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
                         f"saving at least {min_reduction:.0%} of the parameters with proxy "
                         f">= {proxy_floor}; run more search trials")
     problem = problem or StudyModels(study).problem
+    resolution = _resolution(problem, max_drop)
+    if resolution.resolved:
+        logger.info("%s", resolution.text())
+    else:
+        logger.warning("%s", resolution.text())
 
-    def run() -> int:
-        return len(run_finetune_jobs(study, config=config, artifact_dir=artifact_dir,
-                                     max_jobs=1, problem=problem))
+    def run(config_: FinetuneConfig) -> Callable[[int], int]:
+        return lambda n: len(run_finetune_jobs(study, config=config_,
+                                               artifact_dir=artifact_dir, max_jobs=n,
+                                               problem=problem))
 
-    enqueue_finetune(study, [original.number], config=config)
-    ref_job = _wait_for(study, original.number, recipe, run, poll_seconds)
-    reference = FinetuneRecord.of(ref_job)
-    ref_val = reference.val_acc_after
-    if ref_val is None:
-        raise RuntimeError(f"the fair reference job {ref_job.number} has no val_acc_after")
-    target = ref_val - max_drop / 100.0
-    has_proxy = all("proxy" in t.user_attrs for t in candidates)
-    positions = [float(t.user_attrs["proxy"]) if has_proxy
-                 else math.log(max(float(t.user_attrs["params"]), 1.0)) for t in candidates]
-    original_params = float(original.user_attrs["params"])
-    top = (1.0 if has_proxy else math.log(max(original_params, 1.0)), ref_val)
-    done = latest_jobs(find_finetune_study(study), recipe=recipe)
-    index_of = {t.number: i for i, t in enumerate(candidates)}
-    known = {index_of[n]: float(FinetuneRecord.of(j).val_acc_after or 0.0)
-             for n, j in done.items() if n in index_of}
-
-    def evaluate(i: int) -> float:
-        trial = candidates[i]
-        logger.info("max-drop probe: trial %d (%s params, proxy %s)", trial.number,
-                    f"{trial.user_attrs['params']:,}", trial.user_attrs.get("proxy"))
-        enqueue_finetune(study, [trial.number], config=config, reference=False)
-        job = _wait_for(study, trial.number, recipe, run, poll_seconds)
-        return float(FinetuneRecord.of(job).val_acc_after or 0.0)
-
-    search = smallest_passing(positions, evaluate, target, known=known, strategy=strategy,
-                              top=top, max_probes=max_probes)
+    first = _RecipeSearch(study, candidates, original, config, run(config), poll_seconds,
+                          confidence)
     ft = find_finetune_study(study)
-    finished = latest_jobs(ft, recipe=recipe)
-    probes = [(candidates[p.index], FinetuneRecord.of(finished[candidates[p.index].number]))
-              for p in search.probes]
-    chosen = candidates[search.chosen] if search.chosen is not None else None
     base = Measured.from_attrs(ft.user_attrs.get(BASELINE_ATTR) or {}) if ft else Measured()
+    check = OriginalCheck(base.val_acc, base.val_acc_train_mode,
+                          first.reference.val_acc_before, first.ref_val)
+    if check.text():
+        logger.warning("%s", check.text())
+    search, finished = first.run(max_drop, range(len(candidates)), strategy, max_probes)
+    probes = [(candidates[p.index], finished[candidates[p.index].number], p)
+              for p in search.probes]
+    chosen_index, chosen_stage = search.chosen, first
+    stages = {first.recipe: first}
+    escalation: BudgetSearch | None = None
+    longer = (None if escalate is False
+              else config.longer() if escalate is True else escalate)
+    below = search.chosen if search.chosen is not None else len(candidates)
+    if longer is not None and below > 0 and longer.recipe_key() != first.recipe:
+        logger.info("escalation: the %d candidate(s) smaller than %s again with %s", below,
+                    "the answer" if search.chosen is not None else "the largest one",
+                    longer.describe())
+        second = _RecipeSearch(study, candidates, original, longer, run(longer),
+                               poll_seconds, confidence)
+        stages[second.recipe] = second
+        indices = list(range(below))
+        escalation, more = second.run(max_drop, indices, strategy, escalate_probes)
+        probes += [(candidates[indices[p.index]], more[candidates[indices[p.index]].number],
+                    p) for p in escalation.probes]
+        if escalation.chosen is not None:
+            chosen_index, chosen_stage = indices[escalation.chosen], second
+    chosen = candidates[chosen_index] if chosen_index is not None else None
+    job = None
+    if chosen is not None:
+        job = latest_jobs(find_finetune_study(study), recipe=chosen_stage.recipe)[chosen.number]
     return WithinBudget(
         max_drop=max_drop, chosen=chosen,
-        job=FinetuneRecord.of(finished[chosen.number]) if chosen is not None else None,
-        reference=reference, original=base, probes=probes, search=search,
+        job=FinetuneRecord.of(job) if job is not None else None,
+        reference=chosen_stage.reference, original=base, probes=probes, search=search,
         candidates=[t.number for t in candidates], recipe=config.describe(),
-        original_params=int(original_params),
-        original_flops=int(original.user_attrs.get("flops", 0)) or None)
+        original_params=int(original.user_attrs["params"]),
+        original_flops=int(original.user_attrs.get("flops", 0)) or None,
+        confidence=confidence,
+        references={key: stage.reference for key, stage in stages.items()},
+        escalation=escalation,
+        escalated_recipe=(longer.describe() if escalation is not None and longer
+                          else None),
+        resolution=resolution, original_check=check)

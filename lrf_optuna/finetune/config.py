@@ -5,7 +5,9 @@ Example:
     >>> config.learning_rate, config.schedule, config.batch_size
     (0.001, 'cosine', 128)
     >>> FinetuneConfig(epochs=10, distill=0.9).describe()
-    'KD 0.9 T=4, 10 epochs, lr 0.001 cosine, best epoch by val (patience 1)'
+    'KD 0.9 T=4, 10 epochs, lr 0.001 cosine, best epoch by val loss (patience 3), BN re-estimated'
+    >>> [FinetuneConfig().epochs_for(n) for n in (3_000, 16_000, 54_000)]
+    [25, 5, 3]
     >>> FinetuneConfig().recipe_key() == FinetuneConfig(latency_repeats=3).recipe_key()
     True
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -25,21 +28,38 @@ __all__ = ["RECIPE_FIELDS", "FinetuneConfig"]
 #: fine-tuning result (and the fair reference) is reused only for an equal recipe.
 RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "learning_rate", "schedule",
                  "min_lr_fraction", "patience", "restore_best_weights", "revert_if_worse",
-                 "seed", "distill", "temperature", "keep_epoch")
+                 "seed", "distill", "temperature", "keep_epoch", "min_steps", "min_epochs",
+                 "max_epochs", "monitor", "bn_images")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig:
     """How a compressed model is fine-tuned and measured (every field overridable).
 
-    Fine-tuning starts from factors that approximate the trained weights, so it is short:
-    a few epochs, the learning rate cosine-decayed from 1e-3 (the reference models' peak
-    rate) to 1e-5, keeping the best epoch by validation accuracy and never ending below the
-    starting validation accuracy. Why 1e-3 and not a "gentle" 1e-4: the aggressively
-    compressed trials of a front start far from the original function (LeNet-5 on
-    Fashion-MNIST, 3 epochs: trials at 29x / 5.4x compression went from 10% / 7% val
-    accuracy to 51% / 65% with 1e-4 but to 76% / 77% with 1e-3), and a near-original
-    trial was not hurt either (val 90.5% -> 90.8% with 1e-4, -> 91.1% with 1e-3).
+    Fine-tuning starts from factors that approximate the trained weights, so it is short,
+    but **its length is counted in optimizer steps, not epochs**: three epochs of 3,600
+    images are 87 steps, of 54,000 images 1,266. By default (``epochs=None``) a job trains
+    ``epochs_for(n)`` epochs: enough for ``min_steps`` steps, at least ``min_epochs`` and at
+    most ``max_epochs``. An explicit ``epochs`` is used as given. The learning rate is
+    cosine-decayed from 1e-3 (the reference models' peak rate) to 1e-5 over all steps;
+    the epoch kept is the one with the lowest validation *loss* (``monitor``), which
+    unlike accuracy is not moved by one image, stopping after ``patience`` epochs without
+    improvement; a job never ends below its starting validation accuracy. Why 1e-3 and
+    not a "gentle" 1e-4: the aggressively compressed trials of a front start far from the
+    original function (LeNet-5 on Fashion-MNIST, 3 epochs: trials at 29x / 5.4x
+    compression went from 10% / 7% val accuracy to 51% / 65% with 1e-4 but to 76% / 77%
+    with 1e-3), and a near-original trial was not hurt either (val 90.5% -> 90.8% with
+    1e-4, -> 91.1% with 1e-3). The defaults of ``min_steps``, ``monitor``, ``patience``
+    and ``bn_images`` are measured at three data sizes in ``benchmarks/RESULTS.md``
+    ("Fine-tuning budget").
+
+    **BatchNorm re-estimation** (``bn_images > 0``): before training, the moving
+    statistics of every BatchNorm layer are recomputed on that many training images
+    (:func:`lrf_optuna.finetune.batchnorm.reestimate_batchnorm`), since a factorized
+    layer's outputs no longer match the statistics of the BatchNorm after it; the
+    original statistics are kept when that lowers the validation accuracy. The fair
+    reference gets the same, so a net with stale statistics is compared with its repaired
+    self.
 
     **Distillation** (``distill > 0``): the loss is ``(1 - distill) * CE(labels, student)
     + distill * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` (Hinton et al.
@@ -48,24 +68,24 @@ class FinetuneConfig:
     epoch. ``distill = 0`` is plain cross-entropy, the same code path as before.
 
     **Which epoch is kept** (``keep_epoch``): ``"best"`` keeps the epoch with the best
-    validation accuracy (EarlyStopping with ``patience``); ``"last"`` trains all
-    ``epochs`` and keeps the last one. Keeping the best of several epochs *by validation
-    accuracy* makes that validation accuracy an optimistic estimate (a maximum over noisy
-    measurements), more so for a model whose accuracy plateaus (the original, fine-tuned
-    for the fair reference) than for one still climbing (a heavily compressed model):
-    decisions taken on validation accuracy then see the drop larger than it is. With
-    ``"last"`` the validation split decides nothing about training, and with the cosine
-    schedule (learning rate near zero at the end) the last epoch is rarely worse.
+    ``monitor`` value (EarlyStopping with ``patience``); ``"last"`` trains all epochs and
+    keeps the last one. Keeping the best of several epochs by a validation measure makes
+    that validation accuracy a slightly optimistic estimate (a maximum over noisy
+    measurements), more so by accuracy than by loss, and more so for a model whose
+    accuracy plateaus (the original, fine-tuned for the fair reference) than for one still
+    climbing (a heavily compressed model). With ``"last"`` the validation split decides
+    nothing about training, and with the cosine schedule (learning rate near zero at the
+    end) the last epoch is rarely worse.
 
     Attributes:
-        epochs: Maximum epochs (3: most of the recovery happens in the first epoch).
+        epochs: Epochs to train; ``None`` (default): :meth:`epochs_for` the training size.
         batch_size: Training batch size (128, as for the reference models).
         optimizer: A Keras optimizer name (``keras.optimizers.get``), default Adam.
         learning_rate: Initial learning rate (1e-3).
         schedule: ``"cosine"`` (decay to ``learning_rate * min_lr_fraction`` over all
             steps) or ``"constant"``.
         min_lr_fraction: Final fraction of the learning rate for the cosine schedule.
-        patience: EarlyStopping patience in epochs on ``val_accuracy`` (1; only with
+        patience: EarlyStopping patience in epochs on ``monitor`` (only with
             ``keep_epoch="best"``).
         restore_best_weights: EarlyStopping restores the best epoch's weights (True).
         revert_if_worse: Keep the un-fine-tuned weights when fine-tuning ends below the
@@ -74,7 +94,13 @@ class FinetuneConfig:
         seed: Base seed; job of source trial ``n`` uses ``seed + n``.
         distill: Weight of the distillation (KL) term, 0 (off) to 1 (KL only).
         temperature: Distillation temperature ``T`` (4).
-        keep_epoch: ``"best"`` (by validation accuracy) or ``"last"``.
+        keep_epoch: ``"best"`` (by ``monitor``) or ``"last"``.
+        min_steps: With ``epochs=None``: train at least this many optimizer steps.
+        min_epochs: With ``epochs=None``: at least this many epochs.
+        max_epochs: With ``epochs=None``: at most this many epochs.
+        monitor: ``"val_loss"`` or ``"val_accuracy"``: what picks the kept epoch.
+        bn_images: Training images the BatchNorm statistics are re-estimated on before
+            training (0: not re-estimated).
         latency_repeats: Timed single-sample calls per latency measurement (median).
         latency_warmup: Untimed calls before timing.
         tflite_threads: TFLite interpreter threads (None: interpreter default).
@@ -88,19 +114,24 @@ class FinetuneConfig:
             per epoch otherwise.
     """
 
-    epochs: int = 3
+    epochs: int | None = None
     batch_size: int = 128
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_fraction: float = 0.01
-    patience: int = 1
+    patience: int = 3
     restore_best_weights: bool = True
     revert_if_worse: bool = True
     seed: int = 0
     distill: float = 0.0
     temperature: float = 4.0
     keep_epoch: Literal["best", "last"] = "best"
+    min_steps: int = 600
+    min_epochs: int = 3
+    max_epochs: int = 30
+    monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
+    bn_images: int = 2048
     latency_repeats: int = 50
     latency_warmup: int = 5
     tflite_threads: int | None = None
@@ -111,9 +142,17 @@ class FinetuneConfig:
     verbose: int | str | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
+        if (self.epochs is not None and self.epochs < 1) or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, "
                              f"{self.batch_size}")
+        if self.min_steps < 0 or not 1 <= self.min_epochs <= self.max_epochs:
+            raise ValueError(f"need min_steps >= 0 and 1 <= min_epochs <= max_epochs, got "
+                             f"{self.min_steps}, {self.min_epochs}, {self.max_epochs}")
+        if self.monitor not in ("val_loss", "val_accuracy"):
+            raise ValueError(f"monitor must be 'val_loss' or 'val_accuracy', got "
+                             f"{self.monitor!r}")
+        if self.bn_images < 0:
+            raise ValueError(f"bn_images must be >= 0, got {self.bn_images}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.schedule not in ("cosine", "constant"):
@@ -155,10 +194,49 @@ class FinetuneConfig:
         known = {k: v for k, v in recipe.items() if k in RECIPE_FIELDS}
         return dataclasses.replace(self, **known)
 
+    def epochs_for(self, n_train: int) -> int:
+        """The epochs a job on ``n_train`` training images runs: ``epochs`` when given,
+        else enough for ``min_steps`` steps, clipped to ``[min_epochs, max_epochs]``."""
+        if self.epochs is not None:
+            return self.epochs
+        steps_per_epoch = max(math.ceil(n_train / self.batch_size), 1)
+        needed = math.ceil(self.min_steps / steps_per_epoch)
+        return int(min(max(needed, self.min_epochs), self.max_epochs))
+
+    def longer(self, factor: int = 4) -> FinetuneConfig:
+        """The escalation recipe of :func:`~lrf_optuna.finetune.finetune_within`: this
+        one trained ``factor`` times as long (``epochs``, or ``min_steps`` and
+        ``max_epochs``), with the patience to use it, and distilled from the original
+        (weight 0.9) unless this recipe already sets a distillation weight. Long recipes
+        are where distillation measurably helps: on the VGG-style net's 97 % plans, 40
+        distilled epochs ended 0.65 and 0.75 pp above 40 cross-entropy epochs
+        (``benchmarks/RESULTS.md``, "Extreme budget").
+
+        Example:
+            >>> long = FinetuneConfig().longer()
+            >>> long.min_steps, long.max_epochs, long.patience, long.distill
+            (2400, 120, 6, 0.9)
+            >>> FinetuneConfig(epochs=2).longer().epochs
+            8
+        """
+        if factor < 1:
+            raise ValueError(f"factor must be >= 1, got {factor}")
+        distill = self.distill if self.distill > 0 else 0.9
+        if self.epochs is not None:
+            return dataclasses.replace(self, epochs=self.epochs * factor,
+                                       patience=self.patience * 2, distill=distill)
+        return dataclasses.replace(self, min_steps=self.min_steps * factor,
+                                   max_epochs=self.max_epochs * factor,
+                                   patience=self.patience * 2, distill=distill)
+
     def describe(self) -> str:
         """The recipe in a few words, for tables and notes."""
         loss = (f"KD {self.distill:g} T={self.temperature:g}" if self.distill > 0 else "CE")
-        keep = (f"best epoch by val (patience {self.patience})" if self.keep_epoch == "best"
-                else "last epoch")
-        epochs = f"{self.epochs} epoch" + ("" if self.epochs == 1 else "s")
-        return f"{loss}, {epochs}, lr {self.learning_rate:g} {self.schedule}, {keep}"
+        what = "loss" if self.monitor == "val_loss" else "accuracy"
+        keep = (f"best epoch by val {what} (patience {self.patience})"
+                if self.keep_epoch == "best" else "last epoch")
+        epochs = (f"{self.epochs} epoch" + ("" if self.epochs == 1 else "s")
+                  if self.epochs is not None else
+                  f">= {self.min_steps} steps ({self.min_epochs}-{self.max_epochs} epochs)")
+        bn = ", BN re-estimated" if self.bn_images > 0 else ""
+        return f"{loss}, {epochs}, lr {self.learning_rate:g} {self.schedule}, {keep}{bn}"

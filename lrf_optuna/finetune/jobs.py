@@ -84,11 +84,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna import dashboard
 from lrf_optuna.export import measure_model, upload_model_files
+from lrf_optuna.finetune.batchnorm import batchnorm_layers, train_mode_accuracy
 from lrf_optuna.finetune.config import FinetuneConfig
 from lrf_optuna.finetune.recipe import (
     TeacherOutputs,
@@ -97,6 +99,7 @@ from lrf_optuna.finetune.recipe import (
     teacher_outputs,
 )
 from lrf_optuna.finetune.select import Selection, select_trials
+from lrf_optuna.paired import pack_correct
 from lrf_optuna.search import StudyModels
 from lrf_optuna.study.lookup import (
     artifact_store_dir,
@@ -366,6 +369,13 @@ def _kb(n: float) -> str:
     return f"{n / 1024:,.1f}"
 
 
+def _correctness(val: np.ndarray, test: np.ndarray) -> dict[str, Any]:
+    """The per-image results a job (or the original) records, for paired drops
+    (:mod:`lrf_optuna.paired`)."""
+    return {"val_correct": pack_correct(val), "val_images": len(val),
+            "test_correct": pack_correct(test), "test_images": len(test)}
+
+
 class _Worker:
     """Runs jobs: what it loads (problem, cache, the original's numbers, the teacher's
     logits) is loaded once."""
@@ -404,8 +414,11 @@ class _Worker:
                              tflite_threads=c.tflite_threads)
 
     def ensure_original(self) -> dict[str, Any]:
-        """The original model measured like the jobs (once per fine-tuning study)."""
-        from lrf_optuna.models.training import evaluate
+        """The original model measured like the jobs (once per fine-tuning study), with
+        its per-image results and, for a net with BatchNorm, its validation accuracy
+        with batch statistics (:func:`~lrf_optuna.finetune.batchnorm.train_mode_accuracy`:
+        far above the inference-mode accuracy, the moving statistics are stale)."""
+        from lrf_optuna.models.training import correct
 
         original = self.ft.user_attrs.get(BASELINE_ATTR)
         if original is not None:
@@ -413,9 +426,14 @@ class _Worker:
         problem = self.models.problem
         with tempfile.TemporaryDirectory(prefix="lrf_original_") as tmp:
             measured = self._measure(problem.model, tmp, "original").measured
+        splits = problem.splits
+        val_correct = correct(problem.model, splits.x_val, splits.y_val)
         measured = dataclasses.replace(
-            measured, val_acc=evaluate(problem.model, problem.splits.x_val,
-                                       problem.splits.y_val))
+            measured, val_acc=float(np.mean(val_correct)),
+            **_correctness(val_correct, correct(problem.model, splits.x_test, splits.y_test)),
+            val_acc_train_mode=(round(train_mode_accuracy(problem.model, splits.x_val,
+                                                          splits.y_val), 6)
+                                if batchnorm_layers(problem.model) else None))
         original = {**dataclasses.asdict(measured), "name": problem.name}
         self.ft.set_user_attr(BASELINE_ATTR, original)
         dashboard.save_note_quietly(self.ft, dashboard.original_note(self.study.study_name,
@@ -428,7 +446,7 @@ class _Worker:
         return original
 
     def run(self, trial: optuna.Trial, source: int) -> FrozenTrial:
-        from lrf_optuna.models.training import evaluate
+        from lrf_optuna.models.training import correct, evaluate
 
         src = get_search_trial(self.study, source)
         queued = trial.user_attrs
@@ -457,6 +475,11 @@ class _Worker:
         m = files.measured
         assert m.params is not None and m.test_acc is not None
         ua.update({
+            **_correctness(correct(model, splits.x_val, splits.y_val),
+                           correct(model, splits.x_test, splits.y_test)),
+            "val_acc_built": round(outcome.val_acc_built if outcome.val_acc_built is not None
+                                   else outcome.val_acc_before, 6),
+            "bn_reestimated": outcome.bn_reestimated, "steps": outcome.steps,
             "val_acc_before": round(outcome.val_acc_before, 6),
             "val_acc_after": round(outcome.val_acc_after, 6),
             "test_acc_before": round(test_before, 6),

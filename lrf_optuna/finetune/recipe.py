@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lrf_optuna.finetune.batchnorm import batchnorm_layers, reestimate_batchnorm
 from lrf_optuna.finetune.config import FinetuneConfig
 
 if TYPE_CHECKING:
@@ -48,7 +49,12 @@ PROB_FLOOR = 1e-30
 
 @dataclass(frozen=True)
 class FinetuneOutcome:
-    """What :func:`finetune_model` did."""
+    """What :func:`finetune_model` did.
+
+    ``val_acc_built`` is the model's validation accuracy as given, ``val_acc_before`` after
+    the BatchNorm re-estimation (equal when there was none or it was undone:
+    ``bn_reestimated`` False), ``val_acc_after`` after training.
+    """
 
     val_acc_before: float
     val_acc_after: float
@@ -57,6 +63,9 @@ class FinetuneOutcome:
     reverted: bool
     from_logits: bool
     history: dict[str, list[float]]
+    val_acc_built: float | None = None
+    bn_reestimated: bool = False
+    steps: int = 0
 
 
 def outputs_probabilities(model: keras.Model, x: np.ndarray) -> bool:
@@ -198,11 +207,14 @@ def finetune_model(model: keras.Model, splits: Splits, config: FinetuneConfig | 
                    teacher: keras.Model | TeacherOutputs | None = None) -> FinetuneOutcome:
     """Fine-tune ``model`` in place on ``splits.x_train`` (validated on ``splits.x_val``).
 
-    Compiles it with ``config.optimizer`` on the (cosine-decayed) learning rate and sparse
-    categorical cross-entropy (``from_logits`` detected with :func:`outputs_probabilities`
-    unless given), or the distillation loss (:func:`distillation_loss`) when
-    ``config.distill > 0``; keeps the best epoch by ``val_accuracy`` (EarlyStopping) or the
-    last one (``config.keep_epoch``); see :class:`FinetuneConfig`.
+    First re-estimates the BatchNorm statistics on ``config.bn_images`` training images
+    (kept only when the validation accuracy does not drop). Then compiles it with
+    ``config.optimizer`` on the (cosine-decayed) learning rate and sparse categorical
+    cross-entropy (``from_logits`` detected with :func:`outputs_probabilities` unless
+    given), or the distillation loss (:func:`distillation_loss`) when
+    ``config.distill > 0``; trains ``config.epochs_for(len(splits.x_train))`` epochs and
+    keeps the best one by ``config.monitor`` (EarlyStopping) or the last one
+    (``config.keep_epoch``); see :class:`FinetuneConfig`.
 
     Args:
         model: The model to train (in place).
@@ -228,9 +240,22 @@ def finetune_model(model: keras.Model, splits: Splits, config: FinetuneConfig | 
                          "its teacher_outputs), but got teacher=None")
     if from_logits is None:
         from_logits = not outputs_probabilities(model, splits.x_val)
-    val_before = evaluate(model, splits.x_val, splits.y_val)
+    seed = config.seed if seed is None else seed
+    val_built = val_before = evaluate(model, splits.x_val, splits.y_val)
     initial = model.get_weights()
-    steps = config.epochs * math.ceil(len(splits.x_train) / config.batch_size)
+    bn_done = False
+    if config.bn_images > 0 and batchnorm_layers(model):
+        reestimate_batchnorm(model, splits.x_train, images=config.bn_images,
+                             batch_size=config.batch_size, seed=seed)
+        val_before = evaluate(model, splits.x_val, splits.y_val)
+        bn_done = val_before >= val_built
+        if bn_done:
+            initial = model.get_weights()
+        else:  # the model's own statistics were better: keep them
+            model.set_weights(initial)
+            val_before = val_built
+    epochs = config.epochs_for(len(splits.x_train))
+    steps = epochs * math.ceil(len(splits.x_train) / config.batch_size)
     lr: Any = config.learning_rate
     if config.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(config.learning_rate, max(steps, 1),
@@ -258,18 +283,18 @@ def finetune_model(model: keras.Model, splits: Splits, config: FinetuneConfig | 
         model.compile(optimizer=optimizer,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
                       metrics=["accuracy"])
-    keras.utils.set_random_seed(config.seed if seed is None else seed)
+    keras.utils.set_random_seed(seed)
     verbose = config.verbose
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
     callbacks = []
     if config.keep_epoch == "best":
         callbacks.append(keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=config.patience,
-            restore_best_weights=config.restore_best_weights))
+            monitor=config.monitor, mode="min" if config.monitor == "val_loss" else "max",
+            patience=config.patience, restore_best_weights=config.restore_best_weights))
     start = time.perf_counter()
     hist = model.fit(splits.x_train, y_train, batch_size=config.batch_size,
-                     epochs=config.epochs, validation_data=(splits.x_val, y_val),
+                     epochs=epochs, validation_data=(splits.x_val, y_val),
                      shuffle=True, callbacks=callbacks, verbose=verbose)
     seconds = time.perf_counter() - start
     val_after = evaluate(model, splits.x_val, splits.y_val)
@@ -278,5 +303,8 @@ def finetune_model(model: keras.Model, splits: Splits, config: FinetuneConfig | 
         model.set_weights(initial)
         val_after, reverted = val_before, True
     history = {k: [float(v) for v in vs] for k, vs in hist.history.items()}
-    return FinetuneOutcome(val_before, val_after, len(history.get("loss", [])), seconds,
-                           reverted, bool(from_logits), history)
+    epochs_run = len(history.get("loss", []))
+    return FinetuneOutcome(val_before, val_after, epochs_run, seconds, reverted,
+                           bool(from_logits), history, val_acc_built=val_built,
+                           bn_reestimated=bn_done,
+                           steps=epochs_run * math.ceil(len(splits.x_train) / config.batch_size))

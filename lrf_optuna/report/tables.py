@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import optuna
 
     from lrf_optuna.models.training import TrainingResult
+    from lrf_optuna.paired import PairedDrop
     from lrf_optuna.report.data import ReportData
     from lrf_optuna.study.records import WithinBudget
 
@@ -213,7 +214,8 @@ def results_table(data: ReportData) -> Table:
     with it), then each fine-tuned trial (its latest COMPLETE job per recipe), smallest
     first; ratios are original / compressed; drops are in percentage points (positive:
     worse) against the fair reference of the job's recipe ("ref") and the untouched
-    original ("orig")."""
+    original ("orig"), measured paired on the same images, ± one standard error
+    (:mod:`lrf_optuna.paired`)."""
     base = {**{k: data.original.get(k) for k in ("params", "flops")}, **data.baseline}
     val = fmt(base.get("val_acc"), ".4f") if "val_acc" in base else ""
     rows = [["original", "", fmt(base.get("params"), ","), "1.00x",
@@ -228,13 +230,16 @@ def results_table(data: ReportData) -> Table:
     def row(label: str, job: FinetuneRecord, reference: FinetuneRecord | None) -> list[str]:
         m = job.measured
         drops = job.drops_pp(reference, original)
+        paired = job.paired_drops(reference, original)
         return [label, str(job.job), fmt(m.params, ","),
                 _ratio(base.get("params"), m.params), fmt(m.flops, ","),
                 _ratio(base.get("flops"), m.flops), fmt(job.val_acc_before, ".4f"),
                 fmt(job.val_acc_after, ".4f"), fmt(m.test_acc, ".4f"),
-                "" if job.is_reference else _pp(drops["val_vs_reference"]),
-                "" if job.is_reference else _pp(drops["test_vs_reference"]),
-                _pp(drops["test_vs_original"]),
+                "" if job.is_reference else _drop(paired["val_vs_reference"],
+                                                  drops["val_vs_reference"]),
+                "" if job.is_reference else _drop(paired["test_vs_reference"],
+                                                  drops["test_vs_reference"]),
+                _drop(paired["test_vs_original"], drops["test_vs_original"]),
                 fmt(m.latency_ms_keras, ".3f"),
                 _ratio(base.get("latency_ms_keras"), m.latency_ms_keras),
                 fmt(m.latency_ms_tflite, ".3f"),
@@ -261,55 +266,88 @@ def _reduction(original: float | None, value: float | None) -> str:
     return f"{100 * (1 - value / original):.1f}%"
 
 
+def _drop(paired: PairedDrop | None, plain: float | None) -> str:
+    """A drop in pp with one standard error where per-image results are recorded."""
+    return paired.text() if paired is not None else _pp(plain)
+
+
 def within_budget_table(answer: WithinBudget) -> Table:
     """The probes of a max-drop search (:func:`lrf_optuna.finetune.finetune_within`), in
-    the order they were evaluated; drops in pp against the fair reference and the untouched
-    original (positive: worse)."""
+    the order they were evaluated; drops in pp against the fair reference of the probe's
+    recipe and the untouched original (positive: worse), measured paired on the same
+    images, with one standard error."""
     rows = []
-    chosen = answer.chosen.number if answer.chosen is not None else None
-    for order, (trial, job) in enumerate(answer.probes, 1):
+    chosen = (answer.chosen.number, answer.job.recipe) if (
+        answer.chosen is not None and answer.job is not None) else None
+    for order, (trial, job, probe) in enumerate(answer.probes, 1):
         m = job.measured
-        drops = job.drops_pp(answer.reference, answer.original)
-        probe = answer.search.probes[order - 1]
+        reference = answer.reference_of(job)
+        drops = job.drops_pp(reference, answer.original)
+        paired = job.paired_drops(reference, answer.original)
+        escalated = job.recipe != answer.search_recipe_key
         rows.append([str(order) + (" (known)" if probe.known else ""), f"#{trial.number}",
                      fmt(m.params, ","), _reduction(answer.original_params, m.params),
                      _reduction(answer.original_flops, m.flops),
-                     fmt(trial.user_attrs.get("proxy"), ".4f"), fmt(job.val_acc_after, ".4f"),
-                     _pp(drops["val_vs_reference"]), _pp(drops["test_vs_reference"]),
-                     _pp(drops["test_vs_original"]),
-                     ("yes" if probe.passed else "no") + (" <- chosen"
-                                                          if trial.number == chosen else "")])
-    header = ["probe", "trial", "params", "params saved", "FLOPs saved", "proxy",
+                     fmt(trial.user_attrs.get("proxy"), ".4f"),
+                     "longer" if escalated else "first", fmt(job.val_acc_after, ".4f"),
+                     _drop(paired["val_vs_reference"], drops["val_vs_reference"]),
+                     _drop(paired["test_vs_reference"], drops["test_vs_reference"]),
+                     _drop(paired["test_vs_original"], drops["test_vs_original"]),
+                     ("yes" if probe.passed else "no") + (
+                         " <- chosen" if (trial.number, job.recipe) == chosen else "")])
+    header = ["probe", "trial", "params", "params saved", "FLOPs saved", "proxy", "recipe",
               "val acc", "val drop vs ref (pp)", "test drop vs ref (pp)",
               "test drop vs orig (pp)", f"within {answer.max_drop:g} pp"]
+    n_val = answer.resolution.images if answer.resolution is not None else None
+    longer = (f"; longer recipe: {answer.escalated_recipe}, "
+                 f"{answer.escalation.n_evaluated} fine-tuned now"
+                 if answer.escalation is not None else "")
     title = (f"Max-drop search: {len(answer.candidates)} candidate(s) on the (params, proxy) "
-             f"front, {answer.search.n_evaluated} fine-tuned now; recipe: {answer.recipe}")
+             f"front, {answer.search.n_evaluated} fine-tuned now; first recipe: "
+             f"{answer.recipe}{longer}; drops paired on the same images, ± one standard "
+             f"error; decided on {fmt(n_val, ',')} validation images at confidence "
+             f"{answer.confidence:g}")
     return Table(header, rows, title)
 
 
 def within_budget_text(answer: WithinBudget) -> str:
-    """The answer of a max-drop search in two lines (the chosen trial and its drops)."""
+    """The answer of a max-drop search in a few lines: how finely validation resolves the
+    budget, whether the original is sound, the chosen trial and its drops (± one standard
+    error)."""
     ref = answer.reference
-    head = (f"fair reference (the original fine-tuned the same way): val "
-            f"{fmt(ref.val_acc_after, '.4f')}, test {fmt(ref.measured.test_acc, '.4f')}; "
-            f"untouched original: val {fmt(answer.original.val_acc, '.4f')}, test "
-            f"{fmt(answer.original.test_acc, '.4f')}")
+    lines = []
+    if answer.resolution is not None:
+        lines.append(answer.resolution.text())
+    check = answer.original_check.text() if answer.original_check is not None else None
+    if check:
+        lines.append(f"warning: {check}")
+    lines.append(f"fair reference (the original fine-tuned the same way): val "
+                 f"{fmt(ref.val_acc_after, '.4f')}, test {fmt(ref.measured.test_acc, '.4f')}; "
+                 f"untouched original: val {fmt(answer.original.val_acc, '.4f')}, test "
+                 f"{fmt(answer.original.test_acc, '.4f')}")
     if answer.chosen is None or answer.job is None:
-        return (f"{head}\nno compressed trial stays within {answer.max_drop:g} pp of the fair "
-                "reference on validation accuracy")
+        lines.append(f"no compressed trial stays within {answer.max_drop:g} pp of the fair "
+                     "reference on validation accuracy")
+        return "\n".join(lines)
     m = answer.job.measured
     d = answer.drops_pp()
-    note = ("" if answer.search.converged
+    p = answer.paired_drops()
+    searches = [answer.search] + ([answer.escalation] if answer.escalation else [])
+    note = ("" if all(s.converged for s in searches)
             else " (probe budget exhausted: a smaller one may pass)")
-    return (f"{head}\nsmallest model within {answer.max_drop:g} pp (decided on validation): "
-            f"trial #{answer.chosen.number}, {fmt(m.params, ',')} params "
-            f"({_reduction(answer.original_params, m.params)} fewer, "
-            f"{_ratio(answer.original_params, m.params)}), FLOPs "
-            f"{_reduction(answer.original_flops, m.flops)} fewer; val drop "
-            f"{_pp(d['val_vs_reference'])} pp, test drop {_pp(d['test_vs_reference'])} pp "
-            "vs "
-            f"the fair reference ({_pp(d['test_vs_original'])} pp vs the untouched "
-            f"original){note}")
+    recipe = (f", with the longer recipe ({answer.escalated_recipe})"
+              if answer.job.recipe != answer.search_recipe_key else "")
+    lines.append(
+        f"smallest model within {answer.max_drop:g} pp (decided on validation): "
+        f"trial #{answer.chosen.number}{recipe}, {fmt(m.params, ',')} params "
+        f"({_reduction(answer.original_params, m.params)} fewer, "
+        f"{_ratio(answer.original_params, m.params)}), FLOPs "
+        f"{_reduction(answer.original_flops, m.flops)} fewer; val drop "
+        f"{_drop(p['val_vs_reference'], d['val_vs_reference'])} pp, test drop "
+        f"{_drop(p['test_vs_reference'], d['test_vs_reference'])} pp vs the fair reference "
+        f"({_drop(p['test_vs_original'], d['test_vs_original'])} pp vs the untouched "
+        f"original){note}")
+    return "\n".join(lines)
 
 
 def plan_table(data: ReportData, trials: Sequence[tuple[str, Mapping[str, str]]]) -> Table:

@@ -66,10 +66,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.errors import UserError
+from lrf_optuna.paired import PairedDrop, paired_drop, unpack_correct
 
 if TYPE_CHECKING:
     from lrf_optuna.problem import ProblemSpec
@@ -94,8 +96,10 @@ __all__ = [
     "CompressionPlan",
     "FinetuneRecord",
     "Measured",
+    "OriginalCheck",
     "OriginalInfo",
     "Plan",
+    "Resolution",
     "SearchRecord",
     "WithinBudget",
     "as_float",
@@ -352,6 +356,10 @@ def as_float(value: Any) -> float | None:
     return None if math.isnan(out) else out
 
 
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
 def _int(value: Any) -> int | None:
     number = as_float(value)
     return None if number is None else int(number)
@@ -420,6 +428,11 @@ class Measured:
     tflite_bytes: int | None = None
     latency_ms_keras: float | None = None
     latency_ms_tflite: float | None = None
+    val_correct: str | None = None
+    test_correct: str | None = None
+    val_images: int | None = None
+    test_images: int | None = None
+    val_acc_train_mode: float | None = None
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Measured:
@@ -428,7 +441,29 @@ class Measured:
                    test_acc=as_float(a("test_acc")), val_acc=as_float(a("val_acc")),
                    keras_bytes=_int(a("keras_bytes")), tflite_bytes=_int(a("tflite_bytes")),
                    latency_ms_keras=as_float(a("latency_ms_keras")),
-                   latency_ms_tflite=as_float(a("latency_ms_tflite")))
+                   latency_ms_tflite=as_float(a("latency_ms_tflite")),
+                   val_correct=_str(a("val_correct")), test_correct=_str(a("test_correct")),
+                   val_images=_int(a("val_images")), test_images=_int(a("test_images")),
+                   val_acc_train_mode=as_float(a("val_acc_train_mode")))
+
+    def correct(self, split: str) -> np.ndarray | None:
+        """Per-image correctness on ``split`` (``"val"`` or ``"test"``), when recorded."""
+        text = self.val_correct if split == "val" else self.test_correct
+        n = self.val_images if split == "val" else self.test_images
+        if text is None or n is None:
+            return None
+        try:
+            return unpack_correct(text, n)
+        except ValueError:
+            return None
+
+    def drop_against(self, other: Measured, split: str = "val") -> PairedDrop | None:
+        """This model's accuracy drop against ``other`` on the same ``split`` images,
+        paired (:mod:`lrf_optuna.paired`); ``None`` without per-image results."""
+        theirs, mine = other.correct(split), self.correct(split)
+        if theirs is None or mine is None or len(theirs) != len(mine):
+            return None
+        return paired_drop(theirs, mine)
 
 
 @dataclass(frozen=True)
@@ -448,6 +483,9 @@ class FinetuneRecord:
     recipe: str | None = None
     recipe_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     is_reference: bool = False
+    val_acc_built: float | None = None
+    bn_reestimated: bool = False
+    steps: int | None = None
 
     @classmethod
     def of(cls, job: FrozenTrial) -> FinetuneRecord:
@@ -461,7 +499,26 @@ class FinetuneRecord:
                    as_float(ua.get("finetune_seconds")), bool(ua.get("reverted", False)),
                    readable_plan(ua), str(recipe) if recipe is not None else None,
                    dict(config) if isinstance(config, Mapping) else {},
-                   bool(ua.get(REFERENCE_ATTR, False)))
+                   bool(ua.get(REFERENCE_ATTR, False)), as_float(ua.get("val_acc_built")),
+                   bool(ua.get("bn_reestimated", False)), _int(ua.get("steps")))
+
+    def paired(self, other: FinetuneRecord | Measured | None, split: str = "val"
+               ) -> PairedDrop | None:
+        """This job's drop against ``other`` (a fair reference's record, or the original
+        measured) on the same ``split`` images, with its uncertainty
+        (:mod:`lrf_optuna.paired`); ``None`` when either side has no per-image results."""
+        if other is None:
+            return None
+        return self.measured.drop_against(
+            other.measured if isinstance(other, FinetuneRecord) else other, split)
+
+    def paired_drops(self, reference: FinetuneRecord | None,
+                     original: Measured | None = None) -> dict[str, PairedDrop | None]:
+        """The drops of :meth:`drops_pp` as :class:`~lrf_optuna.paired.PairedDrop` (with
+        standard errors), where per-image results are recorded."""
+        return {"val_vs_reference": self.paired(reference, "val"),
+                "test_vs_reference": self.paired(reference, "test"),
+                "test_vs_original": self.paired(original, "test")}
 
     def drops_pp(self, reference: FinetuneRecord | None,
                  original: Measured | None = None) -> dict[str, float | None]:
@@ -630,6 +687,103 @@ class BudgetSearch:
 
 
 @dataclass(frozen=True)
+class Resolution:
+    """How finely the validation split resolves a drop of the budget's size, known before
+    any fine-tuning (:func:`lrf_optuna.paired.expected_standard_error`).
+
+    Attributes:
+        images: Validation images every decision rests on.
+        expected_se_pp: Expected standard error of a candidate's paired drop at the budget.
+        max_drop: The budget (pp).
+    """
+
+    images: int
+    expected_se_pp: float
+    max_drop: float
+
+    #: A budget of fewer standard errors than this is not resolved.
+    RESOLVES = 3.0
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the budget spans at least :attr:`RESOLVES` standard errors."""
+        return self.max_drop >= self.RESOLVES * self.expected_se_pp
+
+    def text(self) -> str:
+        """One sentence on the resolution, with what helps when it is too coarse."""
+        head = (f"{self.images:,} validation images: a drop of {self.max_drop:g} pp is "
+                f"measured to about ± {self.expected_se_pp:.2f} pp (one standard error)")
+        if self.resolved:
+            return head
+        need = math.ceil(self.images * (self.RESOLVES * self.expected_se_pp
+                                        / max(self.max_drop, 1e-9)) ** 2)
+        return (f"{head}, so the budget is less than {self.RESOLVES:g} standard errors and "
+                "decisions near it are close to a coin toss: use a larger validation split "
+                f"(about {need:,} images: --val-fraction, or pass your own x_val/y_val) or "
+                "a larger budget")
+
+
+@dataclass(frozen=True)
+class OriginalCheck:
+    """Is the original a sound reference? Its validation accuracy as given (inference
+    mode), with batch statistics (training mode), after BatchNorm re-estimation (where the
+    fair reference starts) and after the fair reference's fine-tuning.
+
+    A fine-tuned original far above the untouched one (more than :attr:`GAIN_PP`) means
+    the original was not converged, or its BatchNorm moving statistics are stale (then the
+    training-mode or re-estimated accuracy is far above the inference-mode one too). The
+    decisions are taken against the fair reference either way, the stronger of the two:
+    it starts from the re-estimated original and never ends below it.
+    """
+
+    val_acc: float | None
+    val_acc_train_mode: float | None
+    val_acc_reestimated: float | None
+    reference_val_acc: float | None
+
+    #: A fine-tuned original gaining more than this (pp) is flagged.
+    GAIN_PP = 2.0
+
+    @property
+    def gain_pp(self) -> float | None:
+        """The fair reference's gain over the untouched original (pp)."""
+        if self.val_acc is None or self.reference_val_acc is None:
+            return None
+        return 100.0 * (self.reference_val_acc - self.val_acc)
+
+    @property
+    def diagnosis(self) -> str | None:
+        """``None`` (sound), ``"stale_batchnorm"`` or ``"not_converged"``."""
+        gain = self.gain_pp
+        if gain is None or gain <= self.GAIN_PP or self.val_acc is None:
+            return None
+        repaired = max((a for a in (self.val_acc_train_mode, self.val_acc_reestimated)
+                        if a is not None), default=None)
+        if repaired is not None and 100.0 * (repaired - self.val_acc) > self.GAIN_PP:
+            return "stale_batchnorm"
+        return "not_converged"
+
+    def text(self) -> str | None:
+        """What to tell the user, or ``None`` when the original is sound."""
+        if self.diagnosis is None or self.val_acc is None:
+            return None
+        gain = f"{self.gain_pp:+.2f} pp"
+        if self.diagnosis == "stale_batchnorm":
+            seen = ", ".join(f"{what} {100 * a:.2f} %" for what, a in (
+                ("with batch statistics", self.val_acc_train_mode),
+                ("after BatchNorm re-estimation", self.val_acc_reestimated)) if a is not None)
+            return (f"the original's BatchNorm moving statistics are stale: validation "
+                    f"accuracy {100 * self.val_acc:.2f} % as given, {seen}; the fair "
+                    f"reference ({gain}) starts from the re-estimated original, and every "
+                    "decision is taken against it. Ship the re-estimated original, not the "
+                    "one given: lrf_optuna.finetune.reestimate_batchnorm(model, x_train)")
+        return (f"fine-tuning the original gained {gain} of validation accuracy: it was not "
+                "trained to convergence; every decision is taken against the fine-tuned "
+                "original (the fair reference), which is the better model to compare with "
+                "and to ship if compression is not needed")
+
+
+@dataclass(frozen=True)
 class WithinBudget:
     """The answer of :func:`~lrf_optuna.finetune.budget.finetune_within`.
 
@@ -637,13 +791,22 @@ class WithinBudget:
         max_drop: The budget in percentage points of validation accuracy.
         chosen: The chosen search trial (``None``: no candidate stays within the budget).
         job: Its fine-tuning job (``None`` likewise).
-        reference: The fair reference (the original fine-tuned with the same recipe).
+        reference: The fair reference of the chosen job's recipe (the original fine-tuned
+            the same way); of the first recipe when nothing was chosen.
         original: The untouched original model, measured like the jobs.
-        probes: ``(search trial, its job's record)`` of every candidate evaluated, in
-            probe order (jobs known before the search first).
-        search: The search's own record (indices into ``candidates``).
+        probes: ``(search trial, its job's record, the probe)`` of every candidate
+            evaluated, in probe order (jobs known before the search first), the escalated
+            recipe's after the first recipe's.
+        search: The first recipe's search (indices into ``candidates``).
         candidates: The candidates' trial numbers, smallest first.
-        recipe: The recipe in words.
+        recipe: The first recipe in words.
+        confidence: The confidence of every decision (:mod:`lrf_optuna.paired`).
+        references: The fair reference of every recipe used, by recipe key.
+        escalation: The longer recipe's search among the candidates smaller than the
+            first recipe's answer (``None``: not escalated).
+        escalated_recipe: That recipe in words.
+        resolution: How finely the validation split resolves the budget.
+        original_check: Whether the original is a sound reference.
     """
 
     max_drop: float
@@ -651,12 +814,28 @@ class WithinBudget:
     job: FinetuneRecord | None
     reference: FinetuneRecord
     original: Measured
-    probes: list[tuple[FrozenTrial, FinetuneRecord]]
+    probes: list[tuple[FrozenTrial, FinetuneRecord, BudgetProbe]]
     search: BudgetSearch
     candidates: list[int]
     recipe: str
     original_params: int | None = None
     original_flops: int | None = None
+    confidence: float = 0.5
+    references: dict[str, FinetuneRecord] = dataclasses.field(default_factory=dict)
+    escalation: BudgetSearch | None = None
+    escalated_recipe: str | None = None
+    resolution: Resolution | None = None
+    original_check: OriginalCheck | None = None
+
+    @property
+    def search_recipe_key(self) -> str | None:
+        """The recipe key of the first search (its fair reference's)."""
+        first = next(iter(self.references), None)
+        return first if first is not None else self.reference.recipe
+
+    def reference_of(self, job: FinetuneRecord) -> FinetuneRecord:
+        """The fair reference of ``job``'s recipe."""
+        return self.references.get(job.recipe or "", self.reference)
 
     def drops_pp(self) -> dict[str, float | None]:
         """The chosen job's drops (pp): ``val_vs_reference``, ``test_vs_reference``,
@@ -665,3 +844,10 @@ class WithinBudget:
             return {"val_vs_reference": None, "test_vs_reference": None,
                     "test_vs_original": None}
         return self.job.drops_pp(self.reference, self.original)
+
+    def paired_drops(self) -> dict[str, PairedDrop | None]:
+        """The chosen job's drops with their uncertainty (``None`` where not recorded)."""
+        if self.job is None:
+            return {"val_vs_reference": None, "test_vs_reference": None,
+                    "test_vs_original": None}
+        return self.job.paired_drops(self.reference, self.original)
