@@ -296,7 +296,7 @@ CLI_CASES: list[tuple[str, Callable[[Path], list[str]], str]] = [
      r"pass another --study-name"),
     ("resume-other-data", lambda ws: search(ws, data="other_data.npz"),
      r"cannot resume study 'tiny' .*: the data or its splits differ \(the study was made with "
-     r"dataset '.*data\.npz', seed 0, val_fraction 0\.1\)"),
+     r"dataset '.*data\.npz', seed 0, val_fraction auto\)"),
     ("resume-other-seed", lambda ws: search(ws, "--seed", "1"),
      r"the data or its splits differ .* seed 0"),
     ("resume-other-calibration-size", lambda ws: search(ws, "--calibration-size", "32"),

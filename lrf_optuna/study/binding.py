@@ -83,8 +83,11 @@ class Binding:
             out.append(f"the model differs (the study was made with {made}fingerprint "
                        f"{self.model[:8]})")
         if self.data != other.data:
-            settings = ", ".join(f"{k} {spec[k]!r}" for k in ("dataset", "seed",
-                                                               "val_fraction") if k in spec)
+            shown = {**spec, "val_fraction": "auto" if spec.get("val_fraction", 0) is None
+                     else spec.get("val_fraction")}
+            settings = ", ".join(f"{k} {shown[k]!r}" if k != "val_fraction" else
+                                 f"{k} {shown[k]}" for k in ("dataset", "seed", "val_fraction")
+                                 if k in spec)
             out.append("the data or its splits differ" + (
                 f" (the study was made with {settings})" if settings else ""))
         elif self.calibration != other.calibration:

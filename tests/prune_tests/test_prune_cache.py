@@ -8,9 +8,10 @@ import json
 import keras
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 import lrf_optuna.prune.cache as prune_cache_mod
-from lrf_optuna.cache import run_batched, score_candidates
+from lrf_optuna.cache import batchnorm_view, run_batched, score_candidates
 from lrf_optuna.decompose import layer_weights
 from lrf_optuna.prune import (
     PruneCache,
@@ -82,9 +83,11 @@ def test_unpruned_kernel_scores_equal_the_lrf_cache_exactly(built) -> None:
             np.testing.assert_array_equal(weights[k], ref[k])
         table = base.layer(path)
         ranks = {m: [c.rank for c in table.for_method(m)] for m in table.methods}
-        again, _ = score_candidates(path, found[path].info, weights, acts[path].inputs,
-                                    acts[path].outputs, ranks, ["cosine"], 64,
-                                    prune_cache_mod.progress_bar(0, False))
+        with threadpool_limits(limits=1, user_api="blas"):  # as the cache's workers
+            again, _ = score_candidates(path, found[path].info, weights, acts[path].inputs,
+                                        acts[path].outputs, ranks, ["cosine"], 64,
+                                        prune_cache_mod.progress_bar(0, False),
+                                        view=batchnorm_view(model, path))
         for a, b in zip(table.candidates, again.candidates, strict=True):
             assert (a.method, a.rank, a.params, a.macs) == (b.method, b.rank, b.params, b.macs)
             if a.method != "cp":  # CP's ALS is not deterministic across calls
