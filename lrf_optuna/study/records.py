@@ -420,6 +420,10 @@ class Measured:
     tflite_bytes: int | None = None
     latency_ms_keras: float | None = None
     latency_ms_tflite: float | None = None
+    #: Which interpreter ran ``latency_ms_tflite``: ``"litert"`` (ai_edge_litert) or
+    #: ``"tf.lite"`` (the deprecated fallback); ``None`` for records made before it was
+    #: recorded (they ran ``tf.lite``).
+    tflite_runtime: str | None = None
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Measured:
@@ -428,7 +432,9 @@ class Measured:
                    test_acc=as_float(a("test_acc")), val_acc=as_float(a("val_acc")),
                    keras_bytes=_int(a("keras_bytes")), tflite_bytes=_int(a("tflite_bytes")),
                    latency_ms_keras=as_float(a("latency_ms_keras")),
-                   latency_ms_tflite=as_float(a("latency_ms_tflite")))
+                   latency_ms_tflite=as_float(a("latency_ms_tflite")),
+                   tflite_runtime=a("tflite_runtime") if isinstance(a("tflite_runtime"), str)
+                   else None)
 
 
 @dataclass(frozen=True)
