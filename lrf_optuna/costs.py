@@ -28,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +40,8 @@ from lrf_optuna.decompose._base import _graph_shapes, _layer_kind
 from lrf_optuna.decompose.fc_tensor_train import tt_macs_per_position
 from lrf_optuna.decompose.layers import Stage, conv_output_length, stage_output_shape
 
-__all__ = ["PRECISIONS", "DeployedKernel", "LayerCost", "ModelCost", "conv_output_length",
+__all__ = ["PRECISIONS", "DeployedKernel", "LayerCost", "ModelCost", "PlanBytes",
+           "conv_output_length",
            "deployed_bytes", "deployed_kernels", "factorized_macs", "kernel_bytes",
            "layer_costs", "layer_deployed_bytes", "model_costs", "stage_macs"]
 
@@ -364,18 +365,9 @@ def layer_deployed_bytes(model: keras.Model, precision: str = "int8") -> dict[st
     """
     from lrf_optuna.rewrite import iter_layers
 
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+    _check_precision(precision)
     layers = list(iter_layers(model))
-    folded: dict[int, bool] = {}
-    standalone: set[int] = set()
-    for _, layer in layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            target = _folds(layer)
-            if target is None:
-                standalone.add(id(layer))
-            else:
-                folded[id(target)] = True
+    folded, standalone = _batch_norms(layers)
     out: dict[str, int] = {}
     for path, layer in layers:
         if not layer.weights:
@@ -385,9 +377,81 @@ def layer_deployed_bytes(model: keras.Model, precision: str = "int8") -> dict[st
             item = {"none": 4, "dynamic": 4, "float16": 2, "int8": 1}[precision]
             out[path] = 2 * c * item + (2 * QUANT_CHANNEL_BYTES if precision == "int8" else 0)
             continue
-        kernels = deployed_kernels(layer, bias=True if folded.get(id(layer)) else None)
+        kernels = deployed_kernels(layer, bias=True if id(layer) in folded else None)
         out[path] = sum(kernel_bytes(k, precision) for k in kernels)
     return out
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+
+
+def _batch_norms(layers: Sequence[tuple[str, keras.layers.Layer]]) -> tuple[set[int], set[int]]:
+    """Ids of the layers a BatchNormalization folds into, and of the BatchNormalizations
+    that stay on their own."""
+    folded: set[int] = set()
+    standalone: set[int] = set()
+    for _, layer in layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            target = _folds(layer)
+            if target is None:
+                standalone.add(id(layer))
+            else:
+                folded.add(id(target))
+    return folded, standalone
+
+
+class PlanBytes:
+    """Deployed bytes (:func:`deployed_bytes`) of a model's LRF plans at one precision,
+    from shapes alone: the search's ``memory="bytes"`` objective.
+
+    A candidate ``(method, rank)`` of a layer costs its replacement's stages
+    (:meth:`lrf_optuna.decompose.LRFMethod.stages`) as :func:`kernel_bytes` counts them,
+    with the bias the layer deploys with (its own, or a folded BatchNormalization's); a
+    plan costs the original model's bytes minus what its layers save. Equal to
+    :func:`deployed_bytes` of the built model.
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, name="fc")])
+        >>> pb = PlanBytes(m, "int8")
+        >>> pb.original, pb.of_plan({"fc": ("svd", 8)})
+        (5888, 2912)
+    """
+
+    def __init__(self, model: keras.Model, precision: str = "int8") -> None:
+        from lrf_optuna.rewrite import find_layers, iter_layers
+
+        _check_precision(precision)
+        self.precision = precision
+        self.layers = layer_deployed_bytes(model, precision)
+        self.original = sum(self.layers.values())
+        folded, _ = _batch_norms(list(iter_layers(model)))
+        self._entries = find_layers(model)
+        self._bias = {path: bool(getattr(e.layer, "use_bias", False)) or id(e.layer) in folded
+                      for path, e in self._entries.items()}
+        self._memo: dict[tuple[str, str, int], int] = {}
+
+    def candidate(self, path: str, method: str, rank: int) -> int:
+        """Deployed bytes of layer ``path`` replaced by ``method`` at ``rank``."""
+        from lrf_optuna.decompose import get_method
+
+        key = (path, method, int(rank))
+        if key not in self._memo:
+            info = self._entries[path].info
+            assert info is not None
+            kernels = [k for stage in get_method(method).stages(info, int(rank))
+                       for k in _stage_kernels(stage)]
+            if self._bias[path]:
+                kernels = _with_bias(kernels)
+            self._memo[key] = sum(kernel_bytes(k, self.precision) for k in kernels)
+        return self._memo[key]
+
+    def of_plan(self, plan: Mapping[str, tuple[str, int]]) -> int:
+        """Deployed bytes of the model with ``plan`` (``{layer: (method, rank)}``)."""
+        return self.original + sum(self.candidate(p, m, r) - self.layers.get(p, 0)
+                                   for p, (m, r) in plan.items())
 
 
 def deployed_bytes(model: keras.Model, precision: str = "int8") -> int:
