@@ -77,6 +77,31 @@ def _add_study_args(p: argparse.ArgumentParser, *, need_name: bool = False,
     p.add_argument("--storage", default=None, help=_STORAGE_HELP)
 
 
+def _add_quantize_args(p: argparse.ArgumentParser, what: str) -> None:
+    from lrf_optuna.deploy.convert import DEFAULT_REPRESENTATIVE, QUANTIZE_MODES
+
+    p.add_argument("--quantize", choices=list(QUANTIZE_MODES), default="none",
+                   help=f"{what}: none (float32), dynamic (int8 weights, float "
+                        "activations), float16, int8 (full integer, calibrated on "
+                        f"{DEFAULT_REPRESENTATIVE} training images) (default: %(default)s)")
+    p.add_argument("--int8-io", action="store_true",
+                   help="with --quantize int8: int8 input and output tensors (default: "
+                        "float32 input and output around the integer graph)")
+
+
+def _add_memory_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory", choices=["params", "bytes"], default="params",
+                   help="what the memory objective counts: parameters, or the bytes the "
+                        "weights take in the .tflite file at --quantize's precision (int8 "
+                        "weights + per-channel scales + int32 biases for int8) "
+                        "(default: %(default)s)")
+
+
+def _check_int8_io(args: argparse.Namespace) -> None:
+    if getattr(args, "int8_io", False) and args.quantize != "int8":
+        raise UserError("--int8-io needs --quantize int8")
+
+
 # -- search / show ---------------------------------------------------------------------------
 
 def _cmd_search(args: argparse.Namespace) -> int:
@@ -109,7 +134,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, grace_period=args.grace_period, metric=args.metric,
         aggregation=args.aggregation, layers=args.layers, methods=args.methods,
         max_params=args.max_params, max_flops=args.max_flops, min_proxy=args.min_proxy,
-        prune=prune, progress=not args.quiet)
+        prune=prune, memory=args.memory, quantize=args.quantize, progress=not args.quiet)
     study = search.study
     print(f"study {study.study_name!r} in {search.storage}: {finished_trials(study)} finished "
           f"trial(s), {search.enqueued} strategy plan(s) enqueued; target {args.n_trials} "
@@ -355,14 +380,16 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     from lrf_optuna.report.tables import within_budget_table, within_budget_text
 
     config = _finetune_config(args)
+    _check_int8_io(args)
     try:
         done = compress_detailed(
             args.model, args.dataset, args.max_drop, out_dir=args.out,
             study_name=args.study_name, storage=args.storage, n_trials=args.n_trials,
             config=config, max_probes=args.max_probes, seed=args.seed,
             calibration_size=args.calibration_size, val_fraction=args.val_fraction,
-            cache_dir=args.cache_dir, **_decision(args),
-            show_progress_bar=not args.quiet)
+            cache_dir=args.cache_dir, show_progress_bar=not args.quiet,
+            quantize=args.quantize, int8_io=args.int8_io, memory=args.memory,
+            **_decision(args))
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials and probes are stored; rerun the same command "
               "to continue.", file=sys.stderr)
@@ -372,8 +399,9 @@ def _cmd_compress(args: argparse.Namespace) -> int:
     print(within_budget_table(done.answer).text())
     print()
     print(within_budget_text(done.answer))
-    for path in (done.keras_path, done.tflite_path):
-        print(f"{path}  ({path.stat().st_size:,} bytes)")
+    for path in (done.keras_path, done.tflite_path, done.quantized_path):
+        if path is not None:
+            print(f"{path}  ({path.stat().st_size:,} bytes)")
     print("load the .keras file with lrf_optuna.load_model(path)")
     return 0
 
@@ -402,6 +430,9 @@ def _add_compress_parser(sub: argparse._SubParsersAction) -> None:
                    help="search trials (default: %(default)s)")
     _add_decision_args(p)
     _add_recipe_args(p)
+    _add_quantize_args(p, "also write the chosen model's file quantized this way, beside "
+                          "the float32 one")
+    _add_memory_args(p)
     p.add_argument("--cache-dir", default=".lrf_cache",
                    help="similarity cache directory (default: %(default)s)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -414,19 +445,34 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from lrf_optuna.export import ExportError, export_trial
     from lrf_optuna.study.lookup import load_study
 
+    _check_int8_io(args)
     study = load_study(args.study_name, args.storage)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             keras_path, tflite_path = export_trial(study, args.trial, args.out,
-                                                   artifact_dir=args.artifact_dir)
+                                                   artifact_dir=args.artifact_dir,
+                                                   quantize=args.quantize,
+                                                   int8_io=args.int8_io)
         except ExportError as err:
             raise UserError(f"trial {args.trial} of study {args.study_name!r}: {err}") from err
     for w in caught:
         if issubclass(w.category, UserWarning) and "fine-tun" in str(w.message):
             print(f"warning: {w.message}")
-    for path in (keras_path, tflite_path):
+    paths = [keras_path, tflite_path]
+    if args.quantize != "none":
+        paths.insert(1, tflite_path.with_name(f"{keras_path.stem}.tflite"))
+    for path in paths:
         print(f"{path}  ({path.stat().st_size:,} bytes)")
+    if args.quantize != "none":
+        from lrf_optuna.deploy.micro import micro_unsupported
+        from lrf_optuna.deploy.tflite_file import read_tflite
+
+        f = read_tflite(tflite_path)
+        ops = ", ".join(f"{k} x{v}" for k, v in f.op_report().items())
+        outside = micro_unsupported(f)
+        print(f"{tflite_path.name}: {ops}; TFLite Micro: "
+              + (f"ops outside it: {', '.join(outside)}" if outside else "all ops supported"))
     print("load the .keras file with lrf_optuna.load_model(path)")
     return 0
 
@@ -527,6 +573,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objectives", nargs="+", default=["params", "flops", "proxy"],
                    choices=["params", "bytes", "flops", "macs", "proxy"],
                    help="objectives (default: params flops proxy)")
+    _add_memory_args(p)
     p.add_argument("--max-params", type=float, default=None, help="constraint")
     p.add_argument("--max-flops", type=float, default=None, help="constraint")
     p.add_argument("--min-proxy", type=float, default=None, help="constraint")
@@ -535,6 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "group, combined with LRF (prune, then factorize the pruned layer)")
     p.add_argument("--prune-importance", default=None, choices=["l1", "l2", "activation"],
                    help="with --prune: which filters go (default: l1)")
+    p.add_argument("--quantize", choices=["none", "dynamic", "float16", "int8"],
+                   default="none",
+                   help="with --memory bytes: the precision the files will be exported at "
+                        "(default: %(default)s, float32)")
     p.add_argument("--cache-dir", default=".lrf_cache",
                    help="similarity cache directory (default: %(default)s)")
     p.add_argument("--grace-period", type=float, default=DEFAULT_GRACE_PERIOD,
@@ -560,8 +611,10 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write a trial's compressed model as .keras and .tflite",
         description="Write the .keras and float32 .tflite files of one search trial: the "
                     "fine-tuned weights when `lrf-optuna finetune` has fine-tuned it, "
-                    "else the compressed model without fine-tuning (with a warning). Load "
-                    "the .keras file with lrf_optuna.load_model(path).")
+                    "else the compressed model without fine-tuning (with a warning); "
+                    "with --quantize, also <stem>_<mode>.tflite. Every .tflite file is a "
+                    "static batch-1 graph. Load the .keras file with "
+                    "lrf_optuna.load_model(path).")
     _add_study_args(p, need_name=True, name_help="the search study")
     p.add_argument("--trial", type=int, required=True, metavar="N",
                    help="search trial number")
@@ -569,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifact-dir", default=None,
                    help="artifact store of the fine-tuning jobs (default: <db "
                         "stem>_artifacts beside a SQLite database, else studies/artifacts)")
+    _add_quantize_args(p, "also write the file quantized this way")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser(

@@ -47,6 +47,8 @@ class Compressed:
         tflite_path: Its float32 ``.tflite`` file.
         answer: The max-drop search: chosen trial, probes, fair reference, drops.
         study: The search study (resumable).
+        quantized_path: Its quantized ``.tflite`` file (``quantize`` not ``"none"``),
+            ``<study>_trial<N>_<mode>.tflite`` beside the float32 one.
     """
 
     model: keras.Model
@@ -54,6 +56,7 @@ class Compressed:
     tflite_path: Path
     answer: WithinBudget
     study: optuna.Study
+    quantized_path: Path | None = None
 
 
 def compress_detailed(
@@ -76,13 +79,20 @@ def compress_detailed(
     val_fraction: float | None = None,
     cache_dir: str | os.PathLike[str] = ".lrf_cache",
     show_progress_bar: bool = True,
+    quantize: str = "none",
+    int8_io: bool = False,
+    memory: str = "params",
     **objective_kwargs: Any,
 ) -> Compressed:
     """:func:`compress`, returning the files, the max-drop answer and the study too."""
+    from lrf_optuna.deploy.convert import check_quantize
     from lrf_optuna.export import export_trial, load_model
     from lrf_optuna.finetune import FinetuneConfig, finetune_within
     from lrf_optuna.search import load_problem, prepare_lrf_study
 
+    check_quantize(quantize)
+    if int8_io and quantize != "int8":
+        raise UserError("int8_io needs quantize='int8'")
     if not max_drop >= 0:
         raise UserError(f"max_drop must be >= 0 percentage points, but got {max_drop}")
     if n_trials < 1:
@@ -95,7 +105,8 @@ def compress_detailed(
     name = study_name or f"compress_{problem.name}"
     url = storage or f"sqlite:///{out.resolve() / name}.db"
     search = prepare_lrf_study(problem, study_name=name, storage=url, seed=seed,
-                               progress=show_progress_bar, **objective_kwargs)
+                               progress=show_progress_bar, memory=memory, quantize=quantize,
+                               **objective_kwargs)
     search.optimize(n_trials, show_progress_bar=show_progress_bar)
     answer = finetune_within(search.study, max_drop, config=config, strategy=strategy,
                              max_probes=max_probes, confidence=confidence, escalate=escalate,
@@ -112,8 +123,17 @@ def compress_detailed(
     keras_path, tflite_path = export_trial(search.study, answer.chosen.number, out,
                                            problem=search.problem,
                                            recipe=answer.job.recipe if answer.job else None)
+    quantized = None
+    if quantize != "none":
+        from lrf_optuna.export import quantized_file
+
+        model_ = load_model(keras_path)
+        quantized = quantized_file(model_, tflite_path.with_name(
+            f"{tflite_path.stem}_{quantize}.tflite"), quantize, search.problem.splits,
+            int8_io=int8_io)
     logger.info("compressed model: %s and %s", keras_path, tflite_path)
-    return Compressed(load_model(keras_path), keras_path, tflite_path, answer, search.study)
+    return Compressed(load_model(keras_path), keras_path, tflite_path, answer, search.study,
+                      quantized)
 
 
 def compress(
@@ -136,6 +156,9 @@ def compress(
     val_fraction: float | None = None,
     cache_dir: str | os.PathLike[str] = ".lrf_cache",
     show_progress_bar: bool = True,
+    quantize: str = "none",
+    int8_io: bool = False,
+    memory: str = "params",
     **objective_kwargs: Any,
 ) -> keras.Model:
     """The smallest compressed model within ``max_drop`` pp of the fair reference.
@@ -173,6 +196,13 @@ def compress(
             trained on these images: train it on ``prepare_splits(data).x_train``.
         cache_dir: Similarity cache directory.
         show_progress_bar: Progress bars.
+        quantize: Also write the chosen model quantized (``"dynamic"``, ``"float16"``,
+            ``"int8"``: full integer, calibrated on training images) as
+            ``<study>_trial<N>_<mode>.tflite`` beside the float32 file; with
+            ``memory="bytes"`` it is also the precision the search counts bytes at.
+        int8_io: With ``"int8"``: int8 input and output tensors.
+        memory: The search's memory objective: ``"params"`` or ``"bytes"`` (the weights'
+            bytes in the file at ``quantize``'s precision).
         **objective_kwargs: More :class:`~lrf_optuna.search.LRFObjective` arguments
             (``methods``, ``layers`` ...).
 
@@ -187,4 +217,5 @@ def compress(
         n_trials=n_trials, config=config, max_probes=max_probes, strategy=strategy,
         confidence=confidence, escalate=escalate, escalate_probes=escalate_probes, seed=seed,
         calibration_size=calibration_size, val_fraction=val_fraction, cache_dir=cache_dir,
-        show_progress_bar=show_progress_bar, **objective_kwargs).model
+        show_progress_bar=show_progress_bar, quantize=quantize, int8_io=int8_io,
+        memory=memory, **objective_kwargs).model

@@ -5,6 +5,11 @@ Conventions (the same for original and rewritten models):
 * **params**: every weight, trainable or not (BatchNorm statistics included), as
   ``model.count_params()`` counts them.
 * **bytes**: the weights' storage at their dtype (``params x itemsize`` per variable).
+* **deployed bytes** (:func:`deployed_bytes`, :func:`layer_deployed_bytes`): the bytes a
+  layer's weights take in a ``.tflite`` file at an export precision (:data:`PRECISIONS`,
+  named like the ``quantize`` modes of :mod:`lrf_optuna.deploy.convert`); see
+  :func:`kernel_bytes` for the layout, and ``tests/test_deploy_bytes.py`` for the margin
+  against real files.
 * **MACs**: multiply-accumulates of one forward pass of one sample through the linear
   layers LRF acts on (Dense, convolutions of every kind and the :class:`FactorizedLayer`
   replacements). Bias additions, activations, normalisation, pooling and merges are not
@@ -23,7 +28,7 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Sequence
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,8 +40,10 @@ from lrf_optuna.decompose._base import _graph_shapes, _layer_kind
 from lrf_optuna.decompose.fc_tensor_train import tt_macs_per_position
 from lrf_optuna.decompose.layers import Stage, conv_output_length, stage_output_shape
 
-__all__ = ["LayerCost", "ModelCost", "conv_output_length", "factorized_macs", "layer_costs",
-           "model_costs", "stage_macs"]
+__all__ = ["PRECISIONS", "DeployedKernel", "LayerCost", "ModelCost", "PlanBytes",
+           "conv_output_length",
+           "deployed_bytes", "deployed_kernels", "factorized_macs", "kernel_bytes",
+           "layer_costs", "layer_deployed_bytes", "model_costs", "stage_macs"]
 
 
 @dataclass(frozen=True)
@@ -185,3 +192,280 @@ def model_costs(model: keras.Model) -> ModelCost:
     nodes = graph_nodes(model)
     return ModelCost(tuple(layer_costs(layer, path, nodes=nodes)
                            for path, layer in iter_layers(model)))
+
+
+# -- deployed bytes ----------------------------------------------------------------------
+
+#: Export precisions of :func:`deployed_bytes`: the ``quantize`` modes of
+#: :mod:`lrf_optuna.deploy.convert` (``"none"`` is float32).
+PRECISIONS = ("none", "dynamic", "float16", "int8")
+#: The converter's dynamic-range quantization leaves weight tensors smaller than this
+#: (number of values) in float32.
+DYNAMIC_MIN_ELEMENTS = 1024
+#: Bytes of one quantization channel in the file: a float32 scale and an int64 zero point.
+QUANT_CHANNEL_BYTES = 12
+
+
+@dataclass(frozen=True)
+class DeployedKernel:
+    """One weight tensor as the converter writes it: ``values`` numbers over
+    ``channels`` output channels (its quantization axis), of an op ``kind`` (``"conv"``
+    for CONV_2D / DEPTHWISE_CONV_2D / TRANSPOSE_CONV, ``"dense"`` for FULLY_CONNECTED
+    and a TT core's matrix product), with a bias of ``channels`` values or not."""
+
+    values: int
+    channels: int
+    kind: str
+    bias: bool
+
+
+def kernel_bytes(kernel: DeployedKernel, precision: str) -> int:
+    """Bytes of a weight tensor and its bias in a ``.tflite`` file at ``precision``.
+
+    * ``none``: float32 weights and bias;
+    * ``float16``: float16 weights and bias;
+    * ``dynamic``: weights of at least :data:`DYNAMIC_MIN_ELEMENTS` values int8 with a
+      float32 scale and an int64 zero point per output channel, smaller ones float32;
+      float32 bias;
+    * ``int8``: int8 weights, per output channel a scale and a zero point; an int32 bias
+      with its own per-channel scale and zero point. The converter gives every int8
+      CONV_2D / DEPTHWISE_CONV_2D a bias (zeros when the layer had none); a
+      FULLY_CONNECTED without bias stays without.
+
+    Example:
+        >>> kernel_bytes(DeployedKernel(288, 32, "conv", True), "int8")  # 288 + 12*32 + 16*32
+        1184
+    """
+    n, c = kernel.values, kernel.channels
+    bias = kernel.bias
+    if precision == "none":
+        return 4 * (n + (c if bias else 0))
+    if precision == "float16":
+        return 2 * (n + (c if bias else 0))
+    if precision == "dynamic":
+        weights = n + QUANT_CHANNEL_BYTES * c if n >= DYNAMIC_MIN_ELEMENTS else 4 * n
+        return weights + (4 * c if bias else 0)
+    if precision == "int8":
+        with_bias = bias or kernel.kind == "conv"
+        return n + QUANT_CHANNEL_BYTES * c + ((4 + QUANT_CHANNEL_BYTES) * c
+                                              if with_bias else 0)
+    raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+
+
+def _stage_kernels(stage: Stage) -> list[DeployedKernel]:
+    op = stage["op"]
+    if op == "tt":
+        m, n, r = stage["in_modes"], stage["out_modes"], stage["ranks"]
+        return [DeployedKernel(int(r[k]) * int(m[k]) * int(n[k]) * int(r[k + 1]),
+                               int(n[k]) * int(r[k + 1]), "dense", False)
+                for k in range(len(m))]
+    if op in ("subsample", "group_sum"):
+        return []
+    shape = [int(d) for d in stage["kernel_shape"]]
+    values = math.prod(shape)
+    if op == "dense":
+        return [DeployedKernel(values, shape[-1], "dense", False)]
+    if op == "depthwise":
+        return [DeployedKernel(values, shape[-2] * shape[-1], "conv", False)]
+    if op == "conv_transpose":
+        return [DeployedKernel(values, shape[-2], "conv", False)]
+    return [DeployedKernel(values, shape[-1], "conv", False)]
+
+
+def _with_bias(kernels: list[DeployedKernel]) -> list[DeployedKernel]:
+    if not kernels:
+        return kernels
+    last = kernels[-1]
+    return [*kernels[:-1], DeployedKernel(last.values, last.channels, last.kind, True)]
+
+
+def deployed_kernels(layer: keras.layers.Layer, *, bias: bool | None = None
+                     ) -> list[DeployedKernel]:
+    """The weight tensors of a layer in a converted file (empty for a layer without
+    weights, and for a BatchNormalization, which the converter folds into the
+    convolution or Dense before it: see :func:`layer_deployed_bytes`).
+
+    ``bias`` overrides whether the last tensor has a bias (a folded BatchNormalization
+    gives its producer one).
+    """
+    kernels: list[DeployedKernel]
+    has_bias = bool(getattr(layer, "use_bias", False))
+    if isinstance(layer, FactorizedLayer):
+        kernels = [k for stage in layer.stages for k in _stage_kernels(stage)]
+        has_bias = layer.bias is not None
+    elif isinstance(layer, keras.layers.BatchNormalization) or not layer.weights:
+        return []
+    else:
+        try:
+            kind = _layer_kind(layer)
+        except UnsupportedLayerError:
+            # any other layer with weights: its weights as float tensors, no channels
+            return [DeployedKernel(int(np.prod(w.shape)), 0, "other", False)
+                    for w in layer.weights]
+        shape = [int(d) for d in layer.weights[0].shape]
+        values = math.prod(shape)
+        if kind == "separable":
+            point = [int(d) for d in layer.weights[1].shape]
+            kernels = [DeployedKernel(values, shape[-2] * shape[-1], "conv", False),
+                       DeployedKernel(math.prod(point), point[-1], "conv", False)]
+        else:
+            channels = {"depthwise": shape[-2] * shape[-1],
+                        "conv_transpose": shape[-2]}.get(kind, shape[-1])
+            kernels = [DeployedKernel(values, channels,
+                                      "dense" if kind == "dense" else "conv", False)]
+    if bias if bias is not None else has_bias:
+        kernels = _with_bias(kernels)
+    return kernels
+
+
+def _producer(layer: keras.layers.Layer) -> Any:
+    try:
+        node = layer._inbound_nodes[0]
+        tensors = node.arguments.keras_tensors
+    except (AttributeError, IndexError):
+        return None
+    if len(tensors) != 1:
+        return None
+    history = getattr(tensors[0], "_keras_history", None)
+    return getattr(history, "operation", None) if history is not None else None
+
+
+def _folds(bn: keras.layers.Layer) -> Any:
+    """The layer a BatchNormalization folds into (a conv, Dense or factorized layer it
+    directly follows), else None."""
+    producer = _producer(bn)
+    if producer is None or len(getattr(producer, "_outbound_nodes", [])) != 1:
+        return None
+    if isinstance(producer, FactorizedLayer):
+        return producer
+    try:
+        _layer_kind(producer)
+    except UnsupportedLayerError:
+        return None
+    return producer
+
+
+def layer_deployed_bytes(model: keras.Model, precision: str = "int8") -> dict[str, int]:
+    """Deployed bytes of each leaf layer with weights at ``precision``
+    (:func:`kernel_bytes` over :func:`deployed_kernels`), by layer path.
+
+    A BatchNormalization directly after a convolution, Dense or factorized layer (its
+    only consumer) is folded by the converter: it costs nothing itself and gives that
+    layer a bias when it had none. Any other BatchNormalization stays a MUL and an ADD
+    with two per-channel vectors at the float precision (int8: int8 vectors, one
+    scale each).
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((8, 8, 3)),
+        ...     keras.layers.Conv2D(4, 3, use_bias=False, name="c"),
+        ...     keras.layers.BatchNormalization(name="bn")])
+        >>> layer_deployed_bytes(m, "none")
+        {'c': 448, 'bn': 0}
+    """
+    from lrf_optuna.rewrite import iter_layers
+
+    _check_precision(precision)
+    layers = list(iter_layers(model))
+    folded, standalone = _batch_norms(layers)
+    out: dict[str, int] = {}
+    for path, layer in layers:
+        if not layer.weights:
+            continue
+        if id(layer) in standalone:
+            c = int(layer.weights[0].shape[-1]) if layer.weights else 0
+            item = {"none": 4, "dynamic": 4, "float16": 2, "int8": 1}[precision]
+            out[path] = 2 * c * item + (2 * QUANT_CHANNEL_BYTES if precision == "int8" else 0)
+            continue
+        kernels = deployed_kernels(layer, bias=True if id(layer) in folded else None)
+        out[path] = sum(kernel_bytes(k, precision) for k in kernels)
+    return out
+
+
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
+
+
+def _batch_norms(layers: Sequence[tuple[str, keras.layers.Layer]]) -> tuple[set[int], set[int]]:
+    """Ids of the layers a BatchNormalization folds into, and of the BatchNormalizations
+    that stay on their own."""
+    folded: set[int] = set()
+    standalone: set[int] = set()
+    for _, layer in layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            target = _folds(layer)
+            if target is None:
+                standalone.add(id(layer))
+            else:
+                folded.add(id(target))
+    return folded, standalone
+
+
+class PlanBytes:
+    """Deployed bytes (:func:`deployed_bytes`) of a model's LRF plans at one precision,
+    from shapes alone: the search's ``memory="bytes"`` objective.
+
+    A candidate ``(method, rank)`` of a layer costs its replacement's stages
+    (:meth:`lrf_optuna.decompose.LRFMethod.stages`) as :func:`kernel_bytes` counts them,
+    with the bias the layer deploys with (its own, or a folded BatchNormalization's); a
+    plan costs the original model's bytes minus what its layers save. Equal to
+    :func:`deployed_bytes` of the built model.
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((64,)), keras.layers.Dense(64, name="fc")])
+        >>> pb = PlanBytes(m, "int8")
+        >>> pb.original, pb.of_plan({"fc": ("svd", 8)})
+        (5888, 2912)
+    """
+
+    def __init__(self, model: keras.Model, precision: str = "int8") -> None:
+        from lrf_optuna.rewrite import find_layers, iter_layers
+
+        _check_precision(precision)
+        self.precision = precision
+        self.layers = layer_deployed_bytes(model, precision)
+        self.original = sum(self.layers.values())
+        folded, _ = _batch_norms(list(iter_layers(model)))
+        self._entries = find_layers(model)
+        self._bias = {path: bool(getattr(e.layer, "use_bias", False)) or id(e.layer) in folded
+                      for path, e in self._entries.items()}
+        self._memo: dict[tuple[str, str, int], int] = {}
+
+    def candidate(self, path: str, method: str, rank: int) -> int:
+        """Deployed bytes of layer ``path`` replaced by ``method`` at ``rank``."""
+        from lrf_optuna.decompose import get_method
+
+        key = (path, method, int(rank))
+        if key not in self._memo:
+            info = self._entries[path].info
+            assert info is not None
+            kernels = [k for stage in get_method(method).stages(info, int(rank))
+                       for k in _stage_kernels(stage)]
+            if self._bias[path]:
+                kernels = _with_bias(kernels)
+            self._memo[key] = sum(kernel_bytes(k, self.precision) for k in kernels)
+        return self._memo[key]
+
+    def of_plan(self, plan: Mapping[str, tuple[str, int]]) -> int:
+        """Deployed bytes of the model with ``plan`` (``{layer: (method, rank)}``)."""
+        return self.original + sum(self.candidate(p, m, r) - self.layers.get(p, 0)
+                                   for p, (m, r) in plan.items())
+
+
+def deployed_bytes(model: keras.Model, precision: str = "int8") -> int:
+    """Bytes of the model's weights in a ``.tflite`` file at ``precision`` (one of
+    :data:`PRECISIONS`): the sum of :func:`layer_deployed_bytes`.
+
+    It leaves out what a file holds besides weights (shape constants of RESHAPE /
+    TRANSPOSE, the flatbuffer's tables, per-tensor quantization of activations): compare
+    it with :meth:`lrf_optuna.deploy.TFLiteFile.weight_bytes`.
+
+    Example:
+        >>> import keras
+        >>> m = keras.Sequential([keras.Input((16,)), keras.layers.Dense(10)])
+        >>> deployed_bytes(m, "none"), deployed_bytes(m, "int8")
+        (680, 440)
+    """
+    return sum(layer_deployed_bytes(model, precision).values())

@@ -1,4 +1,5 @@
-"""Deployable files of compressed models: ``.keras``, float32 ``.tflite``, CPU latency.
+"""Deployable files of compressed models: ``.keras``, ``.tflite`` (float32 or quantized),
+CPU latency.
 
 * :func:`save_keras` writes a ``.keras`` file **without optimizer state** (a compiled,
   fine-tuned model would otherwise carry Adam's two moment tensors per weight, tripling the
@@ -6,17 +7,21 @@
   :func:`load_model` (or ``keras.saving.load_model(path)`` after
   ``import lrf_optuna.decompose``, which registers
   :class:`~lrf_optuna.decompose.FactorizedLayer`).
-* :func:`to_tflite` converts with ``tf.lite.TFLiteConverter.from_keras_model``; when that
-  raises, or when its output does not match Keras on a random batch, it converts through a
-  SavedModel (``model.export(..., format="tf_saved_model")`` then ``from_saved_model``).
-  float32, builtin ops only, no quantization, no optimization flags: the factors stay as
-  they are, so TFLite computes exactly the factorized graph (a ``FactorizedLayer`` becomes
-  a chain of CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / BATCH_MATMUL + RESHAPE +
-  TRANSPOSE ops). (``from_concrete_functions`` on a traced ``model.__call__`` is *not*
-  used: in TF 2.21 it silently produced NaN outputs for factorized models.)
+* :func:`to_tflite` converts a frozen batch-1 concrete function
+  (:mod:`lrf_optuna.deploy.convert`): a static graph, builtin ops only, float32 by default
+  (no optimization flags: the factors stay as they are, so TFLite computes exactly the
+  factorized graph, a ``FactorizedLayer`` becoming a chain of CONV_2D / DEPTHWISE_CONV_2D
+  / FULLY_CONNECTED + RESHAPE / TRANSPOSE ops), or quantized (``quantize="dynamic"``,
+  ``"float16"``, ``"int8"``). A float32 model that does not convert that way falls back
+  to ``TFLiteConverter.from_keras_model`` and a SavedModel round trip (dynamic batch
+  size). (Converting a concrete function *with its model* through the converter's
+  default SavedModel lowering keeps resource variables the file never initialises: that
+  produced the NaN outputs older versions saw; the freezing path has no such problem.)
+  :func:`quantized_file` writes a quantized file, calibrated on training images.
 * :func:`keras_latency_ms` times ``model(x, training=False)`` inside a ``tf.function``
   (traced once on a fixed ``(1, *input_shape)`` input, so no retracing and no Python
-  layer overhead is timed), :func:`tflite_latency_ms` times ``Interpreter.invoke()``;
+  layer overhead is timed), :func:`tflite_latency_ms` times LiteRT's ``invoke()``
+  (:mod:`lrf_optuna.deploy.runtime`);
   both at batch size 1, on random input, median of ``repeats`` runs after ``warmup`` runs,
   in milliseconds.
 * :func:`measure_model` measures a model the way the report compares models: test
@@ -42,9 +47,7 @@ import io
 import logging
 import os
 import re
-import statistics
 import tempfile
-import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,7 +74,7 @@ if TYPE_CHECKING:
     from lrf_optuna.problem import Problem
 
 __all__ = ["ExportError", "MeasuredFiles", "download_job_files", "export_trial",
-           "keras_latency_ms", "load_model", "measure_model", "save_keras",
+           "keras_latency_ms", "load_model", "measure_model", "quantized_file", "save_keras",
            "search_trial", "tflite_latency_ms", "tflite_predict", "to_tflite",
            "upload_model_files"]
 
@@ -84,15 +87,6 @@ TFLITE_CHECK_RTOL = 1e-3
 
 class ExportError(RuntimeError):
     """A model cannot be converted to a working TFLite model."""
-
-
-def _quiet_interpreter(path: str | os.PathLike[str], num_threads: int | None = None) -> Any:
-    import tensorflow as tf
-
-    with warnings.catch_warnings():
-        # "tf.lite.Interpreter is deprecated ... use ai_edge_litert" (not installed here)
-        warnings.simplefilter("ignore", UserWarning)
-        return tf.lite.Interpreter(model_path=str(path), num_threads=num_threads)
 
 
 def save_keras(model: keras.Model, path: str | os.PathLike[str]) -> Path:
@@ -133,11 +127,9 @@ def load_model(path: str | os.PathLike[str]) -> keras.Model:
 
 
 def _input_shape(model: keras.Model) -> tuple[int, ...]:
-    shape = tuple(model.inputs[0].shape[1:])
-    if any(d is None for d in shape):
-        raise ValueError(f"model {model.name!r} has a dynamic input shape {shape}; pass "
-                         "input_shape explicitly")
-    return tuple(int(d) for d in shape)
+    from lrf_optuna.deploy.convert import model_input_shape
+
+    return model_input_shape(model, hint="pass input_shape explicitly")
 
 
 def _check_conversion(model: keras.Model, path: Path) -> float:
@@ -151,22 +143,10 @@ def _check_conversion(model: keras.Model, path: Path) -> float:
     return float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1.0))
 
 
-def to_tflite(model: keras.Model, path: str | os.PathLike[str], *, check: bool = True
-              ) -> Path:
-    """Convert a Keras model (with or without FactorizedLayers) to a float32 ``.tflite``.
-
-    Tries ``TFLiteConverter.from_keras_model`` first, then a SavedModel round trip (see
-    the module docstring). No quantization. With ``check`` (default), the converted model
-    must reproduce Keras' outputs on a random batch (relative error <= 1e-3), else the next
-    route is tried and :class:`ExportError` is raised when none works.
-
-    Returns:
-        ``path`` (parent directories are created).
-    """
+def _convert_dynamic(model: keras.Model, errors: list[str]) -> bytes | None:
+    """The float32 routes of older lrf_optuna (dynamic batch size): ``from_keras_model``,
+    then a SavedModel round trip; ``None`` when both fail (reasons in ``errors``)."""
     import tensorflow as tf
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
 
     def from_keras() -> bytes:
         return bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
@@ -178,74 +158,140 @@ def to_tflite(model: keras.Model, path: str | os.PathLike[str], *, check: bool =
             conv = tf.lite.TFLiteConverter.from_saved_model(os.path.join(tmp, "saved_model"))
             return bytes(conv.convert())
 
-    errors = []
     for name, route in (("from_keras_model", from_keras), ("saved_model", from_saved_model)):
-        tf_logger = logging.getLogger("tensorflow")
-        level = tf_logger.level
         try:
-            # the converter prints the traced signature on stdout and "Assets written to"
-            # on TensorFlow's logger; keep the terminal clean
-            tf_logger.setLevel(max(level, logging.WARNING))
-            with contextlib.redirect_stdout(io.StringIO()):
-                data = route()
+            with _quiet_converter():
+                return route()
         except Exception as err:  # converter errors come in many types
             errors.append(f"{name}: {type(err).__name__}: {str(err)[:300]}")
             logger.debug("TFLite conversion via %s failed", name, exc_info=True)
-            continue
-        finally:
-            tf_logger.setLevel(level)
+    return None
+
+
+@contextlib.contextmanager
+def _quiet_converter() -> Any:
+    # the converter prints the traced signature on stdout and "Assets written to" on
+    # TensorFlow's logger; keep the terminal clean
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    try:
+        tf_logger.setLevel(max(level, logging.WARNING))
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tf_logger.setLevel(level)
+
+
+def to_tflite(model: keras.Model, path: str | os.PathLike[str], *, check: bool = True,
+              quantize: str = "none", representative: np.ndarray | None = None,
+              int8_io: bool = False) -> Path:
+    """Convert a Keras model (with or without FactorizedLayers) to a static batch-1
+    ``.tflite`` file, float32 or quantized.
+
+    The file comes from a frozen batch-1 concrete function
+    (:func:`lrf_optuna.deploy.convert.convert`): no shape-handling ops, builtin ops
+    only. With ``quantize="none"`` and ``check`` (default), it must reproduce Keras'
+    outputs on a random batch (relative error <= :data:`TFLITE_CHECK_RTOL`); when that
+    route fails, the older dynamic-batch routes (``from_keras_model``, then a
+    SavedModel round trip) are tried, with a warning. A quantized file is checked to
+    run and give finite outputs of the right shape (its accuracy is the caller's to
+    judge on real data), and an ``int8`` file to compute in integers only
+    (:meth:`lrf_optuna.deploy.TFLiteFile.float_ops`).
+
+    Args:
+        model: The model.
+        path: Where the file goes (parent directories are created).
+        check: Check the file as described.
+        quantize: ``"none"``, ``"dynamic"``, ``"float16"`` or ``"int8"``
+            (:data:`lrf_optuna.deploy.QUANTIZE_MODES`).
+        representative: Training images for ``"int8"``
+            (:func:`lrf_optuna.deploy.representative_images`).
+        int8_io: With ``"int8"``, int8 input and output tensors.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ExportError: no route gives a working file.
+        UserError: bad ``quantize`` / ``representative`` / ``int8_io``.
+    """
+    from lrf_optuna.deploy.convert import check_quantize, convert
+
+    mode = check_quantize(quantize)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    errors: list[str] = []
+    try:
+        with _quiet_converter():
+            data: bytes | None = convert(model, quantize=mode, representative=representative,
+                                         int8_io=int8_io)
+    except UserError:
+        raise
+    except Exception as err:  # converter errors come in many types
+        errors.append(f"batch-1 concrete function: {type(err).__name__}: {str(err)[:300]}")
+        logger.debug("batch-1 TFLite conversion failed", exc_info=True)
+        data = None
+    if data is not None:
         path.write_bytes(data)
-        if not check:
+        problem = _check_file(model, path, mode) if check else None
+        if problem is None:
             return path
-        err_rel = _check_conversion(model, path)
-        if err_rel <= TFLITE_CHECK_RTOL:
-            logger.debug("converted %s to %s via %s (rel. error %.2g)", model.name, path,
-                         name, err_rel)
-            return path
-        errors.append(f"{name}: outputs differ from Keras (relative error {err_rel:.3g})")
+        errors.append(f"batch-1 concrete function: {problem}")
+    if mode == "none":
+        data = _convert_dynamic(model, errors)
+        if data is not None:
+            path.write_bytes(data)
+            problem = _check_file(model, path, mode) if check else None
+            if problem is None:
+                warnings.warn(f"model {model.name!r}: the static batch-1 conversion failed "
+                              f"({errors[0]}); wrote a dynamic-batch file instead",
+                              stacklevel=2)
+                return path
+            errors.append(f"dynamic batch: {problem}")
     with contextlib.suppress(FileNotFoundError):
         path.unlink()
-    raise ExportError(f"cannot convert model {model.name!r} to TFLite: " + "; ".join(errors))
+    raise ExportError(f"cannot convert model {model.name!r} to TFLite ({mode}): "
+                      + "; ".join(errors))
+
+
+def _check_file(model: keras.Model, path: Path, mode: str) -> str | None:
+    """What is wrong with a converted file, or None."""
+    from lrf_optuna.deploy.tflite_file import read_tflite
+
+    if mode == "none":
+        err_rel = _check_conversion(model, path)
+        return (None if err_rel <= TFLITE_CHECK_RTOL
+                else f"outputs differ from Keras (relative error {err_rel:.3g})")
+    if mode == "int8":
+        floats = read_tflite(path).float_ops()
+        if floats:
+            return f"ops computing in float in an int8 file: {', '.join(floats[:10])}"
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, *_input_shape(model))).astype("float32")
+    got = tflite_predict(path, x)
+    want_shape = tuple(np.asarray(model(x[:1], training=False)).shape[1:])
+    if got.shape[1:] != want_shape or not np.all(np.isfinite(got)):
+        return f"outputs of shape {got.shape[1:]} (want {want_shape}) or not finite"
+    return None
 
 
 def tflite_predict(path: str | os.PathLike[str], x: np.ndarray, *, batch_size: int = 256,
                    num_threads: int | None = None) -> np.ndarray:
-    """Run a ``.tflite`` model (one input, one output) on ``x``, in batches.
+    """Run a ``.tflite`` model (one input, one output) on ``x`` with LiteRT, as float32.
 
-    The input tensor is resized to each batch, so any batch size works for a model
-    converted with a dynamic batch dimension.
+    A file with a dynamic batch dimension is resized to batches of ``batch_size``; a
+    static batch-1 file is invoked once per image; integer inputs and outputs are
+    quantized and dequantized (:func:`lrf_optuna.deploy.predict`).
     """
-    interp = _quiet_interpreter(path, num_threads)
-    inp = interp.get_input_details()[0]
-    out_index = interp.get_output_details()[0]["index"]
-    x = np.asarray(x, dtype=inp["dtype"])
-    outs = []
-    current: tuple[int, ...] | None = None
-    for start in range(0, len(x), batch_size):
-        chunk = x[start:start + batch_size]
-        if current != chunk.shape:
-            interp.resize_tensor_input(inp["index"], chunk.shape, strict=False)
-            interp.allocate_tensors()
-            current = chunk.shape
-        interp.set_tensor(inp["index"], chunk)
-        interp.invoke()
-        outs.append(np.array(interp.get_tensor(out_index)))
-    if not outs:
-        raise ValueError("cannot predict on an empty batch")
-    return np.concatenate(outs)
+    from lrf_optuna.deploy.runtime import predict
+
+    return predict(path, x, batch_size=batch_size, num_threads=num_threads)
 
 
 def _median_ms(run: Any, repeats: int, warmup: int) -> float:
-    if repeats < 1 or warmup < 0:
-        raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats}, {warmup}")
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - t0)
-    return 1000.0 * statistics.median(times)
+    from lrf_optuna.deploy.runtime import median_ms
+
+    return median_ms(run, repeats, warmup)
 
 
 def keras_latency_ms(model: keras.Model, input_shape: Sequence[int] | None = None,
@@ -272,18 +318,15 @@ def keras_latency_ms(model: keras.Model, input_shape: Sequence[int] | None = Non
 
 def tflite_latency_ms(path: str | os.PathLike[str], repeats: int = 50, warmup: int = 5, *,
                       num_threads: int | None = None) -> float:
-    """Median CPU latency (ms) of one ``Interpreter.invoke()`` at batch size 1.
+    """Median CPU latency (ms) of one ``invoke()`` at batch size 1, in LiteRT (the
+    fallback ``tf.lite.Interpreter`` only where ``ai_edge_litert`` cannot be imported;
+    :func:`lrf_optuna.deploy.latency` also says which ran).
 
     ``num_threads=None`` keeps the interpreter's default (XNNPACK decides).
     """
-    interp = _quiet_interpreter(path, num_threads)
-    inp = interp.get_input_details()[0]
-    shape = (1, *(int(d) for d in inp["shape"][1:]))
-    interp.resize_tensor_input(inp["index"], shape, strict=False)
-    interp.allocate_tensors()
-    x = np.random.default_rng(0).standard_normal(shape).astype(inp["dtype"])
-    interp.set_tensor(inp["index"], x)
-    return _median_ms(interp.invoke, repeats, warmup)
+    from lrf_optuna.deploy.runtime import latency
+
+    return latency(path, repeats, warmup, num_threads=num_threads).ms
 
 
 # -- measuring ---------------------------------------------------------------------------
@@ -300,22 +343,24 @@ class MeasuredFiles:
 def measure_model(model: keras.Model, splits: Splits, out_dir: str | os.PathLike[str],
                   stem: str, *, latency_repeats: int = 50, latency_warmup: int = 5,
                   tflite_threads: int | None = None) -> MeasuredFiles:
-    """Test accuracy, params, FLOPs, file sizes and latencies of ``model``; writes
-    ``<out_dir>/<stem>.keras`` and ``.tflite``."""
+    """Test accuracy, params, FLOPs, file sizes and latencies of ``model`` (the TFLite
+    latency with the runtime that ran it, ``Measured.tflite_runtime``); writes
+    ``<out_dir>/<stem>.keras`` and the float32 ``.tflite``."""
     from lrf_optuna.costs import model_costs
+    from lrf_optuna.deploy.runtime import latency
     from lrf_optuna.models.training import evaluate
 
     costs = model_costs(model)
     keras_path = save_keras(model, Path(out_dir) / f"{stem}.keras")
     tflite_path = to_tflite(model, Path(out_dir) / f"{stem}.tflite")
+    lite = latency(tflite_path, latency_repeats, latency_warmup, num_threads=tflite_threads)
     measured = Measured(
         params=int(costs.params), flops=int(costs.flops),
         test_acc=evaluate(model, splits.x_test, splits.y_test),
         keras_bytes=keras_path.stat().st_size, tflite_bytes=tflite_path.stat().st_size,
         latency_ms_keras=round(keras_latency_ms(model, None, latency_repeats,
                                                 latency_warmup), 4),
-        latency_ms_tflite=round(tflite_latency_ms(tflite_path, latency_repeats, latency_warmup,
-                                                  num_threads=tflite_threads), 4))
+        latency_ms_tflite=lite.ms, tflite_runtime=lite.runtime)
     return MeasuredFiles(measured, keras_path, tflite_path)
 
 
@@ -390,9 +435,12 @@ def download_job_files(study: optuna.Study, job: optuna.trial.FrozenTrial, keras
 def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathLike[str], *,
                  artifact_dir: str | os.PathLike[str] | None = None,
                  problem: Problem | None = None,
-                 recipe: str | None = None) -> tuple[Path, Path]:
+                 recipe: str | None = None, quantize: str = "none",
+                 int8_io: bool = False,
+                 representative: int | None = None) -> tuple[Path, Path]:
     """Write ``<study>_trial<N>.keras`` and ``.tflite`` for search trial ``N`` into
-    ``out_dir``.
+    ``out_dir`` (and, with ``quantize``, the quantized ``<study>_trial<N>_<mode>.tflite``
+    beside them).
 
     If the study's fine-tuning study (``"<study>:finetune"``, see
     :mod:`lrf_optuna.finetune`) has a COMPLETE job for this trial (of ``recipe``, a
@@ -403,26 +451,46 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
     and exported **without fine-tuning**, with a warning. Load the ``.keras`` file with
     :func:`load_model`.
 
+    Args:
+        study: The search study.
+        trial_number: The search trial.
+        out_dir: Output directory.
+        artifact_dir: The fine-tuning jobs' artifact store (default: the one the storage
+            implies).
+        problem: The study's problem, if already loaded.
+        recipe: Take the job of this recipe.
+        quantize: Also write a quantized file (:data:`lrf_optuna.deploy.QUANTIZE_MODES`;
+            ``"int8"`` calibrates on training images of the study's problem).
+        int8_io: With ``"int8"``: int8 input and output tensors.
+        representative: How many training images calibrate ``"int8"`` (default
+            :data:`lrf_optuna.deploy.DEFAULT_REPRESENTATIVE`).
+
     Returns:
-        ``(keras_path, tflite_path)``.
+        ``(keras_path, tflite_path)``; ``tflite_path`` is the quantized file when
+        ``quantize`` is not ``"none"``.
 
     Raises:
-        UserError: no such COMPLETE search trial.
+        UserError: no such COMPLETE search trial, or bad quantization arguments.
     """
+    from lrf_optuna.deploy.convert import check_quantize
     from lrf_optuna.search import StudyModels
 
+    mode = check_quantize(quantize)
+    if int8_io and mode != "int8":
+        raise UserError("int8 inputs and outputs (--int8-io) need --quantize int8")
     trial = get_search_trial(study, trial_number)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{safe_name(study.study_name)}_trial{trial_number}"
     keras_path, tflite_path = out / f"{stem}.keras", out / f"{stem}.tflite"
+    models = StudyModels(study, problem=problem)
     job = finetuned_job(study, trial_number, recipe=recipe)
+    model = None
     if job is not None:
         try:
             download_job_files(study, job, keras_path, tflite_path, artifact_dir=artifact_dir)
             logger.info("exported fine-tuned trial %d (job %d of %r) to %s", trial_number,
                         job.number, finetune_study_name(study), out)
-            return keras_path, tflite_path
         except FileNotFoundError as err:
             recorded = recorded_artifact_dir(study)
             hint = (f" (the fine-tuning study says it used {recorded}: pass it as "
@@ -431,14 +499,37 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
             warnings.warn(f"the fine-tuned files of trial {trial_number} are not in the "
                           f"artifact store ({err}){hint}; exporting the compressed model "
                           "WITHOUT fine-tuning", stacklevel=2)
+            job = None
+        else:
+            if mode == "none":
+                return keras_path, tflite_path
+            model = load_model(keras_path)
     else:
         warnings.warn(f"trial {trial_number} of study {study.study_name!r} has not been "
                       "fine-tuned (run `lrf-optuna finetune`); exporting the compressed "
                       "model WITHOUT fine-tuning", stacklevel=2)
-    model = StudyModels(study, problem=problem).build(trial)
-    save_keras(model, keras_path)
-    to_tflite(model, tflite_path)
-    return keras_path, tflite_path
+    if model is None:
+        model = models.build(trial)
+        save_keras(model, keras_path)
+        to_tflite(model, tflite_path)
+    if mode == "none":
+        return keras_path, tflite_path
+    return keras_path, quantized_file(model, out / f"{stem}_{mode}.tflite", mode,
+                                      models.problem.splits, int8_io=int8_io,
+                                      representative=representative)
+
+
+def quantized_file(model: keras.Model, path: str | os.PathLike[str], quantize: str,
+                   splits: Splits, *, int8_io: bool = False,
+                   representative: int | None = None) -> Path:
+    """Write ``model`` quantized as ``quantize`` to ``path``; ``"int8"`` calibrates on
+    ``representative`` training images of ``splits`` (default
+    :data:`lrf_optuna.deploy.DEFAULT_REPRESENTATIVE`)."""
+    from lrf_optuna.deploy.convert import DEFAULT_REPRESENTATIVE, representative_images
+
+    images = (representative_images(splits, representative or DEFAULT_REPRESENTATIVE)
+              if quantize == "int8" else None)
+    return to_tflite(model, path, quantize=quantize, representative=images, int8_io=int8_io)
 
 
 #: Deprecated name of :func:`lrf_optuna.study.records.get_search_trial`.

@@ -11,14 +11,16 @@ parameter outside the shared search space at random):
   "about this much compression" whatever the method, and crossover between trials with
   different methods stays meaningful. It is ignored when the method is ``"keep"``.
 
-Objectives (default): model memory (``"params"``, or ``"bytes"``), ``"flops"`` (2 x MACs),
-both minimised, and the accuracy ``"proxy"`` maximised. The proxy aggregates the chosen
-candidates' feature-map similarities (a kept layer scores 1.0), see :data:`AGGREGATIONS`:
-``product`` (default), ``mean`` or ``min``. On 60 random plans of LeNet-5 and of the
-VGG-style net, cosine/product ranked plans by real (un-fine-tuned) accuracy best (mean
-Spearman 0.929; cosine/mean 0.927, CKA 0.83), see ``benchmarks/RESULTS.md``. Costs are
-whole-model numbers: the original model's total minus what the chosen layers save. A trial
-is a dictionary look-up: it never touches TensorFlow.
+Objectives (default): model memory (``"params"``, or ``"bytes"``: with ``memory="bytes"``
+the deployed bytes of the weights at the export precision ``quantize``,
+:class:`lrf_optuna.costs.PlanBytes`), ``"flops"`` (2 x MACs), both minimised, and the
+accuracy ``"proxy"`` maximised. The proxy aggregates the chosen candidates' feature-map
+similarities (a kept layer scores 1.0), see :data:`AGGREGATIONS`: ``product`` (default),
+``mean`` or ``min``. On 60 random plans of LeNet-5 and of the VGG-style net,
+cosine/product ranked plans by real (un-fine-tuned) accuracy best (mean Spearman 0.929;
+cosine/mean 0.927, CKA 0.83), see ``benchmarks/RESULTS.md``. Costs are whole-model
+numbers: the original model's total minus what the chosen layers save. A trial is a
+dictionary look-up: it never touches TensorFlow.
 
 Example:
     >>> objective = LRFObjective(model, x_cal, cache_dir=".lrf_cache")  # doctest: +SKIP
@@ -197,6 +199,48 @@ def directions_of(objectives: Sequence[str]) -> list[Direction]:
     return [_OBJECTIVES[o] for o in objectives]
 
 
+#: The ``memory=`` values: what the memory objective counts.
+MEMORY_COUNTS = ("params", "bytes")
+
+
+def memory_objectives(objectives: Sequence[str], memory: str = "params") -> list[str]:
+    """The objectives with the memory one as ``memory`` says: ``"bytes"`` puts
+    ``"bytes"`` (deployed bytes) where ``"params"`` was.
+
+    Example:
+        >>> memory_objectives(["params", "flops", "proxy"], "bytes")
+        ['bytes', 'flops', 'proxy']
+    """
+    if memory not in MEMORY_COUNTS:
+        raise UserError(f"unknown memory count {memory!r}; choose from {list(MEMORY_COUNTS)}")
+    if isinstance(objectives, str):
+        raise UserError(f"objectives must be a list of names, but got {objectives!r}")
+    if memory == "params":
+        return list(objectives)
+    return list(dict.fromkeys("bytes" if o == "params" else o for o in objectives))
+
+
+def memory_setting(objectives: Sequence[str], kwargs: Mapping[str, Any]) -> dict[str, str] | None:
+    """What a study's binding records of its memory objective: ``{"count": "bytes",
+    "quantize": mode}`` when it counts deployed bytes, else ``None`` (nothing recorded,
+    so the bindings of older studies hold).
+
+    Raises:
+        UserError: an unknown ``memory`` or ``quantize``, or deployed bytes with pruning.
+    """
+    from lrf_optuna.deploy.convert import check_quantize
+
+    memory = kwargs.get("memory", "params")
+    quantize = check_quantize(kwargs.get("quantize", "none"))
+    if "bytes" not in memory_objectives(objectives, memory):
+        return None
+    if prune_config_of(kwargs.get("prune")) is not None:
+        raise UserError("memory='bytes' (--memory bytes) is not available with pruning yet: "
+                        "the pruned layers' deployed bytes are not modelled; use "
+                        "memory='params' with prune")
+    return {"count": "bytes", "quantize": quantize}
+
+
 @dataclass(frozen=True)
 class PlanScore:
     """Whole-model costs and proxy of a plan, from the cache."""
@@ -282,6 +326,12 @@ class LRFObjective:
             ``"<group>:prune"`` per prunable group (:mod:`lrf_optuna.prune.space`) and
             builds the :class:`~lrf_optuna.prune.PruneCache` beside the similarity cache.
         pruning: An already built pruning cache (with ``prune``).
+        memory: What the memory objective counts: ``"params"`` (default) or
+            ``"bytes"``, the bytes the weights take in the ``.tflite`` file at
+            ``quantize`` (:class:`~lrf_optuna.costs.PlanBytes`; replaces ``"params"`` in
+            ``objectives``).
+        quantize: The export precision the ``"bytes"`` objective counts at
+            (:data:`lrf_optuna.deploy.QUANTIZE_MODES`; ``"none"`` is float32).
         progress: Show the cache-building progress bar.
 
     Raises:
@@ -320,9 +370,11 @@ class LRFObjective:
         cache: SimilarityCache | None = None,
         prune: PruneConfig | bool | None = None,
         pruning: PruneCache | None = None,
+        memory: str = "params",
+        quantize: str = "none",
         progress: bool = True,
     ) -> None:
-        from lrf_optuna.costs import model_costs
+        from lrf_optuna.costs import PlanBytes, model_costs
         from lrf_optuna.data import check_inputs
 
         # everything cheap first: the calibration pass comes last
@@ -332,7 +384,10 @@ class LRFObjective:
         if metric not in METRICS:
             raise UserError(f"unknown similarity metric {metric!r}; choose from "
                             f"{sorted(METRICS)}")
+        objectives = memory_objectives(objectives, memory)
         directions_of(objectives)  # raises on unknown names
+        deployed = memory_setting(objectives, {"memory": memory, "quantize": quantize,
+                                               "prune": prune})
         prune_config = prune_config_of(prune)
         if layers is None and cache is not None:
             layers = cache.layers
@@ -381,6 +436,10 @@ class LRFObjective:
         self.original_bytes = costs.bytes
         self.original_macs = costs.macs
         self._bytes_per_param = costs.bytes / max(costs.params, 1)
+        #: Deployed bytes of plans, when the memory objective counts them.
+        self.plan_bytes = PlanBytes(model, deployed["quantize"]) if deployed else None
+        if self.plan_bytes is not None:
+            self.original_bytes = self.plan_bytes.original
 
     def _prune_space(self, model: keras.Model, x: np.ndarray, config: PruneConfig,
                      pruning: PruneCache | None, progress: bool) -> PruneSpace:
@@ -439,6 +498,8 @@ class LRFObjective:
         trial.set_user_attr("params", score.params)
         trial.set_user_attr("flops", score.flops)
         trial.set_user_attr("proxy", round(score.proxy, 6))
+        if self.plan_bytes is not None:
+            trial.set_user_attr("deployed_bytes", score.bytes)
         trial.set_user_attr("compression_ratio",
                             round(self.original_params / max(score.params, 1), 4))
         trial.set_user_attr("flops_reduction",
@@ -506,8 +567,9 @@ class LRFObjective:
             params += cand.params - table.original_params
             macs += cand.macs - table.original_macs
         proxy = AGGREGATIONS[self.aggregation](list(sims.values()))
-        return PlanScore(clean, params, round(params * self._bytes_per_param), macs, proxy,
-                         sims)
+        nbytes = (self.plan_bytes.of_plan(clean) if self.plan_bytes is not None
+                  else round(params * self._bytes_per_param))
+        return PlanScore(clean, params, nbytes, macs, proxy, sims)
 
     def _choose(self, checked: Mapping[str, tuple[str, int]], ratios: Mapping[str, float]
                 ) -> tuple[dict[str, float], dict[str, tuple[str, int]],
@@ -876,7 +938,8 @@ class LRFSearch:
 
 #: The :class:`LRFObjective` arguments ``prepare_lrf_study`` passes on.
 _OBJECTIVE_ARGS = ("metric", "aggregation", "layers", "methods", "ranks", "max_params",
-                   "max_flops", "min_proxy", "grid", "prune", "progress")
+                   "max_flops", "min_proxy", "grid", "prune", "memory", "quantize",
+                   "progress")
 
 
 def _search_settings(objectives: Sequence[str], kwargs: Mapping[str, Any],
@@ -896,6 +959,9 @@ def _search_settings(objectives: Sequence[str], kwargs: Mapping[str, Any],
     prune = prune_config_of(kwargs.get("prune"))
     if prune is not None:  # absent without pruning: the bindings of older studies hold
         settings["prune"] = prune.to_json()
+    memory = memory_setting(objectives, kwargs)
+    if memory is not None:  # likewise absent when counting params
+        settings["memory"] = memory
     return settings
 
 
@@ -984,6 +1050,7 @@ def prepare_lrf_study(
     if unknown:
         raise UserError(f"unknown argument(s) {unknown}; LRFObjective takes "
                         f"{sorted(_OBJECTIVE_ARGS)}")
+    objectives = memory_objectives(objectives, objective_kwargs.get("memory", "params"))
     directions = directions_of(objectives)
     restrictions = Restrictions.of(objective_kwargs.get("layers"),
                                    objective_kwargs.get("methods"),

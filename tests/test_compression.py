@@ -108,3 +108,26 @@ def test_cli_compress_end_to_end(tiny_study, tmp_path, capsys) -> None:
     assert load_model(keras_files[0]).count_params() == smallest.user_attrs["params"]
     assert cli.main([*argv[:-3], "--max-drop", "-2"]) == 2
     assert "max_drop must be >= 0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compress_quantized_with_the_bytes_objective(tiny) -> None:
+    from lrf_optuna.deploy import read_tflite
+
+    model, data, d = tiny
+    done = compress_detailed(model, data, 5.0, out_dir=d / "q", n_trials=20, config=FAST,
+                             calibration_size=32, cache_dir=d / "cache",
+                             show_progress_bar=False, quantize="int8", int8_io=True,
+                             memory="bytes")
+    assert done.study.metric_names[0] == "bytes"
+    q = done.quantized_path
+    assert q is not None and q == done.tflite_path.with_name(
+        f"{done.tflite_path.stem}_int8.tflite")
+    f = read_tflite(q)
+    assert f.tensors[f.inputs[0]].type == "INT8" and f.float_ops() == []
+    assert f.weight_bytes() < read_tflite(done.tflite_path).weight_bytes()
+    x = data.x_test[:16]
+    agree = tflite_predict(q, x).argmax(-1) == np.asarray(done.model(x)).argmax(-1)
+    assert agree.mean() >= 0.8
+    with pytest.raises(UserError, match="int8_io needs"):
+        _run(tiny, int8_io=True)

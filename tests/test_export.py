@@ -152,3 +152,47 @@ def test_export_cli_and_clear_errors(tiny_study, tmp_path, capsys) -> None:
     assert main(["export", "--study-name", "nope", "--storage", storage,
                  "--trial", "1", "--out", str(tmp_path)]) == 2
     assert "no study 'nope'" in capsys.readouterr().err
+
+
+def test_export_trial_and_cli_write_quantized_files(tiny_study, tmp_path, capsys) -> None:
+    from lrf_optuna.deploy import read_tflite
+
+    shutil.copy(tiny_study["dir"] / "study.db", tmp_path / "study.db")
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.load_study(study_name="tiny", storage=storage)
+    number = next(t.number for t in study.best_trials if t.user_attrs.get("lrf_plan"))
+    with pytest.warns(UserWarning, match="WITHOUT fine-tuning"):
+        keras_path, int8_path = export_trial(study, number, tmp_path / "q", quantize="int8",
+                                             representative=32)
+    assert int8_path.name == f"tiny_trial{number}_int8.tflite"
+    assert (tmp_path / "q" / f"tiny_trial{number}.tflite").exists()  # the float32 beside
+    f = read_tflite(int8_path)
+    assert f.float_ops() == [] and f.shape_ops() == [] and f.is_static()
+    model = load_model(keras_path)
+    x = np.random.default_rng(0).random((16, 16, 16, 1)).astype("float32")
+    assert (tflite_predict(int8_path, x).argmax(-1) == np.asarray(model(x)).argmax(-1)
+            ).mean() >= 0.8
+    assert main(["export", "--study-name", "tiny", "--storage", storage, "--trial",
+                 str(number), "--out", str(tmp_path / "cli"), "--quantize", "float16"]) == 0
+    out = capsys.readouterr().out
+    assert f"tiny_trial{number}_float16.tflite" in out and "TFLite Micro" in out
+    assert read_tflite(tmp_path / "cli" / f"tiny_trial{number}_float16.tflite"
+                       ).op_report()["DEQUANTIZE"] >= 1
+    assert main(["export", "--study-name", "tiny", "--storage", storage, "--trial",
+                 str(number), "--out", str(tmp_path / "cli"), "--int8-io"]) == 2
+    assert "--int8-io needs --quantize int8" in capsys.readouterr().err
+
+
+def test_measure_model_records_the_runtime(factorized, tmp_path) -> None:
+    from lrf_optuna.data import from_arrays, prepare_splits
+    from lrf_optuna.deploy import read_tflite
+    from lrf_optuna.export import measure_model
+
+    x = np.random.default_rng(0).random((240, 12, 12, 3)).astype("float32")
+    y = np.arange(240) % 10
+    splits = prepare_splits(from_arrays(x[:200], y[:200], x[200:], y[200:]),
+                            calibration_size=20)
+    files = measure_model(factorized, splits, tmp_path, "m", latency_repeats=3,
+                          latency_warmup=1)
+    assert files.measured.tflite_runtime == "litert" and files.measured.latency_ms_tflite > 0
+    assert read_tflite(files.tflite_path).is_static()

@@ -433,6 +433,10 @@ class Measured:
     val_images: int | None = None
     test_images: int | None = None
     val_acc_train_mode: float | None = None
+    #: Which interpreter ran ``latency_ms_tflite``: ``"litert"`` (ai_edge_litert) or
+    #: ``"tf.lite"`` (the deprecated fallback); ``None`` for records made before it was
+    #: recorded (they ran ``tf.lite``).
+    tflite_runtime: str | None = None
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Measured:
@@ -444,7 +448,8 @@ class Measured:
                    latency_ms_tflite=as_float(a("latency_ms_tflite")),
                    val_correct=_str(a("val_correct")), test_correct=_str(a("test_correct")),
                    val_images=_int(a("val_images")), test_images=_int(a("test_images")),
-                   val_acc_train_mode=as_float(a("val_acc_train_mode")))
+                   val_acc_train_mode=as_float(a("val_acc_train_mode")),
+                   tflite_runtime=_str(a("tflite_runtime")))
 
     def correct(self, split: str) -> np.ndarray | None:
         """Per-image correctness on ``split`` (``"val"`` or ``"test"``), when recorded."""
