@@ -488,7 +488,7 @@ class _Worker:
             "compression_ratio": round(original["params"] / max(m.params, 1), 4),
             "keras_bytes": m.keras_bytes, "tflite_bytes": m.tflite_bytes,
             "latency_ms_keras": m.latency_ms_keras,
-            "latency_ms_tflite": m.latency_ms_tflite,
+            "latency_ms_tflite": m.latency_ms_tflite, "tflite_runtime": m.tflite_runtime,
             "epochs_run": outcome.epochs_run,
             "finetune_seconds": round(outcome.seconds, 3),
             "reverted": outcome.reverted, "from_logits": outcome.from_logits, **ids,
