@@ -174,7 +174,7 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
     overrides = {name: getattr(args, name) for name in
                  ("epochs", "learning_rate", "batch_size", "patience", "distill",
                   "temperature", "keep_epoch", "min_steps", "monitor", "bn_images",
-                  "latency_repeats")
+                  "quantize", "latency_repeats")
                  if getattr(args, name, None) is not None}
     try:
         return dataclasses.replace(FinetuneConfig(), **overrides)
@@ -361,6 +361,10 @@ def _add_finetune_parser(sub: argparse._SubParsersAction) -> None:
                         "%(default)s)")
     _add_decision_args(p)
     _add_recipe_args(p)
+    p.add_argument("--quantize", choices=["none", "dynamic", "float16", "int8"], default=None,
+                   help="also convert every job's model to a LiteRT file quantized this way "
+                        "and record its bytes, arena, latency and accuracy; --max-drop then "
+                        "decides on these files (default: none)")
     p.add_argument("--latency-repeats", type=int, default=None,
                    help=f"timed runs per latency (default: {d.latency_repeats})")
     p.add_argument("--artifact-dir", default=None,
@@ -430,8 +434,9 @@ def _add_compress_parser(sub: argparse._SubParsersAction) -> None:
                    help="search trials (default: %(default)s)")
     _add_decision_args(p)
     _add_recipe_args(p)
-    _add_quantize_args(p, "also write the chosen model's file quantized this way, beside "
-                          "the float32 one")
+    _add_quantize_args(p, "decide every probe on its LiteRT file quantized this way, run "
+                          "in the interpreter against the fair reference's file quantized "
+                          "alike, and write the chosen one beside the float32 file")
     _add_memory_args(p)
     p.add_argument("--cache-dir", default=".lrf_cache",
                    help="similarity cache directory (default: %(default)s)")

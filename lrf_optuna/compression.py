@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -108,6 +109,8 @@ def compress_detailed(
                                progress=show_progress_bar, memory=memory, quantize=quantize,
                                **objective_kwargs)
     search.optimize(n_trials, show_progress_bar=show_progress_bar)
+    if quantize != "none":  # decide on the deployed file, against the reference's
+        config = dataclasses.replace(config, quantize=quantize)
     answer = finetune_within(search.study, max_drop, config=config, strategy=strategy,
                              max_probes=max_probes, confidence=confidence, escalate=escalate,
                              escalate_probes=escalate_probes, problem=search.problem)

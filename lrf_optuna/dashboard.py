@@ -44,6 +44,7 @@ from lrf_optuna.study.lookup import (
 )
 from lrf_optuna.study.records import (
     BASELINE_ATTR,
+    DEPLOYED_ATTR,
     PROBLEM_ATTR,
     REFERENCE_ATTR,
     FinetuneRecord,
@@ -354,6 +355,18 @@ def job_note(source: int, study_name: str, ua: Mapping[str, Any],
                  f"**{test} pp** on test ({test_orig} pp on test against the "
                  "untouched original; positive: worse; ± one standard error, paired on the "
                  f"same images{on}).", ""]
+    deployed = ua.get(DEPLOYED_ATTR)
+    if isinstance(deployed, Mapping):
+        ref_file = reference.deployed if reference is not None else None
+        paired = (Measured.from_attrs(deployed).drop_against(ref_file, "val")
+                  if ref_file is not None else None)
+        note += [f"Deployed as a {deployed.get('quantize')} LiteRT file: "
+                 f"{deployed.get('file_bytes', 0):,} bytes, val accuracy "
+                 f"{deployed.get('val_acc', 0):.4f}, test {deployed.get('test_acc', 0):.4f}, "
+                 f"tensor arena {deployed.get('arena_bytes', 0):,} bytes, batch-1 latency "
+                 f"{deployed.get('latency_ms', 0):.3f} ms ({deployed.get('runtime')})"
+                 + (f"; val drop against the fair reference's file **{paired.text()} pp**"
+                    if paired is not None else "") + ".", ""]
     if ua.get("bn_reestimated"):
         note += [f"BatchNorm statistics re-estimated before fine-tuning: val accuracy "
                  f"{ua.get('val_acc_built', 0):.4f} as built -> {ua['val_acc_before']:.4f}.",

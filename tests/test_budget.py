@@ -263,3 +263,42 @@ def test_escalation_reprobes_the_smaller_candidates_with_a_longer_recipe(
         assert answer.reference_of(answer.job) == answer.reference
     text = within_budget_text(answer)
     assert "validation images" in text
+
+
+@pytest.mark.slow
+def test_max_drop_search_decides_on_the_quantized_file(tiny_study, tmp_path) -> None:
+    """With ``quantize="int8"`` every job is also converted to a full-integer LiteRT file,
+    run in the interpreter, and the search compares that file with the fair reference's
+    int8 file (paired on the same validation images)."""
+    import dataclasses
+    import shutil
+
+    from lrf_optuna.finetune.jobs import find_finetune_study
+
+    shutil.copy(tiny_study["dir"] / "study.db", tmp_path / "study.db")
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'study.db'}")
+    config = dataclasses.replace(FAST, quantize="int8")
+    assert config.recipe_key() != FAST.recipe_key()
+    answer = F.finetune_within(study, max_drop=5.0, config=config, escalate=False,
+                               max_probes=2)
+    ref = answer.reference
+    assert ref.deployed is not None and ref.quantize == "int8"
+    assert ref.deployed_info["micro_unsupported"] == [] and ref.deployed_info["arena_bytes"] > 0
+    # the float32 fine-tuned model and its int8 file agree closely, but are measured apart
+    assert abs((ref.deployed.val_acc or 0) - (ref.val_acc_after or 0)) < 0.1
+    for _, job, probe in answer.probes:
+        assert job.deployed is not None and (job.deployed.tflite_bytes or 0) > 0
+        assert job.quantize == "int8" and job.deployed_info["micro_unsupported"] == []
+        drop = job.decided_drop(ref)
+        assert drop is not None and drop == job.deployed.drop_against(ref.deployed, "val")
+        assert probe.passed == drop.within(5.0, answer.confidence)
+    if answer.job is not None:
+        assert "deployed as a int8 LiteRT file" in within_budget_text(answer)
+    jobs = find_finetune_study(study).get_trials(deepcopy=False)
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    ft = find_finetune_study(study)
+    attrs = ft._storage.get_study_system_attrs(ft._study_id)
+    done = [j for j in jobs if j.state == optuna.trial.TrialState.COMPLETE]
+    body = get_note_from_system_attrs(attrs, done[-1]._trial_id)["body"]
+    assert "Deployed as a int8 LiteRT file" in body

@@ -124,7 +124,7 @@ def test_report_with_finetune(with_finetune, tmp_path) -> None:
     assert cells[9:12] == ["+8.00", "+9.28", "+9.03"]
     assert cells[12:16] == ["2.100", f"{2.5 / 2.1:.2f}x", "0.300", f"{0.5 / 0.3:.2f}x"]
     assert cells[16:20] == ["70,000", f"{150_000 / 70_000:.2f}x", "20,000", "2.40x"]
-    assert cells[20:] == ["4", "13.5", "CE, 3 epochs"]
+    assert cells[20:] == ["", "4", "13.5", "CE, 3 epochs"]  # no deployed file: no quantize
     ref = [c.strip() for c in rows["fair reference"].strip("|").split("|")]
     assert ref[6:12] == ["0.9000", "0.9100", "0.9150", "", "", "-0.25"]
     assert "fair reference val / test accuracy (CE, 3 epochs) | 0.9100 / 0.9150" in md

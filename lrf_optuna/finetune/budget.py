@@ -192,9 +192,9 @@ def _paired_score(job: FinetuneRecord, reference: FinetuneRecord, ref_val: float
     bound at ``confidence``, measured paired on the same images (:mod:`lrf_optuna.paired`;
     at confidence 0.5, simply the job's accuracy); without per-image results, the job's
     own accuracy."""
-    paired = job.paired(reference, "val")
+    paired = job.decided_drop(reference)
     if paired is None:
-        return float(job.val_acc_after or 0.0)
+        return float(job.decided_val_acc or 0.0)
     return ref_val - paired.upper_pp(confidence) / 100.0
 
 
@@ -215,10 +215,10 @@ class _RecipeSearch:
         self._enqueue = enqueue_finetune
         enqueue_finetune(study, [original.number], config=config)
         self.reference = FinetuneRecord.of(self._wait(original.number))
-        if self.reference.val_acc_after is None:
+        if self.reference.decided_val_acc is None:
             raise RuntimeError(f"the fair reference job {self.reference.job} has no "
                                "val_acc_after")
-        self.ref_val = float(self.reference.val_acc_after)
+        self.ref_val = float(self.reference.decided_val_acc)
 
     def _wait(self, source: int) -> FrozenTrial:
         return _wait_for(self.study, source, self.recipe, lambda: self._run(1), self._poll)
@@ -365,7 +365,7 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
     ft = find_finetune_study(study)
     base = Measured.from_attrs(ft.user_attrs.get(BASELINE_ATTR) or {}) if ft else Measured()
     check = OriginalCheck(base.val_acc, base.val_acc_train_mode,
-                          first.reference.val_acc_before, first.ref_val)
+                          first.reference.val_acc_before, first.reference.val_acc_after)
     if check.text():
         logger.warning("%s", check.text())
     search, finished = first.run(max_drop, range(len(candidates)), strategy, max_probes)

@@ -23,13 +23,14 @@ from typing import Any, Literal
 
 __all__ = ["RECIPE_FIELDS", "FinetuneConfig"]
 
-#: The fields that decide what training does (the *recipe*); the others only say how a
-#: job is measured or run. Two configs with equal recipe fields train identically, so a
+#: The fields that decide what training does (the *recipe*), and ``quantize``, which
+#: decides which file the job's accuracy is judged on; the others only say how a job is
+#: measured or run. Two configs with equal recipe fields train identically, so a
 #: fine-tuning result (and the fair reference) is reused only for an equal recipe.
 RECIPE_FIELDS = ("epochs", "batch_size", "optimizer", "learning_rate", "schedule",
                  "min_lr_fraction", "patience", "restore_best_weights", "revert_if_worse",
                  "seed", "distill", "temperature", "keep_epoch", "min_steps", "min_epochs",
-                 "max_epochs", "monitor", "bn_images")
+                 "max_epochs", "monitor", "bn_images", "quantize")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,11 @@ class FinetuneConfig:
         monitor: ``"val_loss"`` or ``"val_accuracy"``: what picks the kept epoch.
         bn_images: Training images the BatchNorm statistics are re-estimated on before
             training (0: not re-estimated).
+        quantize: ``"none"``, or the LiteRT file every job is also converted to and
+            judged by (``"dynamic"``, ``"float16"``, ``"int8"``): its accuracy run in the
+            interpreter, its bytes, arena and latency are recorded (user attribute
+            ``deployed``), and the max-drop search compares that file with the fair
+            reference's file quantized the same way.
         latency_repeats: Timed single-sample calls per latency measurement (median).
         latency_warmup: Untimed calls before timing.
         tflite_threads: TFLite interpreter threads (None: interpreter default).
@@ -132,6 +138,7 @@ class FinetuneConfig:
     max_epochs: int = 30
     monitor: Literal["val_loss", "val_accuracy"] = "val_loss"
     bn_images: int = 2048
+    quantize: str = "none"
     latency_repeats: int = 50
     latency_warmup: int = 5
     tflite_threads: int | None = None
@@ -151,6 +158,9 @@ class FinetuneConfig:
         if self.monitor not in ("val_loss", "val_accuracy"):
             raise ValueError(f"monitor must be 'val_loss' or 'val_accuracy', got "
                              f"{self.monitor!r}")
+        if self.quantize not in ("none", "dynamic", "float16", "int8"):
+            raise ValueError(f"quantize must be 'none', 'dynamic', 'float16' or 'int8', got "
+                             f"{self.quantize!r}")
         if self.bn_images < 0:
             raise ValueError(f"bn_images must be >= 0, got {self.bn_images}")
         if not self.learning_rate > 0:
@@ -239,4 +249,6 @@ class FinetuneConfig:
                   if self.epochs is not None else
                   f">= {self.min_steps} steps ({self.min_epochs}-{self.max_epochs} epochs)")
         bn = ", BN re-estimated" if self.bn_images > 0 else ""
-        return f"{loss}, {epochs}, lr {self.learning_rate:g} {self.schedule}, {keep}{bn}"
+        deployed = f", judged as {self.quantize} file" if self.quantize != "none" else ""
+        return (f"{loss}, {epochs}, lr {self.learning_rate:g} {self.schedule}, {keep}{bn}"
+                f"{deployed}")

@@ -114,6 +114,7 @@ from lrf_optuna.study.lookup import (
 from lrf_optuna.study.records import (
     ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,
+    DEPLOYED_ATTR,
     LRF_PLAN_ATTR,
     PLAN_ATTR,
     RECIPE_ATTR,
@@ -413,6 +414,26 @@ class _Worker:
                              latency_warmup=c.latency_warmup,
                              tflite_threads=c.tflite_threads)
 
+    def _deployed(self, model: Any, config: FinetuneConfig, directory: str, source: int
+                  ) -> dict[str, Any] | None:
+        """The job's model as the LiteRT file ``config.quantize`` makes, run in the
+        interpreter on the validation and test images (``None`` without ``quantize``)."""
+        if config.quantize == "none":
+            return None
+        from lrf_optuna.deploy import deploy_model, file_accuracy
+
+        splits = self.models.problem.splits
+        d = deploy_model(model, splits, config.quantize, split="val", out_dir=directory,
+                         stem=safe_name(f"{self.study.study_name}_trial{source}_deployed"),
+                         latency_repeats=self.config.latency_repeats,
+                         latency_warmup=self.config.latency_warmup)
+        assert d.path is not None
+        test_acc, test_correct = file_accuracy(d.path, splits.x_test, splits.y_test)
+        return {**d.to_json(), "val_acc": round(d.accuracy, 6), "test_acc": round(test_acc, 6),
+                "tflite_bytes": d.file_bytes, "latency_ms_tflite": d.latency.ms,
+                "tflite_runtime": d.latency.runtime,
+                **_correctness(d.correct, test_correct)}
+
     def ensure_original(self) -> dict[str, Any]:
         """The original model measured like the jobs (once per fine-tuning study), with
         its per-image results and, for a net with BatchNorm, its validation accuracy
@@ -472,6 +493,7 @@ class _Worker:
             files = self._measure(model, tmp,
                                   safe_name(f"{self.study.study_name}_trial{source}"))
             ids = upload_model_files(self.store_dir, trial, files)
+            deployed = self._deployed(model, config, tmp, source)
         m = files.measured
         assert m.params is not None and m.test_acc is not None
         ua.update({
@@ -493,6 +515,7 @@ class _Worker:
             "finetune_seconds": round(outcome.seconds, 3),
             "reverted": outcome.reverted, "from_logits": outcome.from_logits, **ids,
             ARTIFACT_DIR_ATTR: str(self.store_dir),
+            **({DEPLOYED_ATTR: deployed} if deployed is not None else {}),
         })
         for key, value in ua.items():
             trial.set_user_attr(key, value)

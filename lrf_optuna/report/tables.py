@@ -197,7 +197,7 @@ RESULT_HEADER = ["trial", "job", "params", "params ratio", "FLOPs", "FLOPs ratio
                  "test drop vs ref (pp)", "test drop vs orig (pp)",
                  "Keras ms", "Keras speed-up", "TFLite ms", "TFLite speed-up",
                  ".keras bytes", ".keras ratio", ".tflite bytes", ".tflite ratio",
-                 "epochs", "fine-tune s", "recipe"]
+                 "deployed file", "epochs", "fine-tune s", "recipe"]
 #: The columns of the results table that fit a terminal.
 RESULT_TEXT_COLUMNS = ["trial", "params", "params ratio", "FLOPs", "val acc before",
                        "val acc after", "test acc", "val drop vs ref (pp)",
@@ -207,6 +207,17 @@ RESULT_TEXT_COLUMNS = ["trial", "params", "params ratio", "FLOPs", "val acc befo
 
 def _pp(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.2f}"
+
+
+def _deployed_cell(job: FinetuneRecord) -> str:
+    """``"int8 91,576 B, val 0.9770, test 0.9768, arena 61,344 B"`` for a job whose recipe
+    converts its model (``FinetuneConfig.quantize``), else empty."""
+    d = job.deployed
+    if d is None:
+        return ""
+    return (f"{job.quantize} {fmt(d.tflite_bytes, ',')} B, val {fmt(d.val_acc, '.4f')}, "
+            f"test {fmt(d.test_acc, '.4f')}, arena "
+            f"{fmt(job.deployed_info.get('arena_bytes'), ',')} B")
 
 
 def results_table(data: ReportData) -> Table:
@@ -224,7 +235,7 @@ def results_table(data: ReportData) -> Table:
              fmt(base.get("latency_ms_keras"), ".3f"),
              "1.00x", fmt(base.get("latency_ms_tflite"), ".3f"), "1.00x",
              fmt(base.get("keras_bytes"), ","), "1.00x", fmt(base.get("tflite_bytes"), ","),
-             "1.00x", "", "", ""]]
+             "1.00x", "", "", "", ""]]
     original = Measured.from_attrs(base)
 
     def row(label: str, job: FinetuneRecord, reference: FinetuneRecord | None) -> list[str]:
@@ -246,7 +257,7 @@ def results_table(data: ReportData) -> Table:
                 _ratio(base.get("latency_ms_tflite"), m.latency_ms_tflite),
                 fmt(m.keras_bytes, ","), _ratio(base.get("keras_bytes"), m.keras_bytes),
                 fmt(m.tflite_bytes, ","), _ratio(base.get("tflite_bytes"), m.tflite_bytes),
-                fmt(job.epochs_run, ".0f"), fmt(job.finetune_seconds, ".1f"),
+                _deployed_cell(job), fmt(job.epochs_run, ".0f"), fmt(job.finetune_seconds, ".1f"),
                 data.recipe_texts.get(job.recipe or "", job.recipe or "")]
 
     for ref in data.references.values():
@@ -277,6 +288,7 @@ def within_budget_table(answer: WithinBudget) -> Table:
     recipe and the untouched original (positive: worse), measured paired on the same
     images, with one standard error."""
     rows = []
+    deployed = answer.reference.quantize or "float32"
     chosen = (answer.chosen.number, answer.job.recipe) if (
         answer.chosen is not None and answer.job is not None) else None
     for order, (trial, job, probe) in enumerate(answer.probes, 1):
@@ -284,19 +296,23 @@ def within_budget_table(answer: WithinBudget) -> Table:
         reference = answer.reference_of(job)
         drops = job.drops_pp(reference, answer.original)
         paired = job.paired_drops(reference, answer.original)
+        paired["val_vs_reference"] = job.decided_drop(reference)
         escalated = job.recipe != answer.search_recipe_key
+        file = job.deployed if job.deployed is not None else m
         rows.append([str(order) + (" (known)" if probe.known else ""), f"#{trial.number}",
                      fmt(m.params, ","), _reduction(answer.original_params, m.params),
                      _reduction(answer.original_flops, m.flops),
                      fmt(trial.user_attrs.get("proxy"), ".4f"),
-                     "longer" if escalated else "first", fmt(job.val_acc_after, ".4f"),
+                     "longer" if escalated else "first", fmt(file.tflite_bytes, ","),
+                     fmt(job.decided_val_acc, ".4f"),
                      _drop(paired["val_vs_reference"], drops["val_vs_reference"]),
                      _drop(paired["test_vs_reference"], drops["test_vs_reference"]),
                      _drop(paired["test_vs_original"], drops["test_vs_original"]),
                      ("yes" if probe.passed else "no") + (
                          " <- chosen" if (trial.number, job.recipe) == chosen else "")])
     header = ["probe", "trial", "params", "params saved", "FLOPs saved", "proxy", "recipe",
-              "val acc", "val drop vs ref (pp)", "test drop vs ref (pp)",
+              f".tflite bytes ({deployed})", f"val acc ({deployed})",
+              f"val drop vs ref ({deployed}, pp)", "test drop vs ref (pp)",
               "test drop vs orig (pp)", f"within {answer.max_drop:g} pp"]
     n_val = answer.resolution.images if answer.resolution is not None else None
     longer = (f"; longer recipe: {answer.escalated_recipe}, "
@@ -347,6 +363,23 @@ def within_budget_text(answer: WithinBudget) -> str:
         f"{_drop(p['test_vs_reference'], d['test_vs_reference'])} pp vs the fair reference "
         f"({_drop(p['test_vs_original'], d['test_vs_original'])} pp vs the untouched "
         f"original){note}")
+    job, ref = answer.job, answer.reference
+    if job.deployed is not None and ref.deployed is not None:
+        info = job.deployed_info
+        drop = job.decided_drop(ref)
+        test = job.deployed.drop_against(ref.deployed, "test")
+        unsupported = info.get("micro_unsupported") or []
+        lines.append(
+            f"deployed as a {job.quantize} LiteRT file (decided on it): "
+            f"{fmt(job.deployed.tflite_bytes, ',')} bytes against "
+            f"{fmt(ref.deployed.tflite_bytes, ',')} for the fair reference's "
+            f"({_ratio(ref.deployed.tflite_bytes, job.deployed.tflite_bytes)}), arena "
+            f"{fmt(info.get('arena_bytes'), ',')} bytes, batch-1 latency "
+            f"{fmt(info.get('latency_ms'), '.3f')} ms ({info.get('runtime')}); val drop "
+            f"{_drop(drop, None)} pp, test drop {_drop(test, None)} pp against the fair "
+            "reference's file; "
+            + ("every op in the TFLite Micro set" if not unsupported else
+               f"ops outside the TFLite Micro set: {', '.join(unsupported)}"))
     return "\n".join(lines)
 
 

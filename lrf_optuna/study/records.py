@@ -78,6 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BINDING_ATTR",
+    "DEPLOYED_ATTR",
     "KEEP",
     "LRF_PLAN_ATTR",
     "ORIGINAL_ATTR",
@@ -142,6 +143,9 @@ SOURCE_STUDY_ATTR = "source_study"
 RECIPE_ATTR = "recipe"
 RECIPE_CONFIG_ATTR = "recipe_config"
 REFERENCE_ATTR = "fair_reference"
+#: A job's model as the LiteRT file its recipe's ``quantize`` makes, measured in the
+#: interpreter (bytes, arena, latency, val / test accuracy and per-image results).
+DEPLOYED_ATTR = "deployed"
 
 
 # -- plans ------------------------------------------------------------------------------------
@@ -491,6 +495,8 @@ class FinetuneRecord:
     val_acc_built: float | None = None
     bn_reestimated: bool = False
     steps: int | None = None
+    deployed: Measured | None = None
+    deployed_info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def of(cls, job: FrozenTrial) -> FinetuneRecord:
@@ -505,7 +511,31 @@ class FinetuneRecord:
                    readable_plan(ua), str(recipe) if recipe is not None else None,
                    dict(config) if isinstance(config, Mapping) else {},
                    bool(ua.get(REFERENCE_ATTR, False)), as_float(ua.get("val_acc_built")),
-                   bool(ua.get("bn_reestimated", False)), _int(ua.get("steps")))
+                   bool(ua.get("bn_reestimated", False)), _int(ua.get("steps")),
+                   Measured.from_attrs(dep) if isinstance(dep := ua.get(DEPLOYED_ATTR),
+                                                          Mapping) else None,
+                   dict(dep) if isinstance(dep, Mapping) else {})
+
+    @property
+    def quantize(self) -> str | None:
+        """The mode of the deployed file decisions are taken on (``None``: the Keras
+        model's accuracy decides)."""
+        mode = self.deployed_info.get("quantize")
+        return str(mode) if self.deployed is not None and mode else None
+
+    @property
+    def decided_val_acc(self) -> float | None:
+        """The validation accuracy decisions use: the deployed file's when the job made
+        one, else the fine-tuned Keras model's."""
+        return self.deployed.val_acc if self.deployed is not None else self.val_acc_after
+
+    def decided_drop(self, reference: FinetuneRecord) -> PairedDrop | None:
+        """The paired validation drop decisions use: deployed file against the
+        reference's deployed file when both have one, else Keras model against Keras
+        model."""
+        if self.deployed is not None and reference.deployed is not None:
+            return self.deployed.drop_against(reference.deployed, "val")
+        return self.paired(reference, "val")
 
     def paired(self, other: FinetuneRecord | Measured | None, split: str = "val"
                ) -> PairedDrop | None:
