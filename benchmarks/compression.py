@@ -56,7 +56,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -291,6 +291,19 @@ class Context:
         return float(self.objective.score(plan).proxy)
 
 
+class PlanSource(Protocol):
+    """What the plan helpers (:func:`_uniform_plans`, :func:`_from_plans`) read: the
+    problem, its objective (similarity cache and searched layers), the evaluator and the
+    original's size. :class:`Context` is one; ``benchmarks.user_nets`` has another."""
+
+    problem: Any
+    objective: Any
+    evaluator: PlanEvaluator
+    original_params: int
+
+    def proxy(self, plan: Plan) -> float: ...
+
+
 def prune_objective(ctx: Context) -> Any:
     """The LRF + pruning objective of ``ctx``'s model, on the same similarity cache
     (builds the pruning cache once); the evaluator builds pruned plans with it."""
@@ -305,7 +318,7 @@ def prune_objective(ctx: Context) -> Any:
     return ctx.pruning_objective
 
 
-def _layer_kinds(ctx: Context) -> tuple[list[str], list[str]]:
+def _layer_kinds(ctx: PlanSource) -> tuple[list[str], list[str]]:
     """The searched conv and dense layer paths, in model order."""
     tables = ctx.objective.cache.tables
     convs = [p for p in ctx.objective.spaces if "Conv" in tables[p].class_name]
@@ -313,14 +326,14 @@ def _layer_kinds(ctx: Context) -> tuple[list[str], list[str]]:
     return convs, dense
 
 
-def _user_kept(ctx: Context) -> set[str]:
+def _user_kept(ctx: PlanSource) -> set[str]:
     """What a user keeps when applying one method everywhere: the first conv (few
     parameters, the input's only feature extractor) and the classifier."""
     convs, dense = _layer_kinds(ctx)
     return {*convs[:1], *dense[-1:]}
 
 
-def _from_plans(ctx: Context, named: Sequence[tuple[str, Plan]]) -> list[Candidate]:
+def _from_plans(ctx: PlanSource, named: Sequence[tuple[str, Plan]]) -> list[Candidate]:
     """Candidates from plans: exact costs of the built model, deduplicated, saving at
     least 1 % of the parameters, smallest first."""
     from lrf_optuna.finetune.select import MIN_REDUCTION
@@ -353,14 +366,18 @@ def _study_family(ctx: Context, study: Any) -> list[Candidate]:
     return out
 
 
-def _uniform_plans(ctx: Context, conv_method: str, fc_method: str, *,
-                   layers: set[str] | None = None) -> list[tuple[str, Plan]]:
+def _uniform_plans(ctx: PlanSource, conv_method: str, fc_method: str, *,
+                   layers: set[str] | None = None,
+                   ratios: Sequence[float] = RATIOS) -> list[tuple[str, Plan]]:
+    """One plan per ratio: ``conv_method`` on every conv, ``fc_method`` on every Dense
+    (``"keep"``: none), each layer at the largest rank within ``ratio`` of its
+    parameters, the first conv and the classifier kept (:func:`_user_kept`)."""
     from lrf_optuna.strategies import UniformRatio
 
     kept = _user_kept(ctx)
     convs, dense = _layer_kinds(ctx)
     out = []
-    for ratio in RATIOS:
+    for ratio in ratios:
         plan: Plan = {}
         for method, paths in ((conv_method, convs), (fc_method, dense)):
             if method == "keep":
