@@ -7,7 +7,10 @@ distils) and stores the numbers as one JSON file under
 ``<root>/<model digest>/<recipe key>/<plan digest>.json`` (written atomically): a rerun, or
 a run resumed after a crash, reads them back instead of training again. The model digest
 covers the original's weights and the data splits, so a retrained original never reuses
-stale results.
+stale results. A fine-tuned result also holds which validation and test images the model
+gets right (``val_correct`` / ``test_correct``, packed bits: :func:`unpack_bits`), for
+decisions paired on the same images (``correctness=True`` fine-tunes again a result cached
+before they were stored).
 
 Example:
     >>> ev = PlanEvaluator(problem, cache, root="benchmarks/.cache/finetuned")  # doctest: +SKIP
@@ -17,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -34,7 +38,7 @@ from lrf_optuna.finetune import FinetuneConfig, finetune_model, teacher_outputs
 from lrf_optuna.finetune.recipe import model_digest
 from lrf_optuna.problem import Problem
 
-__all__ = ["PlanEvaluator", "plan_digest", "spearman"]
+__all__ = ["PlanEvaluator", "correct", "pack_bits", "plan_digest", "spearman", "unpack_bits"]
 
 logger = logging.getLogger("benchmarks")
 
@@ -51,6 +55,31 @@ def plan_digest(plan: Plan) -> str:
         text += json.dumps({"ratios": dict(sorted(ratios.items())),
                             "importance": getattr(plan, "importance", "l1")})
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def correct(model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
+    """Which images ``model`` classifies right (top-1): a boolean array, one per image
+    (its mean is :func:`lrf_optuna.models.training.evaluate`)."""
+    scores = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
+    labels = np.asarray(y).reshape(-1)
+    return np.asarray(scores.reshape(len(labels), -1).argmax(axis=1) == labels)
+
+
+def pack_bits(mask: np.ndarray) -> str:
+    """A boolean array as text (base64 of its packed bits), for the JSON results.
+
+    Example:
+        >>> mask = np.array([True, False, True])
+        >>> pack_bits(mask), unpack_bits(pack_bits(mask), 3).tolist()
+        ('oA==', [True, False, True])
+    """
+    return base64.b64encode(np.packbits(np.asarray(mask, dtype=bool))).decode("ascii")
+
+
+def unpack_bits(text: str, n: int) -> np.ndarray:
+    """The ``n`` booleans :func:`pack_bits` wrote."""
+    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=n)
+    return bits.astype(bool)
 
 
 def _plan_json(plan: Plan) -> dict[str, Any]:
@@ -115,15 +144,20 @@ class PlanEvaluator:
         _write_json(path, out)
         return out
 
-    def finetuned(self, plan: Plan, config: FinetuneConfig) -> dict[str, Any]:
+    def finetuned(self, plan: Plan, config: FinetuneConfig, *,
+                  correctness: bool = False) -> dict[str, Any]:
         """Fine-tune ``plan``'s model with ``config``'s recipe (cached): params, FLOPs,
-        val / test accuracy before and after, epochs, seconds."""
+        val / test accuracy before and after, epochs, seconds, and which val / test images
+        it gets right (``val_correct`` / ``test_correct``; with ``correctness=True`` a
+        cached result without them is fine-tuned again)."""
         from lrf_optuna.costs import model_costs
         from lrf_optuna.models.training import evaluate
 
         path = self.root / config.recipe_key() / f"{plan_digest(plan)}.json"
         if path.exists():
-            return dict(json.loads(path.read_text()))
+            cached = dict(json.loads(path.read_text()))
+            if not correctness or "val_correct" in cached:
+                return cached
         s = self.problem.splits
         model = self.build(plan)
         costs = model_costs(model)
@@ -132,13 +166,16 @@ class PlanEvaluator:
                    if config.distill > 0 else None)
         start = time.perf_counter()
         outcome = finetune_model(model, s, config, teacher=teacher)
+        val_correct, test_correct = correct(model, s.x_val, s.y_val), correct(model, s.x_test,
+                                                                              s.y_test)
         out = {"plan": _plan_json(plan),
                "recipe": config.recipe(), "params": int(costs.params),
                "flops": int(costs.flops), "val_before": outcome.val_acc_before,
                "val_after": outcome.val_acc_after, "test_before": test_before,
-               "test_after": evaluate(model, s.x_test, s.y_test),
+               "test_after": float(test_correct.mean()),
                "epochs_run": outcome.epochs_run, "reverted": outcome.reverted,
-               "seconds": round(time.perf_counter() - start, 2)}
+               "seconds": round(time.perf_counter() - start, 2),
+               "val_correct": pack_bits(val_correct), "test_correct": pack_bits(test_correct)}
         _write_json(path, out)
         self.trained += 1
         logger.info("fine-tuned %s (%s params) with %s: val %.4f -> %.4f, test %.4f (%.0f s)",

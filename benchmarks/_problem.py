@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
+from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -31,6 +35,19 @@ def setup_logging() -> None:
     import tensorflow as tf
 
     tf.get_logger().setLevel("ERROR")  # benchmarks build many models: no retracing notes
+
+
+def start_run(module: str, argv: Sequence[str] | None) -> dict[str, Any]:
+    """Set up a benchmark run (logging, Optuna quiet) and return the head of its results:
+    the command line (``python -m <module> ...``), the machine and the date."""
+    import optuna
+
+    setup_logging()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args = sys.argv[1:] if argv is None else argv
+    return {"command": f"python -m {module} " + " ".join(shlex.quote(a) for a in args),
+            "machine": machine(),
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def describe_problem(p: Problem) -> dict[str, Any]:

@@ -4,6 +4,9 @@
   ``benchmarks/RESULTS.md`` and keeps every other section as it is.
 * :func:`markdown_table` renders a GitHub-flavoured Markdown table.
 * :func:`median_time` is the median wall-clock time of a callable over repeats.
+* :func:`add_output_arguments` / :func:`resolve_outputs`: the ``--cache-dir``, ``--out``,
+  ``--results-md`` and ``--no-write`` options of a benchmark with a tiny (CI) mode, which
+  never writes the repository's results.
 
 Example:
     >>> print(markdown_table(["method", "time (s)"], [["svd", 1.5], ["qr", 0.25]]))
@@ -15,9 +18,11 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import statistics
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -26,7 +31,8 @@ from typing import IO, Any
 
 from lrf_optuna.report import tables as report_table
 
-__all__ = ["RESULTS_PATH", "markdown_table", "median_time", "replace_section", "write_section"]
+__all__ = ["RESULTS_PATH", "add_output_arguments", "markdown_table", "median_time",
+           "replace_section", "resolve_outputs", "write_section"]
 
 #: The results document all benchmarks write to.
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
@@ -148,3 +154,32 @@ def median_time(fn: Callable[[], Any], repeats: int) -> float:
         fn()
         durations.append(time.perf_counter() - start)
     return float(statistics.median(durations))
+
+
+def add_output_arguments(parser: argparse.ArgumentParser, *, cache_name: str,
+                         writes: str) -> None:
+    """``--cache-dir``, ``--out``, ``--results-md`` and ``--no-write`` (defaults filled in by
+    :func:`resolve_outputs`); ``writes`` says what goes to ``--out``."""
+    parser.add_argument("--cache-dir", default=None,
+                        help=f"caches (default: benchmarks/.cache/{cache_name}; tiny: in --out)")
+    parser.add_argument("--out", default=None,
+                        help=f"directory of {writes} (default: benchmarks/; tiny: a new "
+                             "temporary directory)")
+    parser.add_argument("--results-md", default=None,
+                        help="the Markdown document (default: benchmarks/RESULTS.md; tiny: "
+                             "<out>/RESULTS.md)")
+    parser.add_argument("--no-write", action="store_true", help="print only")
+
+
+def resolve_outputs(args: argparse.Namespace, *, tiny: bool, cache_name: str) -> None:
+    """Fill in the defaults of :func:`add_output_arguments`: ``benchmarks/`` and
+    ``benchmarks/.cache/<cache_name>``; in tiny mode a new temporary directory holding
+    everything, never the repository's results."""
+    here = RESULTS_PATH.parent
+    if tiny:
+        args.out = args.out or tempfile.mkdtemp(prefix=f"lrf_{cache_name}_tiny_")
+        args.cache_dir = args.cache_dir or str(Path(args.out) / "cache")
+        args.results_md = args.results_md or str(Path(args.out) / "RESULTS.md")
+    args.out = args.out or str(here)
+    args.cache_dir = args.cache_dir or str(here / ".cache" / cache_name)
+    args.results_md = args.results_md or str(RESULTS_PATH)

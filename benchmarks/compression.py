@@ -48,27 +48,28 @@ import logging
 import math
 import os
 import re
-import shlex
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from benchmarks._finetuned import PlanEvaluator, plan_digest, spearman
-from benchmarks._problem import machine, setup_logging
-from benchmarks._results import RESULTS_PATH, markdown_table, write_section
+from benchmarks._problem import start_run
+from benchmarks._results import (
+    add_output_arguments,
+    markdown_table,
+    resolve_outputs,
+    write_section,
+)
 
 __all__ = ["MODELS", "MODES", "main", "parse_recipe", "simulate_probe_strategies"]
 
 logger = logging.getLogger("benchmarks.compression")
 
-HERE = Path(__file__).resolve().parent
 SELECTIONS = ("search", "tau", "uniform", "energy", "vbmf", "random", "tpe", "narrow")
 #: Opt-in selections (issue 13): ``fbp`` (filter pruning alone: uniform ratios and the
 #: pruning similarity threshold) and ``search+prune`` (NSGA-II over LRF and pruning).
@@ -291,6 +292,19 @@ class Context:
         return float(self.objective.score(plan).proxy)
 
 
+class PlanSource(Protocol):
+    """What the plan helpers (:func:`_uniform_plans`, :func:`_from_plans`) read: the
+    problem, its objective (similarity cache and searched layers), the evaluator and the
+    original's size. :class:`Context` is one; ``benchmarks.user_nets`` has another."""
+
+    problem: Any
+    objective: Any
+    evaluator: PlanEvaluator
+    original_params: int
+
+    def proxy(self, plan: Plan) -> float: ...
+
+
 def prune_objective(ctx: Context) -> Any:
     """The LRF + pruning objective of ``ctx``'s model, on the same similarity cache
     (builds the pruning cache once); the evaluator builds pruned plans with it."""
@@ -305,7 +319,7 @@ def prune_objective(ctx: Context) -> Any:
     return ctx.pruning_objective
 
 
-def _layer_kinds(ctx: Context) -> tuple[list[str], list[str]]:
+def _layer_kinds(ctx: PlanSource) -> tuple[list[str], list[str]]:
     """The searched conv and dense layer paths, in model order."""
     tables = ctx.objective.cache.tables
     convs = [p for p in ctx.objective.spaces if "Conv" in tables[p].class_name]
@@ -313,14 +327,14 @@ def _layer_kinds(ctx: Context) -> tuple[list[str], list[str]]:
     return convs, dense
 
 
-def _user_kept(ctx: Context) -> set[str]:
+def _user_kept(ctx: PlanSource) -> set[str]:
     """What a user keeps when applying one method everywhere: the first conv (few
     parameters, the input's only feature extractor) and the classifier."""
     convs, dense = _layer_kinds(ctx)
     return {*convs[:1], *dense[-1:]}
 
 
-def _from_plans(ctx: Context, named: Sequence[tuple[str, Plan]]) -> list[Candidate]:
+def _from_plans(ctx: PlanSource, named: Sequence[tuple[str, Plan]]) -> list[Candidate]:
     """Candidates from plans: exact costs of the built model, deduplicated, saving at
     least 1 % of the parameters, smallest first."""
     from lrf_optuna.finetune.select import MIN_REDUCTION
@@ -353,14 +367,18 @@ def _study_family(ctx: Context, study: Any) -> list[Candidate]:
     return out
 
 
-def _uniform_plans(ctx: Context, conv_method: str, fc_method: str, *,
-                   layers: set[str] | None = None) -> list[tuple[str, Plan]]:
+def _uniform_plans(ctx: PlanSource, conv_method: str, fc_method: str, *,
+                   layers: set[str] | None = None,
+                   ratios: Sequence[float] = RATIOS) -> list[tuple[str, Plan]]:
+    """One plan per ratio: ``conv_method`` on every conv, ``fc_method`` on every Dense
+    (``"keep"``: none), each layer at the largest rank within ``ratio`` of its
+    parameters, the first conv and the classifier kept (:func:`_user_kept`)."""
     from lrf_optuna.strategies import UniformRatio
 
     kept = _user_kept(ctx)
     convs, dense = _layer_kinds(ctx)
     out = []
-    for ratio in RATIOS:
+    for ratio in ratios:
         plan: Plan = {}
         for method, paths in ((conv_method, convs), (fc_method, dense)):
             if method == "keep":
@@ -1147,26 +1165,13 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Mode, st
     parser.add_argument("--fixed-reductions", type=_csv, default=None)
     parser.add_argument("--latency-repeats", type=int, default=None)
     parser.add_argument("--calibration-size", type=int, default=None)
-    parser.add_argument("--cache-dir", default=None,
-                        help="caches (default: benchmarks/.cache/compression; tiny: in --out)")
-    parser.add_argument("--out", default=None,
-                        help="directory of results.json and the curves' HTML (default: "
-                             "benchmarks/; tiny: a new temporary directory)")
-    parser.add_argument("--results-md", default=None,
-                        help="the Markdown document (default: benchmarks/RESULTS.md; tiny: "
-                             "<out>/RESULTS.md)")
+    add_output_arguments(parser, cache_name="compression",
+                         writes="results.json and the curves' HTML")
     parser.add_argument("--inline-plotlyjs", action="store_true")
-    parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     mode_name = "quick" if args.quick else "tiny" if args.tiny else "full"
     mode = MODES[mode_name]
-    if mode_name == "tiny":  # never the repository's results
-        args.out = args.out or tempfile.mkdtemp(prefix="lrf_bench_tiny_")
-        args.cache_dir = args.cache_dir or str(Path(args.out) / "cache")
-        args.results_md = args.results_md or str(Path(args.out) / "RESULTS.md")
-    args.out = args.out or str(HERE)
-    args.cache_dir = args.cache_dir or str(HERE / ".cache" / "compression")
-    args.results_md = args.results_md or str(RESULTS_PATH)
+    resolve_outputs(args, tiny=mode_name == "tiny", cache_name="compression")
     defaults = {"models": list(mode.models), "uniform": list(mode.uniform),
                 "recipes": list(mode.recipes), "trials": mode.trials,
                 "spearman_finetuned": mode.spearman_finetuned,
@@ -1196,20 +1201,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Mode, st
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import optuna
-
     args, mode, mode_name = parse_args(argv)
-    setup_logging()
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    head = start_run("benchmarks.compression", argv)
     start = time.perf_counter()
     dataset = load_dataset(mode_name, args.train_images, mode.test_images)
-    results: dict[str, Any] = {
-        "mode": mode_name,
-        "command": "python -m benchmarks.compression "
-                   + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)),
-        "machine": machine(),
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "models": {}}
+    results: dict[str, Any] = {"mode": mode_name, **head, "models": {}}
     for name in args.models:
         logger.info("=== %s ===", name)
         results["models"][name] = run_model(name, mode, args, dataset)

@@ -23,6 +23,8 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("benchmarks.search_soak", [], ["--trials", "600", "--no-write"]),
     ("benchmarks.seeded_sampler", [], ["--models", "lenet5", "--trials", "300", "--seeds", "1",
                                        "--no-write"]),
+    # the default compress call against what users try instead (full: hours on 2 cores)
+    ("benchmarks.user_nets", [], ["--quick", "--nets", "plain"]),
 ]
 
 
