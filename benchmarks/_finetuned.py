@@ -8,7 +8,8 @@ distils) and stores the numbers as one JSON file under
 a run resumed after a crash, reads them back instead of training again. The model digest
 covers the original's weights and the data splits, so a retrained original never reuses
 stale results. A fine-tuned result also holds which validation and test images the model
-gets right (``val_correct`` / ``test_correct``, packed bits: :func:`unpack_bits`), for
+gets right (``val_correct`` / ``test_correct``, packed bits:
+:func:`lrf_optuna.paired.unpack_correct`), for
 decisions paired on the same images (``correctness=True`` fine-tunes again a result cached
 before they were stored).
 
@@ -20,7 +21,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -36,9 +36,11 @@ import numpy as np
 from lrf_optuna.cache import SimilarityCache
 from lrf_optuna.finetune import FinetuneConfig, finetune_model, teacher_outputs
 from lrf_optuna.finetune.recipe import model_digest
+from lrf_optuna.models.training import correct
+from lrf_optuna.paired import pack_correct
 from lrf_optuna.problem import Problem
 
-__all__ = ["PlanEvaluator", "correct", "pack_bits", "plan_digest", "spearman", "unpack_bits"]
+__all__ = ["PlanEvaluator", "plan_digest", "spearman"]
 
 logger = logging.getLogger("benchmarks")
 
@@ -55,31 +57,6 @@ def plan_digest(plan: Plan) -> str:
         text += json.dumps({"ratios": dict(sorted(ratios.items())),
                             "importance": getattr(plan, "importance", "l1")})
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
-
-
-def correct(model: Any, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512) -> np.ndarray:
-    """Which images ``model`` classifies right (top-1): a boolean array, one per image
-    (its mean is :func:`lrf_optuna.models.training.evaluate`)."""
-    scores = np.asarray(model.predict(x, batch_size=batch_size, verbose=0))
-    labels = np.asarray(y).reshape(-1)
-    return np.asarray(scores.reshape(len(labels), -1).argmax(axis=1) == labels)
-
-
-def pack_bits(mask: np.ndarray) -> str:
-    """A boolean array as text (base64 of its packed bits), for the JSON results.
-
-    Example:
-        >>> mask = np.array([True, False, True])
-        >>> pack_bits(mask), unpack_bits(pack_bits(mask), 3).tolist()
-        ('oA==', [True, False, True])
-    """
-    return base64.b64encode(np.packbits(np.asarray(mask, dtype=bool))).decode("ascii")
-
-
-def unpack_bits(text: str, n: int) -> np.ndarray:
-    """The ``n`` booleans :func:`pack_bits` wrote."""
-    bits = np.unpackbits(np.frombuffer(base64.b64decode(text), dtype=np.uint8), count=n)
-    return bits.astype(bool)
 
 
 def _plan_json(plan: Plan) -> dict[str, Any]:
@@ -175,7 +152,7 @@ class PlanEvaluator:
                "test_after": float(test_correct.mean()),
                "epochs_run": outcome.epochs_run, "reverted": outcome.reverted,
                "seconds": round(time.perf_counter() - start, 2),
-               "val_correct": pack_bits(val_correct), "test_correct": pack_bits(test_correct)}
+               "val_correct": pack_correct(val_correct), "test_correct": pack_correct(test_correct)}
         _write_json(path, out)
         self.trained += 1
         logger.info("fine-tuned %s (%s params) with %s: val %.4f -> %.4f, test %.4f (%.0f s)",

@@ -14,7 +14,8 @@ For every (net, size):
 
 * **compress default**: :func:`lrf_optuna.compression.compress_detailed` with the library's
   defaults (``max_drop`` 1 pp; only the locations -- ``out_dir``, ``cache_dir`` -- and the
-  progress bar are passed, and ``n_trials`` in tiny mode only). Its answer: parameter and
+  progress bar are passed, and ``n_trials``, ``max_probes=2``, ``escalate_probes=1`` in tiny
+  mode only). Its answer: parameter and
   FLOPs reduction, validation and test drops against its fair reference and the untouched
   original, probes and wall time; ``none`` when it raises ``UserError`` (nothing within the
   budget).
@@ -64,7 +65,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks._finetuned import PlanEvaluator, correct, pack_bits, unpack_bits
+from benchmarks._finetuned import PlanEvaluator
 from benchmarks._problem import start_run
 from benchmarks._results import (
     add_output_arguments,
@@ -73,6 +74,8 @@ from benchmarks._results import (
     write_section,
 )
 from benchmarks.compression import TAUS, Candidate, Plan, _from_plans, _uniform_plans
+from lrf_optuna.models.training import correct
+from lrf_optuna.paired import DEFAULT_CONFIDENCE, pack_correct, paired_drop, unpack_correct
 
 __all__ = ["MODES", "NETS", "Mode", "build_net", "compress_defaults", "main", "passes"]
 
@@ -241,13 +244,11 @@ def compress_defaults() -> dict[str, Any]:
 # -- the decision ----------------------------------------------------------------------------
 
 def passes(candidate_val_correct: np.ndarray, reference_val_correct: np.ndarray,
-           max_drop: float) -> bool:
+           max_drop: float, confidence: float = DEFAULT_CONFIDENCE) -> bool:
     """Whether a candidate is within ``max_drop`` percentage points of its reference, on
-    the same validation images (one boolean per image: classified right).
-
-    Today a point estimate: the candidate's accuracy is at least the reference's minus
-    ``max_drop`` pp. Every baseline's verdict goes through this one function, so a paired
-    decision (McNemar, paired bootstrap) replaces it in one place.
+    the same validation images (one boolean per image: classified right): the library's own
+    decision (:meth:`lrf_optuna.paired.PairedDrop.within`, paired at ``confidence``, the
+    default of ``compress``), so every baseline is judged exactly like the answer.
 
     Raises:
         ValueError: the arrays are empty or not of the same images (lengths differ).
@@ -264,8 +265,7 @@ def passes(candidate_val_correct: np.ndarray, reference_val_correct: np.ndarray,
     if len(cand) != len(ref) or not len(ref):
         raise ValueError(f"need per-image correctness of the same validation images, got "
                          f"{len(cand)} and {len(ref)}")
-    # in whole images: 100 * (ref - cand) / n <= max_drop, without float rounding at the edge
-    return bool(100 * (int(ref.sum()) - int(cand.sum())) <= max_drop * len(ref) + 1e-9)
+    return paired_drop(ref, cand).within(max_drop, confidence)
 
 
 # -- data and training -----------------------------------------------------------------------
@@ -361,7 +361,7 @@ def train_net(net: str, width: float, splits: Any, *, epochs: int, seed: int,
                     f"{model.count_params():,}", epochs, record["seconds"])
     if record.get("test_fingerprint") != test_fp:  # first time, or another test set
         val = correct(model, splits.x_val, splits.y_val)
-        record.update(val_correct=pack_bits(val), val_acc=float(val.mean()),
+        record.update(val_correct=pack_correct(val), val_acc=float(val.mean()),
                       test_acc=float(correct(model, splits.x_test, splits.y_test).mean()),
                       test_fingerprint=test_fp)
         tmp = record_path.with_name(f".{record_path.name}.{os.getpid()}.tmp")
@@ -369,14 +369,14 @@ def train_net(net: str, width: float, splits: Any, *, epochs: int, seed: int,
         os.replace(tmp, record_path)
     costs = model_costs(model)
     return Trained(model, key, int(costs.params), int(costs.flops), epochs, record["val_acc"],
-                   record["test_acc"], unpack_bits(record["val_correct"], len(splits.x_val)),
+                   record["test_acc"], unpack_correct(record["val_correct"], len(splits.x_val)),
                    record["seconds"], cached, record.get("history", {}))
 
 
 # -- compress, with the library's defaults -----------------------------------------------------
 
 def run_compress(model: Any, dataset: Any, problem: Any, *, out_dir: Path, sim_dir: Path,
-                 max_drop: float, val_fraction: float, seed: int,
+                 max_drop: float, val_fraction: float | None, seed: int,
                  n_trials: int | None) -> dict[str, Any]:
     """The default ``compress_detailed`` call and its answer (cached in ``out_dir`` with
     the wall time of the run that computed it; the study there resumes otherwise)."""
@@ -386,7 +386,9 @@ def run_compress(model: Any, dataset: Any, problem: Any, *, out_dir: Path, sim_d
     row_path = out_dir / "answer.json"
     if row_path.exists():
         return dict(json.loads(row_path.read_text()))
-    extra = {} if n_trials is None else {"n_trials": n_trials}
+    # tiny mode (a smoke test of the harness): fewer trials and fine-tunings, so CI stays short
+    extra = {} if n_trials is None else {"n_trials": n_trials, "max_probes": 2,
+                                          "escalate_probes": 1}
     start = time.perf_counter()
     try:
         answer = compress_detailed(model, dataset, max_drop=max_drop, out_dir=out_dir,
@@ -397,7 +399,7 @@ def run_compress(model: Any, dataset: Any, problem: Any, *, out_dir: Path, sim_d
     row = describe_answer(answer)
     row["seconds"] = round(time.perf_counter() - start, 1)
     row["call"] = (f"compress_detailed(model, data, max_drop={max_drop:g}, out_dir=..., "
-                   f"val_fraction={val_fraction:g}, seed={seed}"
+                   f"val_fraction={val_fraction}, seed={seed}"
                    + "".join(f", {k}={v}" for k, v in extra.items()) + ")")
     out_dir.mkdir(parents=True, exist_ok=True)
     row_path.write_text(json.dumps(row, indent=1))
@@ -429,12 +431,19 @@ def _answer_without_pick(out_dir: Path, problem: Any, max_drop: float, err: Exce
 def describe_answer(answer: Any) -> dict[str, Any]:
     """The numbers of a :class:`~lrf_optuna.study.records.WithinBudget` answer."""
     ref, orig = answer.reference, answer.original
+
+    def se(job: Any) -> float | None:
+        paired = job.decided_drop(answer.reference_of(job))
+        return None if paired is None else round(paired.se_pp, 3)
+
     probes = [{"trial": t.number, "params": int(t.user_attrs["params"]),
                "proxy": t.user_attrs.get("proxy"), "val_after": job.val_acc_after,
                "test_after": job.measured.test_acc, "epochs_run": job.epochs_run,
-               "seconds": job.finetune_seconds,
-               "val_drop_pp": job.drops_pp(ref)["val_vs_reference"]}
-              for t, job in answer.probes]
+               "seconds": job.finetune_seconds, "passed": probe.passed,
+               "escalated": job.recipe != answer.search_recipe_key,
+               "val_drop_pp": job.drops_pp(answer.reference_of(job))["val_vs_reference"],
+               "val_drop_se_pp": se(job)}
+              for t, job, probe in answer.probes]
     epochs = [p["epochs_run"] for p in probes if p["epochs_run"] is not None]
     row: dict[str, Any] = {
         "within": answer.chosen is not None, "recipe": answer.recipe,
@@ -442,7 +451,13 @@ def describe_answer(answer: Any) -> dict[str, Any]:
         "fair_reference_epochs_run": ref.epochs_run,
         "original_val": orig.val_acc, "original_test": orig.test_acc,
         "probes": len(probes), "candidates": len(answer.candidates),
-        "max_probe_epochs_run": max(epochs, default=None), "probe_list": probes}
+        "max_probe_epochs_run": max(epochs, default=None), "probe_list": probes,
+        "escalated_recipe": answer.escalated_recipe,
+        "val_images": answer.resolution.images if answer.resolution else None,
+        "expected_se_pp": (round(answer.resolution.expected_se_pp, 3)
+                           if answer.resolution else None),
+        "original_check": (answer.original_check.diagnosis
+                           if answer.original_check else None)}
     if answer.chosen is None:
         row.update(trial=None, param_reduction=None, flops_reduction=None, val_drop_pp=None,
                    test_drop_pp=None, test_drop_vs_original_pp=None)
@@ -450,6 +465,12 @@ def describe_answer(answer: Any) -> dict[str, Any]:
     t, job = answer.chosen, answer.job
     params, flops = int(t.user_attrs["params"]), int(t.user_attrs["flops"])
     drops = answer.drops_pp()
+    paired = answer.paired_drops()
+    row.update(val_drop_se_pp=(round(paired["val_vs_reference"].se_pp, 3)
+                               if paired["val_vs_reference"] else None),
+               test_drop_se_pp=(round(paired["test_vs_reference"].se_pp, 3)
+                                if paired["test_vs_reference"] else None),
+               chosen_recipe="longer" if job.recipe != answer.search_recipe_key else "first")
     row.update(trial=t.number, params=params, flops=flops,
                param_reduction=round(1 - params / answer.original_params, 4),
                flops_reduction=(round(1 - flops / answer.original_flops, 4)
@@ -607,14 +628,14 @@ def run_one(net: str, size: int, mode_name: str, mode: Mode, args: argparse.Name
     evaluator = PlanEvaluator(problem, objective.cache, root=cache / "finetuned")
     config = FinetuneConfig(verbose=0)  # the default recipe (verbosity is not part of it)
     reference = evaluator.finetuned({}, config, correctness=True)
-    ref_correct = unpack_bits(reference["val_correct"], n_val)
+    ref_correct = unpack_correct(reference["val_correct"], n_val)
     src = PlanSource(problem, objective, evaluator, original.params)
 
     def judge_plan(c: Candidate) -> Verdict:
         assert c.plan is not None
         r = evaluator.finetuned(c.plan, config, correctness=True)
         return Verdict(r["val_after"], r["test_after"],
-                       passes(unpack_bits(r["val_correct"], n_val), ref_correct, args.max_drop),
+                       passes(unpack_correct(r["val_correct"], n_val), ref_correct, args.max_drop),
                        r["seconds"], {"epochs_run": r["epochs_run"], "reverted": r["reverted"],
                                       "val_before": r["val_before"]})
 
@@ -694,6 +715,10 @@ def _pp(x: float | None) -> str:
     return "-" if x is None else f"{x:+.2f}"
 
 
+def _se(x: float | None) -> str:
+    return "" if x is None else f" ± {x:.2f}"
+
+
 def _baseline_cell(row: dict[str, Any]) -> str:
     if not row["within"]:
         return f"none ({row['probes']} tried; {row['seconds']:.0f} s)"
@@ -715,7 +740,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         f"Nets written as users write them (not from the zoo), trained from scratch on a "
         f"stratified subset of the training images; the validation split is the library's "
-        f"(`prepare_splits(val_fraction={results['val_fraction']:g}, "
+        f"(`prepare_splits(val_fraction={results['val_fraction']}, "
         f"seed={results['seed']})`, the one `compress` uses), held out of every training. "
         f"Budget {results['max_drop_pp']:g} pp of **validation** accuracy, decided on "
         "validation, reported on **test**. compress: `compress_detailed` with its "
@@ -724,9 +749,11 @@ def markdown(results: dict[str, Any]) -> str:
         "probe got, against the untouched original; uniform SVD (`channel_svd` on k x k "
         "convs, `svd` on 1x1 convs and dense, first conv and classifier kept) and tau "
         "(similarity threshold): fine-tuned with `FinetuneConfig()`, against the fair "
-        "reference (the original fine-tuned the same way). Baseline decisions: `passes()` "
-        "(point estimate), candidates probed by bisection. Cells: params saved, pick, "
-        "test drop vs its reference (pp), wall time.", ""]
+        "reference (the original fine-tuned the same way). Every decision: `passes()`, the "
+        "library's paired decision (`PairedDrop.within` at compress's default confidence), "
+        "candidates probed by bisection. Drops ± one standard error (paired on the same "
+        "images). Cells: params saved, pick, test drop vs its reference (pp), wall time.",
+        ""]
     rows, detail = [], []
     for r in results["runs"]:
         c, o, t = r["compress"], r["original"], r["targets"]
@@ -735,7 +762,9 @@ def markdown(results: dict[str, Any]) -> str:
         rows.append([r["net"], f"{r['train_images']:,} / {r['val_images']:,}",
                      f"{r['budget_images']} ({r['one_image_pp']:.2g} pp each)",
                      f"{o['params']:,}", f"{100 * o['test_acc']:.2f}", comp,
-                     f"{_pp(c['val_drop_pp'])} / {_pp(c['test_drop_pp'])}",
+                     f"{_pp(c['val_drop_pp'])}{_se(c.get('val_drop_se_pp'))} / "
+                     f"{_pp(c['test_drop_pp'])}{_se(c.get('test_drop_se_pp'))}"
+                     + (" (longer recipe)" if c.get("chosen_recipe") == "longer" else ""),
                      _pp(c["test_drop_vs_original_pp"]), f"{c['seconds']:.0f}",
                      *[_baseline_cell(r["baselines"][b]) for b in BASELINES],
                      "yes" if t["beats_every_baseline"] else "no",
@@ -804,7 +833,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Mode, st
                              "quick: 4000)")
     parser.add_argument("--val-fraction", type=float, default=defaults["val_fraction"],
                         help="validation fraction of the compress call and of every "
-                             "training (default: compress's, %(default)s)")
+                             "training (default: compress's, %(default)s: None is 2,000 "
+                             "images, at least 10 %% and at most 25 %%)")
     parser.add_argument("--seed", type=int, default=defaults["seed"],
                         help="seed of the splits and of the compress call (default: "
                              "compress's, %(default)s)")
@@ -833,7 +863,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Mode, st
     unknown = [n for n in [*args.nets, *epochs] if n not in NETS]
     if unknown:
         parser.error(f"unknown nets {unknown}; choose from {','.join(NETS)}")
-    if not 0 < args.val_fraction < 1:
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         parser.error(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if any(not 0 < w < 1 for w in args.widths) or any(not 0 < r < 1 for r in args.ratios):
         parser.error("--widths and --ratios must be in (0, 1)")

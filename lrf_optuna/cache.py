@@ -185,9 +185,10 @@ def fingerprint(model: keras.Model, x: np.ndarray, *, metrics: Sequence[str],
     """SHA-256 over architecture, weights, calibration data, metrics, grid and versions."""
     h = hashlib.sha256()
     h.update(model.to_json().encode())
-    for w in model.weights:
-        h.update(w.path.encode())
-        h.update(np.ascontiguousarray(np.asarray(w.numpy())).tobytes())
+    for w in model.weights:  # not w.path: a reloaded Sequential model's paths differ
+        values = np.ascontiguousarray(np.asarray(w.numpy()))
+        h.update(f"{values.dtype.str}{values.shape};".encode())
+        h.update(values.tobytes())
     xa = np.ascontiguousarray(np.asarray(x, dtype="float32"))
     h.update(str(xa.shape).encode())
     h.update(xa.tobytes())

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks import user_nets as U
+from lrf_optuna.data import resolve_val_fraction
 
 
 def test_nets_have_the_issue_sizes_and_scale_with_width() -> None:
@@ -65,8 +66,9 @@ def test_tiny_mode_runs_every_net_end_to_end(tmp_path) -> None:
         o = r["original"]
         # a narrow net at width 1 is the original
         assert U.build_net(net, (12, 12, 1), 4, o["width"]).count_params() == o["params"]
-        assert 0 <= o["test_acc"] <= 1 and r["val_images"] == round(400 * results[
-            "val_fraction"]) and r["train_images"] + r["val_images"] == 400
+        fraction = resolve_val_fraction(results["val_fraction"], 400)  # None: automatic
+        assert 0 <= o["test_acc"] <= 1 and r["val_images"] == round(400 * fraction)
+        assert r["train_images"] + r["val_images"] == 400
         c = r["compress"]
         assert c["probes"] >= 1 and c["seconds"] > 0 and c["max_probe_epochs_run"] >= 1
         if c["within"]:

@@ -276,3 +276,21 @@ def test_activation_aware_methods_end_to_end(tmp_path, data, rng) -> None:
         cache.build_model(model, {"fc1": ("svd_aware", off_grid)})
     with pytest.raises(DecompositionError, match=r"'svd_aware' fits layer 'fc1'.*inputs="):
         rewrite_model(model, {"fc1": ("svd_aware", ranks[0])})
+
+
+def test_fingerprints_survive_a_save_and_reload(tmp_path) -> None:
+    """A Sequential model reloaded from its .keras file has other weight paths
+    ('plain/c/kernel' in memory, 'c/kernel' reloaded): the cache fingerprint and the
+    fine-tuning digest must not change, or the same model is scored and trained again."""
+    from lrf_optuna.finetune.recipe import model_digest
+
+    model = keras.Sequential([keras.Input((6, 6, 1)), keras.layers.Conv2D(3, 3, name="c"),
+                              keras.layers.Flatten(), keras.layers.Dense(2, name="d")],
+                             name="plain")
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    assert [w.path for w in model.weights] != [w.path for w in again.weights]
+    x = np.zeros((2, 6, 6, 1), "float32")
+    assert fingerprint(model, x, metrics=["cosine"], grid=GridConfig(), layers=["c"]) == \
+        fingerprint(again, x, metrics=["cosine"], grid=GridConfig(), layers=["c"])
+    assert model_digest(model) == model_digest(again)

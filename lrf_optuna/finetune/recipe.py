@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
@@ -107,14 +106,12 @@ _MEMORY: dict[str, TeacherOutputs] = {}
 
 
 def model_digest(model: keras.Model) -> str:
-    """A digest of a model's architecture and weights (16 hex digits)."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(json.dumps(model.get_config(), sort_keys=True, default=str).encode())
-    for w in model.weights:
-        a = np.ascontiguousarray(np.asarray(w))
-        h.update(f"{w.path}{a.dtype.str}{a.shape};".encode())
-        h.update(a.reshape(-1).view(np.uint8).data)
-    return h.hexdigest()
+    """A digest of a model's architecture and weights (16 hex digits): the same for the
+    model and its ``.keras`` file reloaded
+    (:func:`lrf_optuna.problem.model_fingerprint`)."""
+    from lrf_optuna.problem import model_fingerprint
+
+    return model_fingerprint(model)
 
 
 def teacher_outputs(teacher: keras.Model, splits: Splits, *,
