@@ -23,6 +23,8 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
     ("benchmarks.search_soak", [], ["--trials", "600", "--no-write"]),
     ("benchmarks.seeded_sampler", [], ["--models", "lenet5", "--trials", "300", "--seeds", "1",
                                        "--no-write"]),
+    ("benchmarks.deploy", ["--representative-sweep", "32", "100", "300", "1000"],
+     ["--models", "vgg_small", "--test-images", "2000", "--no-write"]),
 ]
 
 
