@@ -58,6 +58,7 @@ class DeployConfig:
     test_images: int | None = None
     latency_repeats: int = 50
     epochs: int | None = None
+    note: str = ""
 
 
 @dataclass
@@ -149,19 +150,28 @@ def render(rows: Sequence[Row], sweep: Sequence[Sequence[Any]], config: DeployCo
             f"{100 * (r.accuracy - float_acc[r.model]):+.2f}" if r.model in float_acc else "",
             ", ".join(r.micro_outside) or "none", r.float_ops])
     n = config.test_images or "all"
+    shown = list(argv)
+    if "--note" in shown:  # the note follows below the table
+        at = shown.index("--note")
+        shown[at:at + 2] = ["--note", "TEXT"]
     lines = [
-        f"`python -m benchmarks.deploy {shlex.join(argv)}`".replace(" `", "`"),
+        f"`python -m benchmarks.deploy {shlex.join(shown)}`",
         f"({datetime.now(timezone.utc):%Y-%m-%d}, {platform.machine()}, "
         f"{os.cpu_count()} CPUs; test images: {n}; int8 calibrated on "
         f"{config.representative} training images). Every file is a static batch-1 graph "
         "(`lrf_optuna.deploy.convert`), run in the interpreter on the test images; "
         "latency: median batch-1 `invoke()`, with the runtime that ran it; arena: TFLite "
-        "Micro's total (TFLM) or the planned activation memory.",
+        "Micro's total (TFLM) or, where TFLM cannot run the file (float16 and dynamic-range "
+        "files: TFLM has no kernels for float16 weights or hybrid int8-weight ops), the "
+        "planned memory of its non-constant tensors, which for float16 includes the "
+        "float32 copies of the weights its DEQUANTIZE ops make at run time.",
         "",
         markdown_table(["model", "file", "params", "file bytes", "x float32",
                         "arena bytes", "latency ms (runtime)", "test acc %",
                         "vs float32 pp", "ops outside TFLM", "float ops"], table),
     ]
+    if config.note:
+        lines += ["", config.note]
     if rows:
         ops = {}
         for r in rows:
@@ -194,6 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--representative-sweep", type=int, nargs="*", default=[])
     p.add_argument("--test-images", type=int, default=None)
     p.add_argument("--latency-repeats", type=int, default=50)
+    p.add_argument("--note", default="", help="a sentence added to the section (e.g. how "
+                   "a --model was made)")
     p.add_argument("--results", default=str(RESULTS_PATH))
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args(argv)
@@ -201,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                           dataset=args.dataset, modes=tuple(args.modes),
                           representative=args.representative,
                           sweep=tuple(args.representative_sweep),
-                          test_images=args.test_images, latency_repeats=args.latency_repeats)
+                          test_images=args.test_images, latency_repeats=args.latency_repeats,
+                          note=args.note)
     rows, sweep = run(config)
     body = render(rows, sweep, config, argv)
     print()

@@ -25,6 +25,11 @@ BENCHMARKS: list[tuple[str, list[str], list[str]]] = [
                                        "--no-write"]),
     # the default compress call against what users try instead (full: hours on 2 cores)
     ("benchmarks.user_nets", [], ["--quick", "--nets", "plain"]),
+    ("benchmarks.deploy", ["--representative-sweep", "32", "100", "300", "1000"],
+     ["--models", "vgg_small", "--test-images", "2000", "--no-write"]),
+    # the fine-tuning budget at three data sizes (full: hours on 2 cores)
+    ("benchmarks.finetune_budget", [], ["--nets", "mobile", "--sizes", "4000",
+                                        "--recipes", "old,steps600", "--no-write"]),
 ]
 
 
