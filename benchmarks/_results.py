@@ -31,7 +31,7 @@ from typing import IO, Any
 
 from lrf_optuna.report import tables as report_table
 
-__all__ = ["RESULTS_PATH", "add_output_arguments", "markdown_table", "median_time",
+__all__ = ["RESULTS_PATH", "add_output_arguments", "markdown_table", "median_time", "pct", "pp",
            "replace_section", "resolve_outputs", "write_section"]
 
 #: The results document all benchmarks write to.
@@ -183,3 +183,13 @@ def resolve_outputs(args: argparse.Namespace, *, tiny: bool, cache_name: str) ->
     args.out = args.out or str(here)
     args.cache_dir = args.cache_dir or str(here / ".cache" / cache_name)
     args.results_md = args.results_md or str(RESULTS_PATH)
+
+
+def pct(x: float | None) -> str:
+    """A fraction as a percentage with one decimal, ``-`` when unknown."""
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def pp(x: float | None) -> str:
+    """Percentage points with a sign, ``-`` when unknown."""
+    return "-" if x is None else f"{x:+.2f}"

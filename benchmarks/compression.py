@@ -65,6 +65,8 @@ from benchmarks._results import (
     resolve_outputs,
     write_section,
 )
+from benchmarks._results import pct as _pct
+from benchmarks._results import pp as _pp
 
 __all__ = ["MODELS", "MODES", "main", "parse_recipe", "simulate_probe_strategies"]
 
@@ -959,14 +961,6 @@ def simulate_probe_strategies(n_fronts: int = 2000, seed: int = 0) -> dict[str, 
 
 
 # -- output -------------------------------------------------------------------------------------
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _pp(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.2f}"
-
 
 def _acc(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.2f}"

@@ -73,6 +73,8 @@ from benchmarks._results import (
     resolve_outputs,
     write_section,
 )
+from benchmarks._results import pct as _pct
+from benchmarks._results import pp as _pp
 from benchmarks.compression import TAUS, Candidate, Plan, _from_plans, _uniform_plans
 from lrf_optuna.models.training import correct
 from lrf_optuna.paired import DEFAULT_CONFIDENCE, pack_correct, paired_drop, unpack_correct
@@ -706,14 +708,6 @@ def targets(compress: dict[str, Any], baselines: dict[str, dict[str, Any]]) -> d
 
 
 # -- output ----------------------------------------------------------------------------------
-
-def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
-
-
-def _pp(x: float | None) -> str:
-    return "-" if x is None else f"{x:+.2f}"
-
 
 def _se(x: float | None) -> str:
     return "" if x is None else f" ± {x:.2f}"
