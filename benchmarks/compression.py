@@ -542,10 +542,17 @@ def best_within(ctx: Context, family: list[Candidate], config: Any, reference: d
 
 
 def latency(ctx: Context, cand: Candidate | None) -> dict[str, float]:
-    """Batch-1 latencies (ms) of a candidate's architecture (weights do not matter)."""
+    """Batch-1 latencies (ms) of a candidate's architecture (weights do not matter),
+    measured once and cached beside its fine-tuning results (a rerun reports the same
+    numbers instead of a new sample of the machine's noise)."""
     from lrf_optuna.export import measure_model
     from lrf_optuna.models.zoo import build_reference_model
 
+    key = ("original" if cand is None else f"narrow{cand.width:g}" if cand.width is not None
+           else plan_digest(cand.plan or {}))
+    path = ctx.evaluator.root / "latency" / f"{key}.json"
+    if path.exists():
+        return {k: float(v) for k, v in json.loads(path.read_text()).items()}
     if cand is None:
         model = ctx.problem.model
     elif cand.width is not None:
@@ -559,8 +566,10 @@ def latency(ctx: Context, cand: Candidate | None) -> dict[str, float]:
         m = measure_model(model, ctx.problem.splits, tmp, "m",
                           latency_repeats=ctx.args.latency_repeats,
                           latency_warmup=max(1, ctx.args.latency_repeats // 10)).measured
-    return {"keras_ms": float(m.latency_ms_keras or 0),
-            "tflite_ms": float(m.latency_ms_tflite or 0)}
+    out = {"keras_ms": float(m.latency_ms_keras or 0), "tflite_ms": float(m.latency_ms_tflite or 0)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out))
+    return out
 
 
 # -- searches and hypervolume ------------------------------------------------------------------
