@@ -29,26 +29,39 @@ SECTION = "Seeded plans in NSGA-II's populations (issue 12)"
 CHECKPOINTS = (100, 200, 300, 500, 1000)
 
 
-def _study_row(objective: LRFObjective, sampler: optuna.samplers.BaseSampler,
-               trials: int) -> tuple[list[float], float, float, int, float]:
+def normalized_points(study: optuna.Study) -> np.ndarray:
+    """``(params / original, FLOPs / original, 1 - proxy)`` of every COMPLETE trial, in
+    trial order (the original is the largest trial: seeded as trial 0)."""
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    params0 = max(t.user_attrs["params"] for t in done)
+    flops0 = max(t.user_attrs["flops"] for t in done)
+    return np.array([[t.user_attrs["params"] / params0, t.user_attrs["flops"] / flops0,
+                      1 - t.user_attrs["proxy"]] for t in done])
+
+
+def hypervolumes(pts: np.ndarray, checkpoints: Sequence[int]) -> list[float]:
+    """The hypervolume of the first ``n`` points for each checkpoint ``n`` (reference
+    point 1.1 on every axis)."""
     from optuna._hypervolume import compute_hypervolume  # private, but the one Optuna uses
 
+    ref = np.full(3, 1.1)
+    hv = []
+    for n in (c for c in checkpoints if c <= len(pts)):
+        p = pts[:n][np.all(pts[:n] < ref, axis=1)]
+        hv.append(float(compute_hypervolume(p, ref)) if len(p) else 0.0)
+    return hv
+
+
+def _study_row(objective: LRFObjective, sampler: optuna.samplers.BaseSampler,
+               trials: int) -> tuple[list[float], float, float, int, float]:
     study = optuna.create_study(directions=objective.directions, sampler=sampler)
     objective.describe_study(study)
     objective.seed_study(study)
     start = time.perf_counter()
     study.optimize(objective, n_trials=trials)
     seconds = time.perf_counter() - start
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    params0 = max(t.user_attrs["params"] for t in done)  # the original (seeded as trial 0)
-    flops0 = max(t.user_attrs["flops"] for t in done)
-    pts = np.array([[t.user_attrs["params"] / params0, t.user_attrs["flops"] / flops0,
-                     1 - t.user_attrs["proxy"]] for t in done])
-    ref = np.full(3, 1.1)
-    hv = []
-    for n in (c for c in CHECKPOINTS if c <= len(pts)):
-        p = pts[:n][np.all(pts[:n] < ref, axis=1)]
-        hv.append(float(compute_hypervolume(p, ref)) if len(p) else 0.0)
+    pts = normalized_points(study)
+    hv = hypervolumes(pts, CHECKPOINTS)
 
     def best(fraction: float) -> float:
         return max((1 - p[2] for p in pts if p[0] <= fraction), default=0.0)
