@@ -67,6 +67,7 @@ from benchmarks._results import (
 )
 from benchmarks._results import pct as _pct
 from benchmarks._results import pp as _pp
+from lrf_optuna.plan import CompressionPlan
 
 __all__ = ["MODELS", "MODES", "main", "parse_recipe", "simulate_probe_strategies"]
 
@@ -289,7 +290,7 @@ class Context:
     pruning_objective: Any = None
 
     def proxy(self, plan: Plan) -> float:
-        if getattr(plan, "ratios", None):
+        if CompressionPlan.of(plan).ratios:
             return float(prune_objective(self).score(plan).proxy)
         return float(self.objective.score(plan).proxy)
 
@@ -359,7 +360,7 @@ def _from_plans(ctx: PlanSource, named: Sequence[tuple[str, Plan]]) -> list[Cand
 
 def _study_family(ctx: Context, study: Any) -> list[Candidate]:
     from lrf_optuna.finetune import budget_candidates
-    from lrf_optuna.study.records import decode_plan
+    from lrf_optuna.plan import decode_plan
 
     out = []
     for t in budget_candidates(study):
@@ -518,7 +519,7 @@ def best_within(ctx: Context, family: list[Candidate], config: Any, reference: d
     base = float(base_params or ctx.original_params)
     curve = [{"label": family[i].label, "params": family[i].params, "flops": family[i].flops,
               "proxy": family[i].proxy, "val": r["val_after"], "test": r["test_after"],
-              "prunes": bool(getattr(family[i].plan, "ratios", None)),
+              "prunes": bool(CompressionPlan.of(family[i].plan).ratios),
               "reduction": 1 - size(family[i]) / base}
              for i, r in sorted(results.items(), key=lambda kv: family[kv[0]].params)]
     row: dict[str, Any] = {"candidates": len(family), "probes": search.n_evaluated,
@@ -529,7 +530,7 @@ def best_within(ctx: Context, family: list[Candidate], config: Any, reference: d
     else:
         c, r = family[search.chosen], results[search.chosen]
         row.update(
-            label=c.label + (" (prunes)" if getattr(c.plan, "ratios", None) else ""),
+            label=c.label + (" (prunes)" if CompressionPlan.of(c.plan).ratios else ""),
             params=c.params, flops=c.flops,
             param_reduction=round(1 - size(c) / base, 4),
             flops_reduction=round(1 - c.flops / ctx.original_flops, 4),
@@ -634,9 +635,9 @@ def run_model(name: str, mode: Mode, args: argparse.Namespace, dataset: Any) -> 
     from lrf_optuna.costs import model_costs
     from lrf_optuna.data import prepare_splits
     from lrf_optuna.finetune import select_trials
+    from lrf_optuna.plan import decode_plan
     from lrf_optuna.problem import Problem, ProblemSpec
     from lrf_optuna.search import AGGREGATIONS, LRFObjective
-    from lrf_optuna.study.records import decode_plan
 
     spec = MODELS[name]
     cache = Path(args.cache_dir)
@@ -784,8 +785,8 @@ def pruned_proxy_quality(ctx: Context, recipe: Any, recipe_name: str) -> dict[st
     completed trials) and after the main recipe (``--spearman-finetuned`` trials spread
     along the front)."""
     from lrf_optuna.finetune import select_trials
+    from lrf_optuna.plan import decode_plan
     from lrf_optuna.search import AGGREGATIONS, LRFObjective
-    from lrf_optuna.study.records import decode_plan
 
     study = ctx.studies["nsga2-prune"]
     base = prune_objective(ctx)

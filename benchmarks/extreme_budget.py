@@ -57,7 +57,7 @@ logger = logging.getLogger("benchmarks.extreme_budget")
 
 def _best_under(study: Any, objective: Any, max_params: float) -> tuple[int, dict] | None:
     """(trial number, plan) of the highest-proxy COMPLETE trial within ``max_params``."""
-    from lrf_optuna.study.records import decode_plan
+    from lrf_optuna.plan import decode_plan
 
     best = None
     for t in study.trials:

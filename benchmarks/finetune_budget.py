@@ -66,7 +66,7 @@ def recipe(name: str, table: dict[str, dict[str, Any]] | None = None) -> Any:
 def _front_plans(objective: Any, study: Any, k: int) -> list[tuple[int, Any]]:
     """``k`` plans of the (params, proxy) front, evenly spread in log(params)."""
     from lrf_optuna.finetune import budget_candidates
-    from lrf_optuna.study.records import decode_plan
+    from lrf_optuna.plan import decode_plan
 
     front = budget_candidates(study)
     if not front:

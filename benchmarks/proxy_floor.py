@@ -31,8 +31,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     from lrf_optuna.finetune import FinetuneConfig
+    from lrf_optuna.plan import decode_plan
     from lrf_optuna.search import LRFObjective
-    from lrf_optuna.study.records import decode_plan
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.proxy_floor")
     parser.add_argument("--model", default="lenet5")

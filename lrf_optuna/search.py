@@ -49,6 +49,7 @@ import optuna
 
 from lrf_optuna.cache import Candidate, GridConfig, LayerTable, SimilarityCache
 from lrf_optuna.errors import UserError
+from lrf_optuna.plan import KEEP, CompressionPlan, Plan, decode_plan, describe_choice, plan_attrs
 from lrf_optuna.problem import Problem, ProblemSpec
 from lrf_optuna.similarity import DEFAULT_METRIC, METRICS
 from lrf_optuna.space import (
@@ -66,18 +67,12 @@ from lrf_optuna.study.binding import (
     record_binding,
 )
 from lrf_optuna.study.records import (
-    KEEP,
     ORIGINAL_ATTR,
     PROBLEM_ATTR,
     PRUNE_ATTR,
     SPACE_ATTR,
     STRATEGY_ATTR,
-    CompressionPlan,
     OriginalInfo,
-    Plan,
-    decode_plan,
-    describe_choice,
-    plan_attrs,
     record_problem,
 )
 from lrf_optuna.study.recovery import (

@@ -100,6 +100,7 @@ from lrf_optuna.finetune.recipe import (
 )
 from lrf_optuna.finetune.select import Selection, select_trials
 from lrf_optuna.paired import pack_correct
+from lrf_optuna.plan import LRF_PLAN_ATTR, PLAN_ATTR
 from lrf_optuna.search import StudyModels
 from lrf_optuna.study.lookup import (
     artifact_store_dir,
@@ -115,8 +116,6 @@ from lrf_optuna.study.records import (
     ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,
     DEPLOYED_ATTR,
-    LRF_PLAN_ATTR,
-    PLAN_ATTR,
     RECIPE_ATTR,
     RECIPE_CONFIG_ATTR,
     REFERENCE_ATTR,

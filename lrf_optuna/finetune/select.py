@@ -17,7 +17,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from lrf_optuna.study.records import LRF_PLAN_ATTR, original_info
+from lrf_optuna.plan import LRF_PLAN_ATTR
+from lrf_optuna.study.records import original_info
 
 __all__ = ["MIN_REDUCTION", "PROXY_FLOOR", "Selection", "budget_candidates", "select_trials"]
 

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.cache import SimilarityCache
 from lrf_optuna.errors import UserError
+from lrf_optuna.plan import readable_plan
 from lrf_optuna.study.lookup import (
     fair_references,
     find_finetune_study,
@@ -31,7 +32,6 @@ from lrf_optuna.study.records import (
     ORIGINAL_ATTR,
     FinetuneRecord,
     original_info,
-    readable_plan,
 )
 
 __all__ = ["FinetuneRow", "ReportData", "ReportError", "collect", "read_study"]

@@ -8,9 +8,9 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from lrf_optuna.plan import parse_choice, readable_plan
 from lrf_optuna.report.data import ReportData
 from lrf_optuna.report.tables import as_float, fmt
-from lrf_optuna.study.records import parse_choice, readable_plan
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import optuna
 
+from lrf_optuna.plan import readable_plan
 from lrf_optuna.report.data import ReportData, collect
 from lrf_optuna.report.figures import accuracy_figure, pareto_figure, similarity_figure
 from lrf_optuna.report.tables import (
@@ -47,7 +48,6 @@ from lrf_optuna.report.tables import (
     results_table,
     spread,
 )
-from lrf_optuna.study.records import readable_plan
 
 __all__ = ["write_report"]
 
