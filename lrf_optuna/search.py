@@ -67,8 +67,14 @@ from lrf_optuna.study.binding import (
     record_binding,
 )
 from lrf_optuna.study.records import (
+    COMPRESSION_RATIO_ATTR,
+    DEPLOYED_BYTES_ATTR,
+    FLOPS_ATTR,
+    FLOPS_REDUCTION_ATTR,
     ORIGINAL_ATTR,
+    PARAMS_ATTR,
     PROBLEM_ATTR,
+    PROXY_ATTR,
     PRUNE_ATTR,
     SPACE_ATTR,
     STRATEGY_ATTR,
@@ -490,14 +496,14 @@ class LRFObjective:
         return tuple(score.objective(o) for o in self.objectives)
 
     def _record(self, trial: optuna.Trial, score: PlanScore) -> None:
-        trial.set_user_attr("params", score.params)
-        trial.set_user_attr("flops", score.flops)
-        trial.set_user_attr("proxy", round(score.proxy, 6))
+        trial.set_user_attr(PARAMS_ATTR, score.params)
+        trial.set_user_attr(FLOPS_ATTR, score.flops)
+        trial.set_user_attr(PROXY_ATTR, round(score.proxy, 6))
         if self.plan_bytes is not None:
-            trial.set_user_attr("deployed_bytes", score.bytes)
-        trial.set_user_attr("compression_ratio",
+            trial.set_user_attr(DEPLOYED_BYTES_ATTR, score.bytes)
+        trial.set_user_attr(COMPRESSION_RATIO_ATTR,
                             round(self.original_params / max(score.params, 1), 4))
-        trial.set_user_attr("flops_reduction",
+        trial.set_user_attr(FLOPS_REDUCTION_ATTR,
                             round(1 - score.macs / max(self.original_macs, 1), 4))
         for key, value in plan_attrs(score.plan, self.spaces).items():
             trial.set_user_attr(key, value)

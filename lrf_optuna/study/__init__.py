@@ -2,8 +2,13 @@
 
 * :mod:`~lrf_optuna.study.storage`: storage URLs, default locations, opening storages
   (SQLite WAL, PostgreSQL, heartbeats) and cross-process study locks;
-* :mod:`~lrf_optuna.study.records`: the user-attribute names, their typed readers and the
-  problem-path trust checks (the plan codec: :mod:`lrf_optuna.plan`);
+* :mod:`~lrf_optuna.study.records`: the attribute names of a study and its search trials,
+  their typed readers and the problem-path trust checks (the plan codec:
+  :mod:`lrf_optuna.plan`);
+* :mod:`~lrf_optuna.study.finetune_records`: what a fine-tuning job records (its
+  user-attribute keys, :class:`~lrf_optuna.study.finetune_records.FinetuneRecord`) and the
+  budget search's answer types; a leaf that the jobs write through and the report, the
+  dashboard and the export read through;
 * :mod:`~lrf_optuna.study.lookup`: a search study by name (one error type,
   :class:`~lrf_optuna.errors.UserError`), its fine-tuning study and jobs;
 * :mod:`~lrf_optuna.study.binding`: the fingerprints that bind a study to its model, data
