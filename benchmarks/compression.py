@@ -67,7 +67,8 @@ from benchmarks._results import (
 )
 from benchmarks._results import pct as _pct
 from benchmarks._results import pp as _pp
-from lrf_optuna.plan import CompressionPlan
+from lrf_optuna.plan import LRF_PLAN_ATTR, CompressionPlan
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR
 
 __all__ = ["MODELS", "MODES", "main", "parse_recipe", "simulate_probe_strategies"]
 
@@ -364,9 +365,9 @@ def _study_family(ctx: Context, study: Any) -> list[Candidate]:
 
     out = []
     for t in budget_candidates(study):
-        proxy = float(t.user_attrs["proxy"])
-        out.append(Candidate(f"#{t.number}", int(t.user_attrs["params"]),
-                             int(t.user_attrs["flops"]), proxy, decode_plan(t), proxy=proxy))
+        proxy = float(t.user_attrs[PROXY_ATTR])
+        out.append(Candidate(f"#{t.number}", int(t.user_attrs[PARAMS_ATTR]),
+                             int(t.user_attrs[FLOPS_ATTR]), proxy, decode_plan(t), proxy=proxy))
     return out
 
 
@@ -615,9 +616,9 @@ def hypervolumes(ctx: Context, checkpoints: Sequence[int]) -> dict[str, list[lis
             continue
         trials = sorted((t for t in study.trials if t.state.name == "COMPLETE"),
                         key=lambda t: t.number)
-        pts = np.array([[t.user_attrs["params"] / ctx.original_params,
-                         t.user_attrs["flops"] / ctx.original_flops,
-                         1 - t.user_attrs["proxy"]] for t in trials])
+        pts = np.array([[t.user_attrs[PARAMS_ATTR] / ctx.original_params,
+                         t.user_attrs[FLOPS_ATTR] / ctx.original_flops,
+                         1 - t.user_attrs[PROXY_ATTR]] for t in trials])
         series = []
         for n in checkpoints:
             if n > len(pts):
@@ -721,7 +722,7 @@ def run_model(name: str, mode: Mode, args: argparse.Namespace, dataset: Any) -> 
         pts = []
         for t in chosen:
             r = evaluator.finetuned(decode_plan(t), main_recipe)
-            pts.append((decode_plan(t), float(t.user_attrs["params"]), r["val_after"]))
+            pts.append((decode_plan(t), float(t.user_attrs[PARAMS_ATTR]), r["val_after"]))
         val = [p[2] for p in pts]
         proxy["finetuned"] = {"n": len(pts), "recipe": args.recipes[0],
                               "log_params": spearman([math.log(p[1]) for p in pts], val)}
@@ -733,7 +734,7 @@ def run_model(name: str, mode: Mode, args: argparse.Namespace, dataset: Any) -> 
     if args.spearman_plans:
         pool = ctx.studies.get("random", ctx.studies["nsga2"])
         plans = [decode_plan(t) for t in pool.trials
-                 if t.state.name == "COMPLETE" and t.user_attrs.get("lrf_plan")]
+                 if t.state.name == "COMPLETE" and t.user_attrs.get(LRF_PLAN_ATTR)]
         rng = np.random.default_rng(0)
         picked = [plans[i] for i in rng.choice(len(plans), min(args.spearman_plans, len(plans)),
                                                replace=False)]
@@ -813,7 +814,7 @@ def pruned_proxy_quality(ctx: Context, recipe: Any, recipe_name: str) -> dict[st
     if ctx.args.spearman_finetuned:
         chosen = [t for t in select_trials(study, ctx.args.spearman_finetuned)
                   if decode_plan(t).ratios]
-        pts = [(decode_plan(t), float(t.user_attrs["params"]),
+        pts = [(decode_plan(t), float(t.user_attrs[PARAMS_ATTR]),
                 ctx.evaluator.finetuned(decode_plan(t), recipe)["val_after"]) for t in chosen]
         val = [p[2] for p in pts]
         out["pruned_finetuned"] = {

@@ -24,6 +24,7 @@ import optuna
 from benchmarks import _problem
 from benchmarks._results import markdown_table, write_section
 from lrf_optuna.search import LRFObjective, SeededNSGAIISampler
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR
 
 SECTION = "Seeded plans in NSGA-II's populations (issue 12)"
 CHECKPOINTS = (100, 200, 300, 500, 1000)
@@ -40,10 +41,10 @@ def _study_row(objective: LRFObjective, sampler: optuna.samplers.BaseSampler,
     study.optimize(objective, n_trials=trials)
     seconds = time.perf_counter() - start
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    params0 = max(t.user_attrs["params"] for t in done)  # the original (seeded as trial 0)
-    flops0 = max(t.user_attrs["flops"] for t in done)
-    pts = np.array([[t.user_attrs["params"] / params0, t.user_attrs["flops"] / flops0,
-                     1 - t.user_attrs["proxy"]] for t in done])
+    params0 = max(t.user_attrs[PARAMS_ATTR] for t in done)  # the original (seeded as trial 0)
+    flops0 = max(t.user_attrs[FLOPS_ATTR] for t in done)
+    pts = np.array([[t.user_attrs[PARAMS_ATTR] / params0, t.user_attrs[FLOPS_ATTR] / flops0,
+                     1 - t.user_attrs[PROXY_ATTR]] for t in done])
     ref = np.full(3, 1.1)
     hv = []
     for n in (c for c in CHECKPOINTS if c <= len(pts)):
