@@ -61,6 +61,7 @@ from lrf_optuna.paired import DEFAULT_CONFIDENCE, expected_standard_error
 from lrf_optuna.study.finetune_records import (
     BASELINE_ATTR,
     ERROR_ATTR,
+    VAL_ACC_AFTER_ATTR,
     BudgetProbe,
     BudgetSearch,
     FinetuneRecord,
@@ -219,7 +220,7 @@ class _RecipeSearch:
         self.reference = FinetuneRecord.of(self._wait(original.number))
         if self.reference.decided_val_acc is None:
             raise RuntimeError(f"the fair reference job {self.reference.job} has no "
-                               "val_acc_after")
+                               f"{VAL_ACC_AFTER_ATTR}")
         self.ref_val = float(self.reference.decided_val_acc)
 
     def _wait(self, source: int) -> FrozenTrial:

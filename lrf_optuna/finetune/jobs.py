@@ -237,8 +237,8 @@ def enqueue_finetune(study: optuna.Study, trials: Iterable[FrozenTrial | int], *
                 continue
             if _attempts(jobs) >= max_attempts:
                 logger.warning("trial %d of study %r failed fine-tuning %d time(s); not "
-                               "enqueued again (see the 'error' attribute of jobs %s of %r)",
-                               n, study.study_name, _attempts(jobs),
+                               "enqueued again (see the %r attribute of jobs %s of %r)",
+                               n, study.study_name, _attempts(jobs), ERROR_ATTR,
                                [j.number for j in jobs], ft.study_name)
                 continue
             attrs: dict[str, Any] = {SOURCE_TRIAL: n,

@@ -114,15 +114,15 @@ def accuracy_figure(data: ReportData) -> go.Figure | None:
     fig = go.Figure()
     x = [r.record.measured.params for r in data.finetuned]
     custom = [[r.source, fmt(r.proxy, ".4f")] for r in data.finetuned]
-    accuracies = {
-        "val_acc_before": [r.record.val_acc_before for r in data.finetuned],
-        "val_acc_after": [r.record.val_acc_after for r in data.finetuned],
-        "test_acc": [r.record.measured.test_acc for r in data.finetuned]}
-    for key, name, symbol in (("val_acc_before", "val acc before fine-tuning", "circle-open"),
-                              ("val_acc_after", "val acc after fine-tuning", "circle"),
-                              ("test_acc", "test acc (after)", "star")):
+    accuracies = (
+        ([r.record.val_acc_before for r in data.finetuned], "val acc before fine-tuning",
+         "circle-open"),
+        ([r.record.val_acc_after for r in data.finetuned], "val acc after fine-tuning",
+         "circle"),
+        ([r.record.measured.test_acc for r in data.finetuned], "test acc (after)", "star"))
+    for values, name, symbol in accuracies:
         fig.add_trace(go.Scatter(
-            x=x, y=accuracies[key], mode="markers", name=name,
+            x=x, y=values, mode="markers", name=name,
             customdata=custom, marker={"symbol": symbol, "size": 11},
             hovertemplate=(f"<b>trial %{{customdata[0]}}</b><br>{name} %{{y:.4f}}<br>"
                            "params %{x:,}<br>proxy %{customdata[1]}<extra></extra>")))
