@@ -38,6 +38,7 @@ from lrf_optuna.finetune import FinetuneConfig, finetune_model, teacher_outputs
 from lrf_optuna.finetune.recipe import model_digest
 from lrf_optuna.models.training import correct
 from lrf_optuna.paired import pack_correct
+from lrf_optuna.plan import CompressionPlan
 from lrf_optuna.problem import Problem
 
 __all__ = ["PlanEvaluator", "plan_digest", "spearman"]
@@ -49,19 +50,19 @@ Plan = Mapping[str, tuple[str, int]]
 
 def plan_digest(plan: Plan) -> str:
     """A short digest of a plan (order-independent; a plan that prunes, a
-    :class:`~lrf_optuna.study.records.CompressionPlan`, includes its ratios and criterion).
+    :class:`~lrf_optuna.plan.CompressionPlan`, includes its ratios and criterion).
     """
     text = json.dumps({k: [str(m), int(r)] for k, (m, r) in sorted(plan.items())})
-    ratios = getattr(plan, "ratios", None)
-    if ratios:
-        text += json.dumps({"ratios": dict(sorted(ratios.items())),
-                            "importance": getattr(plan, "importance", "l1")})
+    typed = CompressionPlan.of(plan)
+    if typed.ratios:
+        text += json.dumps({"ratios": dict(sorted(typed.ratios.items())),
+                            "importance": typed.importance})
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
 def _plan_json(plan: Plan) -> dict[str, Any]:
     out: dict[str, Any] = {k: [m, int(r)] for k, (m, r) in plan.items()}
-    ratios = getattr(plan, "ratios", None)
+    ratios = CompressionPlan.of(plan).ratios
     if ratios:
         out["_ratios"] = dict(ratios)
     return out

@@ -67,6 +67,8 @@ from benchmarks._results import (
 )
 from benchmarks._results import pct as _pct
 from benchmarks._results import pp as _pp
+from lrf_optuna.plan import LRF_PLAN_ATTR, CompressionPlan
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR
 
 __all__ = ["MODELS", "MODES", "main", "parse_recipe", "simulate_probe_strategies"]
 
@@ -289,7 +291,7 @@ class Context:
     pruning_objective: Any = None
 
     def proxy(self, plan: Plan) -> float:
-        if getattr(plan, "ratios", None):
+        if CompressionPlan.of(plan).ratios:
             return float(prune_objective(self).score(plan).proxy)
         return float(self.objective.score(plan).proxy)
 
@@ -359,13 +361,13 @@ def _from_plans(ctx: PlanSource, named: Sequence[tuple[str, Plan]]) -> list[Cand
 
 def _study_family(ctx: Context, study: Any) -> list[Candidate]:
     from lrf_optuna.finetune import budget_candidates
-    from lrf_optuna.study.records import decode_plan
+    from lrf_optuna.plan import decode_plan
 
     out = []
     for t in budget_candidates(study):
-        proxy = float(t.user_attrs["proxy"])
-        out.append(Candidate(f"#{t.number}", int(t.user_attrs["params"]),
-                             int(t.user_attrs["flops"]), proxy, decode_plan(t), proxy=proxy))
+        proxy = float(t.user_attrs[PROXY_ATTR])
+        out.append(Candidate(f"#{t.number}", int(t.user_attrs[PARAMS_ATTR]),
+                             int(t.user_attrs[FLOPS_ATTR]), proxy, decode_plan(t), proxy=proxy))
     return out
 
 
@@ -518,7 +520,7 @@ def best_within(ctx: Context, family: list[Candidate], config: Any, reference: d
     base = float(base_params or ctx.original_params)
     curve = [{"label": family[i].label, "params": family[i].params, "flops": family[i].flops,
               "proxy": family[i].proxy, "val": r["val_after"], "test": r["test_after"],
-              "prunes": bool(getattr(family[i].plan, "ratios", None)),
+              "prunes": bool(CompressionPlan.of(family[i].plan).ratios),
               "reduction": 1 - size(family[i]) / base}
              for i, r in sorted(results.items(), key=lambda kv: family[kv[0]].params)]
     row: dict[str, Any] = {"candidates": len(family), "probes": search.n_evaluated,
@@ -529,7 +531,7 @@ def best_within(ctx: Context, family: list[Candidate], config: Any, reference: d
     else:
         c, r = family[search.chosen], results[search.chosen]
         row.update(
-            label=c.label + (" (prunes)" if getattr(c.plan, "ratios", None) else ""),
+            label=c.label + (" (prunes)" if CompressionPlan.of(c.plan).ratios else ""),
             params=c.params, flops=c.flops,
             param_reduction=round(1 - size(c) / base, 4),
             flops_reduction=round(1 - c.flops / ctx.original_flops, 4),
@@ -614,9 +616,9 @@ def hypervolumes(ctx: Context, checkpoints: Sequence[int]) -> dict[str, list[lis
             continue
         trials = sorted((t for t in study.trials if t.state.name == "COMPLETE"),
                         key=lambda t: t.number)
-        pts = np.array([[t.user_attrs["params"] / ctx.original_params,
-                         t.user_attrs["flops"] / ctx.original_flops,
-                         1 - t.user_attrs["proxy"]] for t in trials])
+        pts = np.array([[t.user_attrs[PARAMS_ATTR] / ctx.original_params,
+                         t.user_attrs[FLOPS_ATTR] / ctx.original_flops,
+                         1 - t.user_attrs[PROXY_ATTR]] for t in trials])
         series = []
         for n in checkpoints:
             if n > len(pts):
@@ -634,9 +636,9 @@ def run_model(name: str, mode: Mode, args: argparse.Namespace, dataset: Any) -> 
     from lrf_optuna.costs import model_costs
     from lrf_optuna.data import prepare_splits
     from lrf_optuna.finetune import select_trials
+    from lrf_optuna.plan import decode_plan
     from lrf_optuna.problem import Problem, ProblemSpec
     from lrf_optuna.search import AGGREGATIONS, LRFObjective
-    from lrf_optuna.study.records import decode_plan
 
     spec = MODELS[name]
     cache = Path(args.cache_dir)
@@ -720,7 +722,7 @@ def run_model(name: str, mode: Mode, args: argparse.Namespace, dataset: Any) -> 
         pts = []
         for t in chosen:
             r = evaluator.finetuned(decode_plan(t), main_recipe)
-            pts.append((decode_plan(t), float(t.user_attrs["params"]), r["val_after"]))
+            pts.append((decode_plan(t), float(t.user_attrs[PARAMS_ATTR]), r["val_after"]))
         val = [p[2] for p in pts]
         proxy["finetuned"] = {"n": len(pts), "recipe": args.recipes[0],
                               "log_params": spearman([math.log(p[1]) for p in pts], val)}
@@ -732,7 +734,7 @@ def run_model(name: str, mode: Mode, args: argparse.Namespace, dataset: Any) -> 
     if args.spearman_plans:
         pool = ctx.studies.get("random", ctx.studies["nsga2"])
         plans = [decode_plan(t) for t in pool.trials
-                 if t.state.name == "COMPLETE" and t.user_attrs.get("lrf_plan")]
+                 if t.state.name == "COMPLETE" and t.user_attrs.get(LRF_PLAN_ATTR)]
         rng = np.random.default_rng(0)
         picked = [plans[i] for i in rng.choice(len(plans), min(args.spearman_plans, len(plans)),
                                                replace=False)]
@@ -784,8 +786,8 @@ def pruned_proxy_quality(ctx: Context, recipe: Any, recipe_name: str) -> dict[st
     completed trials) and after the main recipe (``--spearman-finetuned`` trials spread
     along the front)."""
     from lrf_optuna.finetune import select_trials
+    from lrf_optuna.plan import decode_plan
     from lrf_optuna.search import AGGREGATIONS, LRFObjective
-    from lrf_optuna.study.records import decode_plan
 
     study = ctx.studies["nsga2-prune"]
     base = prune_objective(ctx)
@@ -812,7 +814,7 @@ def pruned_proxy_quality(ctx: Context, recipe: Any, recipe_name: str) -> dict[st
     if ctx.args.spearman_finetuned:
         chosen = [t for t in select_trials(study, ctx.args.spearman_finetuned)
                   if decode_plan(t).ratios]
-        pts = [(decode_plan(t), float(t.user_attrs["params"]),
+        pts = [(decode_plan(t), float(t.user_attrs[PARAMS_ATTR]),
                 ctx.evaluator.finetuned(decode_plan(t), recipe)["val_after"]) for t in chosen]
         val = [p[2] for p in pts]
         out["pruned_finetuned"] = {

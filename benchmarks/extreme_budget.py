@@ -49,6 +49,7 @@ from benchmarks.compression import (
     train_original,
     val_fraction,
 )
+from lrf_optuna.study.records import PARAMS_ATTR
 
 __all__ = ["main", "run"]
 
@@ -57,11 +58,11 @@ logger = logging.getLogger("benchmarks.extreme_budget")
 
 def _best_under(study: Any, objective: Any, max_params: float) -> tuple[int, dict] | None:
     """(trial number, plan) of the highest-proxy COMPLETE trial within ``max_params``."""
-    from lrf_optuna.study.records import decode_plan
+    from lrf_optuna.plan import decode_plan
 
     best = None
     for t in study.trials:
-        if t.state.name != "COMPLETE" or t.user_attrs.get("params", float("inf")) > max_params:
+        if t.state.name != "COMPLETE" or t.user_attrs.get(PARAMS_ATTR, float("inf")) > max_params:
             continue
         plan = decode_plan(t)
         proxy = objective.score(plan).proxy

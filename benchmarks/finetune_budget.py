@@ -37,6 +37,7 @@ import numpy as np
 from benchmarks._finetuned import PlanEvaluator, spearman
 from benchmarks._problem import machine, setup_logging
 from benchmarks._results import RESULTS_PATH, markdown_table, write_section
+from lrf_optuna.study.records import PARAMS_ATTR, PROXY_ATTR
 
 logger = logging.getLogger("benchmarks.finetune_budget")
 
@@ -66,12 +67,12 @@ def recipe(name: str, table: dict[str, dict[str, Any]] | None = None) -> Any:
 def _front_plans(objective: Any, study: Any, k: int) -> list[tuple[int, Any]]:
     """``k`` plans of the (params, proxy) front, evenly spread in log(params)."""
     from lrf_optuna.finetune import budget_candidates
-    from lrf_optuna.study.records import decode_plan
+    from lrf_optuna.plan import decode_plan
 
     front = budget_candidates(study)
     if not front:
         return []
-    logp = np.log([float(t.user_attrs["params"]) for t in front])
+    logp = np.log([float(t.user_attrs[PARAMS_ATTR]) for t in front])
     picks: list[int] = []
     for target in np.linspace(logp[0], logp[-1], k + 2)[1:-1] if k > 0 else []:
         i = int(np.argmin(np.abs(logp - target)))
@@ -129,7 +130,7 @@ def run_one(net: str, size: int, args: argparse.Namespace) -> dict[str, Any]:
             model = evaluator.build(plan)
             built = evaluate(model, splits.x_val, splits.y_val)
             reestimate_batchnorm(model, splits.x_train)
-            rows.append((float(trial.user_attrs["proxy"]),
+            rows.append((float(trial.user_attrs[PROXY_ATTR]),
                          plain_objective.score(plan).proxy, built,
                          evaluate(model, splits.x_val, splits.y_val)))
         proxy, proxy_plain, built, bn = (list(c) for c in zip(*rows))

@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from benchmarks._finetuned import PlanEvaluator
 from benchmarks._problem import load, machine, setup_logging
 from benchmarks._results import RESULTS_PATH, markdown_table, write_section
+from lrf_optuna.plan import LRF_PLAN_ATTR
+from lrf_optuna.study.records import PARAMS_ATTR, PROXY_ATTR
 
 SECTION = "Proxy floor"
 LEVELS = (0.0, 0.0003, 0.001, 0.003, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
@@ -31,8 +33,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     import optuna
 
     from lrf_optuna.finetune import FinetuneConfig
+    from lrf_optuna.plan import decode_plan
     from lrf_optuna.search import LRFObjective
-    from lrf_optuna.study.records import decode_plan
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.proxy_floor")
     parser.add_argument("--model", default="lenet5")
@@ -66,12 +68,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     original = float(objective.original_params)
     front = {t.number for t in study.best_trials}
     pool = [(t, t.number in front) for s in (study, random) for t in s.trials
-            if t.user_attrs.get("lrf_plan")]
+            if t.user_attrs.get(LRF_PLAN_ATTR)]
     picked: list = []
     for level in LEVELS:
-        t, _ = min(pool, key=lambda p: (round(abs(p[0].user_attrs["proxy"] - level), 4),
-                                               not p[1], -p[0].user_attrs["params"]))
-        if all(t.user_attrs["lrf_plan"] != q.user_attrs["lrf_plan"] for q in picked):
+        t, _ = min(pool, key=lambda p: (round(abs(p[0].user_attrs[PROXY_ATTR] - level), 4),
+                                               not p[1], -p[0].user_attrs[PARAMS_ATTR]))
+        if all(t.user_attrs[LRF_PLAN_ATTR] != q.user_attrs[LRF_PLAN_ATTR] for q in picked):
             picked.append(t)
     config = FinetuneConfig(verbose=0) if args.epochs is None else FinetuneConfig(
         epochs=args.epochs, verbose=0)
@@ -79,9 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     reference = ev.finetuned({}, config)
     chance = 1.0 / (int(problem.splits.y_train.max()) + 1)
     rows = []
-    for t in sorted(picked, key=lambda t: t.user_attrs["proxy"]):
+    for t in sorted(picked, key=lambda t: t.user_attrs[PROXY_ATTR]):
         r = ev.finetuned(decode_plan(t), config)
-        rows.append([f"{t.user_attrs['proxy']:.4f}", f"{r['params']:,}",
+        rows.append([f"{t.user_attrs[PROXY_ATTR]:.4f}", f"{r['params']:,}",
                      f"{100 * (1 - r['params'] / original):.1f}%",
                      f"{100 * r['val_before']:.2f}", f"{100 * r['val_after']:.2f}",
                      f"{100 * (reference['val_after'] - r['val_after']):+.2f}"])

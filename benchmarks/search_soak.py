@@ -38,6 +38,7 @@ import optuna
 from benchmarks import _problem
 from benchmarks._postgres import PostgresUnavailableError, throwaway_postgres
 from benchmarks._results import markdown_table, write_section
+from lrf_optuna.study.records import STRATEGY_ATTR
 
 SECTION = "Search workers on one PostgreSQL study: soak (issue 10)"
 
@@ -88,8 +89,8 @@ def _check(study: optuna.Study, runs: Sequence[WorkerRun], target: int) -> list[
     trials = study.get_trials(deepcopy=False)
     states = collections.Counter(t.state.name for t in trials)
     seeded = collections.Counter(
-        (t.user_attrs["strategy"], json.dumps(t.params, sort_keys=True))
-        for t in trials if "strategy" in t.user_attrs)
+        (t.user_attrs[STRATEGY_ATTR], json.dumps(t.params, sort_keys=True))
+        for t in trials if STRATEGY_ATTR in t.user_attrs)
     checks = {
         f"every trial COMPLETE ({dict(states)})": set(states) == {"COMPLETE"},
         f"COMPLETE trials {len(trials)} within [{target}, {target + len(runs) - 1}]":

@@ -24,6 +24,7 @@ import optuna
 from benchmarks import _problem
 from benchmarks._results import markdown_table, write_section
 from lrf_optuna.search import LRFObjective, SeededNSGAIISampler
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR
 
 SECTION = "Seeded plans in NSGA-II's populations (issue 12)"
 CHECKPOINTS = (100, 200, 300, 500, 1000)
@@ -33,10 +34,10 @@ def normalized_points(study: optuna.Study) -> np.ndarray:
     """``(params / original, FLOPs / original, 1 - proxy)`` of every COMPLETE trial, in
     trial order (the original is the largest trial: seeded as trial 0)."""
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    params0 = max(t.user_attrs["params"] for t in done)
-    flops0 = max(t.user_attrs["flops"] for t in done)
-    return np.array([[t.user_attrs["params"] / params0, t.user_attrs["flops"] / flops0,
-                      1 - t.user_attrs["proxy"]] for t in done])
+    params0 = max(t.user_attrs[PARAMS_ATTR] for t in done)
+    flops0 = max(t.user_attrs[FLOPS_ATTR] for t in done)
+    return np.array([[t.user_attrs[PARAMS_ATTR] / params0, t.user_attrs[FLOPS_ATTR] / flops0,
+                      1 - t.user_attrs[PROXY_ATTR]] for t in done])
 
 
 def hypervolumes(pts: np.ndarray, checkpoints: Sequence[int]) -> list[float]:

@@ -78,6 +78,7 @@ from benchmarks._results import pp as _pp
 from benchmarks.compression import TAUS, Candidate, Plan, _from_plans, _uniform_plans
 from lrf_optuna.models.training import correct
 from lrf_optuna.paired import DEFAULT_CONFIDENCE, pack_correct, paired_drop, unpack_correct
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR
 
 __all__ = ["MODES", "NETS", "Mode", "build_net", "compress_defaults", "main", "passes"]
 
@@ -442,15 +443,15 @@ def _answer_without_pick(out_dir: Path, problem: Any, max_drop: float, err: Exce
 
 
 def describe_answer(answer: Any) -> dict[str, Any]:
-    """The numbers of a :class:`~lrf_optuna.study.records.WithinBudget` answer."""
+    """The numbers of a :class:`~lrf_optuna.study.finetune_records.WithinBudget` answer."""
     ref, orig = answer.reference, answer.original
 
     def se(job: Any) -> float | None:
         paired = job.decided_drop(answer.reference_of(job))
         return None if paired is None else round(paired.se_pp, 3)
 
-    probes = [{"trial": t.number, "params": int(t.user_attrs["params"]),
-               "proxy": t.user_attrs.get("proxy"), "val_after": job.val_acc_after,
+    probes = [{"trial": t.number, "params": int(t.user_attrs[PARAMS_ATTR]),
+               "proxy": t.user_attrs.get(PROXY_ATTR), "val_after": job.val_acc_after,
                "test_after": job.measured.test_acc, "epochs_run": job.epochs_run,
                "seconds": job.finetune_seconds, "passed": probe.passed,
                "escalated": job.recipe != answer.search_recipe_key,
@@ -476,7 +477,7 @@ def describe_answer(answer: Any) -> dict[str, Any]:
                    test_drop_pp=None, test_drop_vs_original_pp=None)
         return row
     t, job = answer.chosen, answer.job
-    params, flops = int(t.user_attrs["params"]), int(t.user_attrs["flops"])
+    params, flops = int(t.user_attrs[PARAMS_ATTR]), int(t.user_attrs[FLOPS_ATTR])
     drops = answer.drops_pp()
     paired = answer.paired_drops()
     row.update(val_drop_se_pp=(round(paired["val_vs_reference"].se_pp, 3)

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lrf_optuna.plan import CompressionPlan
 from lrf_optuna.similarity import DEFAULT_METRIC, METRICS, BatchNormView
 
 if TYPE_CHECKING:  # keep `load` free of TensorFlow imports
@@ -351,7 +352,7 @@ class SimilarityCache:
 
         ``model`` must be the model the cache was built from (checked by fingerprint of
         its architecture and weights is costly, so only the layer names are checked). A
-        plan that prunes (a :class:`~lrf_optuna.study.records.CompressionPlan` with
+        plan that prunes (a :class:`~lrf_optuna.plan.CompressionPlan` with
         ``ratios``) is built by :func:`lrf_optuna.prune.build_plan_model`, which knows the
         pruning cache.
 
@@ -361,7 +362,7 @@ class SimilarityCache:
         from lrf_optuna.decompose import get_method
         from lrf_optuna.rewrite import rewrite_model
 
-        if getattr(plan, "ratios", None):
+        if CompressionPlan.of(plan).ratios:
             raise ValueError("this plan prunes: build it with "
                              "lrf_optuna.prune.build_plan_model(model, plan, cache, "
                              "pruning=...)")

@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lrf_optuna.errors import UserError
+from lrf_optuna.plan import LRF_PLAN_ATTR
+from lrf_optuna.study.finetune_records import ERROR_ATTR, SKIPPED_ATTR
 
 if TYPE_CHECKING:
     import optuna
@@ -192,8 +194,9 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         select_trials,
     )
     from lrf_optuna.report.tables import results_text
+    from lrf_optuna.study.finetune_records import SOURCE_TRIAL
     from lrf_optuna.study.lookup import finetune_study_name, load_study
-    from lrf_optuna.study.records import SOURCE_TRIAL, get_search_trial
+    from lrf_optuna.study.records import get_search_trial
 
     study = load_study(args.study_name, args.storage, write=True)
     config = _finetune_config(args)
@@ -212,7 +215,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
                                  min_proxy=args.min_proxy)
         how = args.strategy
     if not selected:
-        front = [t for t in study.best_trials if t.user_attrs.get("lrf_plan")]
+        front = [t for t in study.best_trials if t.user_attrs.get(LRF_PLAN_ATTR)]
         raise UserError(f"no Pareto-optimal compressed trial of study {study.study_name!r} "
                         f"is within the budget (front: {len(front)} compressed trial(s)); "
                         "relax --max-params/--max-flops/--min-proxy")
@@ -229,10 +232,10 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         return 130
     print()
     print(results_text(study))
-    failed = [j for j in ran if j.state == TrialState.FAIL and "skipped" not in j.user_attrs]
+    failed = [j for j in ran if j.state == TrialState.FAIL and SKIPPED_ATTR not in j.user_attrs]
     for j in failed:
         print(f"job {j.number} (trial {j.user_attrs.get(SOURCE_TRIAL)}) failed: "
-              f"{j.user_attrs.get('error', '?')}")
+              f"{j.user_attrs.get(ERROR_ATTR, '?')}")
     return 1 if failed else 0
 
 

@@ -33,7 +33,32 @@ from typing import Any
 import optuna
 
 from lrf_optuna.errors import UserError
+from lrf_optuna.plan import PLAN_ATTR
 from lrf_optuna.report.tables import kib, markdown_table
+from lrf_optuna.study.finetune_records import (
+    BASELINE_ATTR,
+    BN_REESTIMATED_ATTR,
+    DEPLOYED_ATTR,
+    EPOCHS_RUN_ATTR,
+    FINETUNE_SECONDS_ATTR,
+    KERAS_BYTES_ATTR,
+    LATENCY_MS_KERAS_ATTR,
+    LATENCY_MS_TFLITE_ATTR,
+    QUANTIZE_ATTR,
+    RECIPE_TEXT_ATTR,
+    REFERENCE_ATTR,
+    REVERTED_ATTR,
+    TEST_ACC_ATTR,
+    TEST_ACC_BEFORE_ATTR,
+    TFLITE_BYTES_ATTR,
+    VAL_ACC_AFTER_ATTR,
+    VAL_ACC_ATTR,
+    VAL_ACC_BEFORE_ATTR,
+    VAL_ACC_BUILT_ATTR,
+    VAL_IMAGES_ATTR,
+    FinetuneRecord,
+    Measured,
+)
 from lrf_optuna.study.lookup import (
     fair_references,
     find_finetune_study,
@@ -43,12 +68,9 @@ from lrf_optuna.study.lookup import (
     search_study_names,
 )
 from lrf_optuna.study.records import (
-    BASELINE_ATTR,
-    DEPLOYED_ATTR,
+    FLOPS_ATTR,
+    PARAMS_ATTR,
     PROBLEM_ATTR,
-    REFERENCE_ATTR,
-    FinetuneRecord,
-    Measured,
     original_info,
     problem_spec,
 )
@@ -152,25 +174,25 @@ def study_note(study: optuna.Study, *, storage_url: str | None = None) -> str:
         "",
         "| quantity | value |",
         "| --- | --- |",
-        f"| parameters | {_num(original.get('params'))} |",
-        f"| FLOPs | {_num(original.get('flops'))} |",
+        f"| parameters | {_num(original.get(PARAMS_ATTR))} |",
+        f"| FLOPs | {_num(original.get(FLOPS_ATTR))} |",
         f"| similarity metric / aggregation | {metric} / {aggregation} |",
         f"| similarity cache | `{original.get('cache', 'n/a')}` |",
     ]
     finetune = find_finetune_study(study)
     if finetune is not None:
         base = finetune.user_attrs.get(BASELINE_ATTR) or {}
-        rows = [("val accuracy", base.get("val_acc"), ".4f"),
-                ("test accuracy", base.get("test_acc"), ".4f"),
-                ("Keras file (bytes)", base.get("keras_bytes"), ","),
-                ("TFLite file (bytes)", base.get("tflite_bytes"), ","),
-                ("Keras latency (ms)", base.get("latency_ms_keras"), ".3f"),
-                ("TFLite latency (ms)", base.get("latency_ms_tflite"), ".3f")]
+        rows = [("val accuracy", base.get(VAL_ACC_ATTR), ".4f"),
+                ("test accuracy", base.get(TEST_ACC_ATTR), ".4f"),
+                ("Keras file (bytes)", base.get(KERAS_BYTES_ATTR), ","),
+                ("TFLite file (bytes)", base.get(TFLITE_BYTES_ATTR), ","),
+                ("Keras latency (ms)", base.get(LATENCY_MS_KERAS_ATTR), ".3f"),
+                ("TFLite latency (ms)", base.get(LATENCY_MS_TFLITE_ATTR), ".3f")]
         lines += [f"| {label} | {_num(value, fmt)} |" for label, value, fmt in rows
                   if value is not None]
         for recipe, job in fair_references(finetune).items():
             ref = FinetuneRecord.of(job)
-            text = job.user_attrs.get("recipe_text") or recipe
+            text = job.user_attrs.get(RECIPE_TEXT_ATTR) or recipe
             lines.append(f"| fair reference val / test accuracy ({text}) | "
                          f"{_num(ref.val_acc_after, '.4f')} / "
                          f"{_num(ref.measured.test_acc, '.4f')} |")
@@ -305,22 +327,22 @@ def job_note(source: int, study_name: str, ua: Mapping[str, Any],
     """The Markdown note of a fine-tuning job (its user attributes ``ua``) against the
     untouched original model and, when known, the fair reference (the original fine-tuned
     with the same recipe)."""
-    rows = [_with_original("parameters", f"{ua['params']:,}", original, "params", ","),
-            _with_original("FLOPs", f"{ua['flops']:,}", original, "flops", ","),
+    rows = [_with_original("parameters", f"{ua[PARAMS_ATTR]:,}", original, PARAMS_ATTR, ","),
+            _with_original("FLOPs", f"{ua[FLOPS_ATTR]:,}", original, FLOPS_ATTR, ","),
             _with_original("val accuracy",
-                           f"{ua['val_acc_before']:.4f} -> {ua['val_acc_after']:.4f}",
-                           original, "val_acc", ".4f"),
+                           f"{ua[VAL_ACC_BEFORE_ATTR]:.4f} -> {ua[VAL_ACC_AFTER_ATTR]:.4f}",
+                           original, VAL_ACC_ATTR, ".4f"),
             _with_original("test accuracy",
-                           f"{ua['test_acc_before']:.4f} -> {ua['test_acc']:.4f}",
-                           original, "test_acc", ".4f"),
-            _with_original(".keras size (KiB)", kib(ua["keras_bytes"]), original,
-                           "keras_bytes", "kib"),
-            _with_original(".tflite size (KiB)", kib(ua["tflite_bytes"]), original,
-                           "tflite_bytes", "kib"),
-            _with_original("latency Keras, batch 1 (ms)", f"{ua['latency_ms_keras']:.3f}",
-                           original, "latency_ms_keras", ".3f"),
-            _with_original("latency TFLite, batch 1 (ms)", f"{ua['latency_ms_tflite']:.3f}",
-                           original, "latency_ms_tflite", ".3f")]
+                           f"{ua[TEST_ACC_BEFORE_ATTR]:.4f} -> {ua[TEST_ACC_ATTR]:.4f}",
+                           original, TEST_ACC_ATTR, ".4f"),
+            _with_original(".keras size (KiB)", kib(ua[KERAS_BYTES_ATTR]), original,
+                           KERAS_BYTES_ATTR, "kib"),
+            _with_original(".tflite size (KiB)", kib(ua[TFLITE_BYTES_ATTR]), original,
+                           TFLITE_BYTES_ATTR, "kib"),
+            _with_original("latency Keras, batch 1 (ms)", f"{ua[LATENCY_MS_KERAS_ATTR]:.3f}",
+                           original, LATENCY_MS_KERAS_ATTR, ".3f"),
+            _with_original("latency TFLite, batch 1 (ms)", f"{ua[LATENCY_MS_TFLITE_ATTR]:.3f}",
+                           original, LATENCY_MS_TFLITE_ATTR, ".3f")]
     header = ["", "fine-tuned", "original"]
     if reference is not None:
         ref = reference
@@ -332,7 +354,7 @@ def job_note(source: int, study_name: str, ua: Mapping[str, Any],
                      _num(ref.measured.latency_ms_tflite, ".3f")]
         rows = [[r[0], r[1], cell, r[2]] for r, cell in zip(rows, ref_cells)]
         header = ["", "fine-tuned", "fair reference", "original"]
-    recipe = ua.get("recipe_text")
+    recipe = ua.get(RECIPE_TEXT_ATTR)
     title = ("## Fair reference: the original model fine-tuned like the jobs"
              if ua.get(REFERENCE_ATTR) else f"## Fine-tuned trial {source} of `{study_name}`")
     note = [title, "", markdown_table(header, rows), ""]
@@ -344,12 +366,12 @@ def job_note(source: int, study_name: str, ua: Mapping[str, Any],
             return f"{plain:+.2f}" if paired is None else paired.text()
 
         val = drop(reference.measured, "val",
-                   100 * ((reference.val_acc_after or 0) - ua["val_acc_after"]))
+                   100 * ((reference.val_acc_after or 0) - ua[VAL_ACC_AFTER_ATTR]))
         test = drop(reference.measured, "test",
-                    100 * ((reference.measured.test_acc or 0) - ua["test_acc"]))
+                    100 * ((reference.measured.test_acc or 0) - ua[TEST_ACC_ATTR]))
         test_orig = drop(Measured.from_attrs(original), "test",
-                         100 * (original["test_acc"] - ua["test_acc"]))
-        n_val = ua.get("val_images")
+                         100 * (original[TEST_ACC_ATTR] - ua[TEST_ACC_ATTR]))
+        n_val = ua.get(VAL_IMAGES_ATTR)
         on = f" on {n_val:,} validation images" if isinstance(n_val, int) else ""
         note += [f"Drop against the fair reference: **{val} pp** on validation, "
                  f"**{test} pp** on test ({test_orig} pp on test against the "
@@ -360,35 +382,36 @@ def job_note(source: int, study_name: str, ua: Mapping[str, Any],
         ref_file = reference.deployed if reference is not None else None
         paired = (Measured.from_attrs(deployed).drop_against(ref_file, "val")
                   if ref_file is not None else None)
-        note += [f"Deployed as a {deployed.get('quantize')} LiteRT file: "
+        note += [f"Deployed as a {deployed.get(QUANTIZE_ATTR)} LiteRT file: "
                  f"{deployed.get('file_bytes', 0):,} bytes, val accuracy "
-                 f"{deployed.get('val_acc', 0):.4f}, test {deployed.get('test_acc', 0):.4f}, "
+                 f"{deployed.get(VAL_ACC_ATTR, 0):.4f}, test {deployed.get(TEST_ACC_ATTR, 0):.4f}, "
                  f"tensor arena {deployed.get('arena_bytes', 0):,} bytes, batch-1 latency "
                  f"{deployed.get('latency_ms', 0):.3f} ms ({deployed.get('runtime')})"
                  + (f"; val drop against the fair reference's file **{paired.text()} pp**"
                     if paired is not None else "") + ".", ""]
-    if ua.get("bn_reestimated"):
+    if ua.get(BN_REESTIMATED_ATTR):
         note += [f"BatchNorm statistics re-estimated before fine-tuning: val accuracy "
-                 f"{ua.get('val_acc_built', 0):.4f} as built -> {ua['val_acc_before']:.4f}.",
+                 f"{ua.get(VAL_ACC_BUILT_ATTR, 0):.4f} as built -> {ua[VAL_ACC_BEFORE_ATTR]:.4f}.",
                  ""]
-    note += [f"{ua['epochs_run']} epoch(s) in {ua['finetune_seconds']:.1f} s"
+    note += [f"{ua[EPOCHS_RUN_ATTR]} epoch(s) in {ua[FINETUNE_SECONDS_ATTR]:.1f} s"
              + (f" ({recipe})" if recipe else "")
              + (" (reverted: fine-tuning did not improve validation accuracy)"
-                if ua["reverted"] else ""), "",
+                if ua[REVERTED_ATTR] else ""), "",
              "### Plan", "",
-             markdown_table(["layer", "choice"], [[k, v] for k, v in ua["plan"].items()])]
+             markdown_table(["layer", "choice"], [[k, v] for k, v in ua[PLAN_ATTR].items()])]
     return "\n".join(note)
 
 
 def original_note(study_name: str, o: Mapping[str, Any]) -> str:
     """The Markdown note of a fine-tuning study: the original model, measured like the
     jobs."""
-    rows = [["parameters", f"{o['params']:,}"], ["FLOPs", f"{o['flops']:,}"],
-            ["val accuracy", f"{o['val_acc']:.4f}"], ["test accuracy", f"{o['test_acc']:.4f}"],
-            [".keras size (KiB)", kib(o["keras_bytes"])],
-            [".tflite size (KiB)", kib(o["tflite_bytes"])],
-            ["latency Keras, batch 1 (ms)", f"{o['latency_ms_keras']:.3f}"],
-            ["latency TFLite, batch 1 (ms)", f"{o['latency_ms_tflite']:.3f}"]]
+    rows = [["parameters", f"{o[PARAMS_ATTR]:,}"], ["FLOPs", f"{o[FLOPS_ATTR]:,}"],
+            ["val accuracy", f"{o[VAL_ACC_ATTR]:.4f}"],
+            ["test accuracy", f"{o[TEST_ACC_ATTR]:.4f}"],
+            [".keras size (KiB)", kib(o[KERAS_BYTES_ATTR])],
+            [".tflite size (KiB)", kib(o[TFLITE_BYTES_ATTR])],
+            ["latency Keras, batch 1 (ms)", f"{o[LATENCY_MS_KERAS_ATTR]:.3f}"],
+            ["latency TFLite, batch 1 (ms)", f"{o[LATENCY_MS_TFLITE_ATTR]:.3f}"]]
     return "\n".join([f"## Fine-tuning jobs of `{study_name}`", "",
                       "One trial per fine-tuned Pareto-optimal search trial. The original "
                       "model, measured the same way:", "",

@@ -57,13 +57,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lrf_optuna.errors import UserError
+from lrf_optuna.study.finetune_records import Measured
 from lrf_optuna.study.lookup import (
     artifact_store_dir,
     finetune_study_name,
     finetuned_job,
     recorded_artifact_dir,
 )
-from lrf_optuna.study.records import Measured, get_search_trial
+from lrf_optuna.study.records import get_search_trial
 from lrf_optuna.study.storage import safe_name
 
 if TYPE_CHECKING:

@@ -49,6 +49,7 @@ import optuna
 
 from lrf_optuna.cache import Candidate, GridConfig, LayerTable, SimilarityCache
 from lrf_optuna.errors import UserError
+from lrf_optuna.plan import KEEP, CompressionPlan, Plan, decode_plan, describe_choice, plan_attrs
 from lrf_optuna.problem import Problem, ProblemSpec
 from lrf_optuna.similarity import DEFAULT_METRIC, METRICS
 from lrf_optuna.space import (
@@ -66,18 +67,18 @@ from lrf_optuna.study.binding import (
     record_binding,
 )
 from lrf_optuna.study.records import (
-    KEEP,
+    COMPRESSION_RATIO_ATTR,
+    DEPLOYED_BYTES_ATTR,
+    FLOPS_ATTR,
+    FLOPS_REDUCTION_ATTR,
     ORIGINAL_ATTR,
+    PARAMS_ATTR,
     PROBLEM_ATTR,
+    PROXY_ATTR,
     PRUNE_ATTR,
     SPACE_ATTR,
     STRATEGY_ATTR,
-    CompressionPlan,
     OriginalInfo,
-    Plan,
-    decode_plan,
-    describe_choice,
-    plan_attrs,
     record_problem,
 )
 from lrf_optuna.study.recovery import (
@@ -495,14 +496,14 @@ class LRFObjective:
         return tuple(score.objective(o) for o in self.objectives)
 
     def _record(self, trial: optuna.Trial, score: PlanScore) -> None:
-        trial.set_user_attr("params", score.params)
-        trial.set_user_attr("flops", score.flops)
-        trial.set_user_attr("proxy", round(score.proxy, 6))
+        trial.set_user_attr(PARAMS_ATTR, score.params)
+        trial.set_user_attr(FLOPS_ATTR, score.flops)
+        trial.set_user_attr(PROXY_ATTR, round(score.proxy, 6))
         if self.plan_bytes is not None:
-            trial.set_user_attr("deployed_bytes", score.bytes)
-        trial.set_user_attr("compression_ratio",
+            trial.set_user_attr(DEPLOYED_BYTES_ATTR, score.bytes)
+        trial.set_user_attr(COMPRESSION_RATIO_ATTR,
                             round(self.original_params / max(score.params, 1), 4))
-        trial.set_user_attr("flops_reduction",
+        trial.set_user_attr(FLOPS_REDUCTION_ATTR,
                             round(1 - score.macs / max(self.original_macs, 1), 4))
         for key, value in plan_attrs(score.plan, self.spaces).items():
             trial.set_user_attr(key, value)

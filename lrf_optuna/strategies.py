@@ -18,7 +18,7 @@ as starting points and the benchmarks can compare them:
   original's; one plan per (method, ratio).
 
 Filter-based pruning alone (FBP, the paper's baseline; plans are
-:class:`~lrf_optuna.study.records.CompressionPlan` with ratios and no factorization, seeded
+:class:`~lrf_optuna.plan.CompressionPlan` with ratios and no factorization, seeded
 when the search prunes):
 
 * :class:`UniformPruning`: every prunable group of the searched layers loses the same
@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from lrf_optuna.plan import CompressionPlan
 
 if TYPE_CHECKING:
     import keras
@@ -264,8 +266,6 @@ def _largest_rank_within(method: Any, info: LayerInfo, budget: float) -> int | N
 # -- filter-based pruning alone ------------------------------------------------------------
 
 def _pruned_plan(ratios: Mapping[str, float], importance: str) -> Mapping[str, Choice]:
-    from lrf_optuna.study.records import CompressionPlan
-
     return CompressionPlan({}, ratios=ratios, importance=importance)
 
 
@@ -347,7 +347,7 @@ def all_plans(model: keras.Model, cache: SimilarityCache | None,
         if cache is None and isinstance(strategy, SimilarityThreshold):
             continue
         for named in strategy.plans(model, cache):
-            ratios = getattr(named.plan, "ratios", None) or {}
+            ratios = CompressionPlan.of(named.plan).ratios
             key = (tuple(sorted(named.plan.items())), tuple(sorted(ratios.items())))
             if key not in seen:
                 seen.add(key)

@@ -351,8 +351,8 @@ def test_rerun_does_nothing_and_cli_prints_the_table(finetuned, capsys,
 
 @pytest.mark.slow
 def test_fair_reference_is_the_original_finetuned_with_the_recipe(finetuned) -> None:
+    from lrf_optuna.study.finetune_records import FinetuneRecord
     from lrf_optuna.study.lookup import fair_reference
-    from lrf_optuna.study.records import FinetuneRecord
 
     study = finetuned["study"]
     ft = open_finetune_study(study)

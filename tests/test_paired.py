@@ -14,7 +14,7 @@ from lrf_optuna.paired import (
     unpack_correct,
     z_value,
 )
-from lrf_optuna.study.records import FinetuneRecord, Measured, OriginalCheck, Resolution
+from lrf_optuna.study.finetune_records import FinetuneRecord, Measured, OriginalCheck, Resolution
 
 
 def test_counts_only_the_disagreements() -> None:

@@ -25,7 +25,8 @@ from lrf_optuna.errors import UserError
 from lrf_optuna.export import export_trial
 from lrf_optuna.search import StudyModels, create_lrf_study
 from lrf_optuna.study import load_study_problem, problem_spec
-from lrf_optuna.study.records import BINDING_ATTR, PROBLEM_ATTR, REFERENCE_ATTR
+from lrf_optuna.study.finetune_records import REFERENCE_ATTR
+from lrf_optuna.study.records import BINDING_ATTR, PROBLEM_ATTR
 from lrf_optuna.study.storage import safe_name
 
 SECRET = b"root:x:0:0:root:/root:/bin/bash\n"

@@ -58,13 +58,10 @@ from lrf_optuna.errors import UserError
 from lrf_optuna.finetune.config import FinetuneConfig
 from lrf_optuna.finetune.select import MIN_REDUCTION, PROXY_FLOOR, budget_candidates
 from lrf_optuna.paired import DEFAULT_CONFIDENCE, expected_standard_error
-from lrf_optuna.study.lookup import (
-    find_finetune_study,
-    jobs_by_source,
-    latest_jobs,
-)
-from lrf_optuna.study.records import (
+from lrf_optuna.study.finetune_records import (
     BASELINE_ATTR,
+    ERROR_ATTR,
+    VAL_ACC_AFTER_ATTR,
     BudgetProbe,
     BudgetSearch,
     FinetuneRecord,
@@ -73,6 +70,12 @@ from lrf_optuna.study.records import (
     Resolution,
     WithinBudget,
 )
+from lrf_optuna.study.lookup import (
+    find_finetune_study,
+    jobs_by_source,
+    latest_jobs,
+)
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR
 
 if TYPE_CHECKING:
     import os
@@ -177,8 +180,8 @@ def _wait_for(study: optuna.Study, source: int, recipe: str, run: Callable[[], i
         if done:
             return done[-1]
         if jobs and all(j.state == TrialState.FAIL for j in jobs):
-            error = next((j.user_attrs["error"] for j in reversed(jobs)
-                          if "error" in j.user_attrs), "see the fine-tuning study")
+            error = next((j.user_attrs[ERROR_ATTR] for j in reversed(jobs)
+                          if ERROR_ATTR in j.user_attrs), "see the fine-tuning study")
             raise RuntimeError(f"the fine-tuning job of trial {source} failed: {error}; "
                                "rerun to retry it")
         if run() == 0:  # the queue is empty: another worker runs it
@@ -217,7 +220,7 @@ class _RecipeSearch:
         self.reference = FinetuneRecord.of(self._wait(original.number))
         if self.reference.decided_val_acc is None:
             raise RuntimeError(f"the fair reference job {self.reference.job} has no "
-                               "val_acc_after")
+                               f"{VAL_ACC_AFTER_ATTR}")
         self.ref_val = float(self.reference.decided_val_acc)
 
     def _wait(self, source: int) -> FrozenTrial:
@@ -232,9 +235,9 @@ class _RecipeSearch:
         search (indices into ``indices``) and the finished jobs by trial number."""
         cands = [self.candidates[i] for i in indices]
         target = self.ref_val - max_drop / 100.0
-        has_proxy = all("proxy" in t.user_attrs for t in cands)
-        positions = [float(t.user_attrs["proxy"]) if has_proxy
-                     else math.log(max(float(t.user_attrs["params"]), 1.0)) for t in cands]
+        has_proxy = all(PROXY_ATTR in t.user_attrs for t in cands)
+        positions = [float(t.user_attrs[PROXY_ATTR]) if has_proxy
+                     else math.log(max(float(t.user_attrs[PARAMS_ATTR]), 1.0)) for t in cands]
         done = latest_jobs(find_finetune_study(self.study), recipe=self.recipe)
         index_of = {t.number: i for i, t in enumerate(cands)}
         known = {index_of[n]: self.score(FinetuneRecord.of(j)) for n, j in done.items()
@@ -243,7 +246,7 @@ class _RecipeSearch:
         def evaluate(i: int) -> float:
             trial = cands[i]
             logger.info("max-drop probe: trial %d (%s params, proxy %s), %s", trial.number,
-                        f"{trial.user_attrs['params']:,}", trial.user_attrs.get("proxy"),
+                        f"{trial.user_attrs[PARAMS_ATTR]:,}", trial.user_attrs.get(PROXY_ATTR),
                         self.config.describe())
             self._enqueue(self.study, [trial.number], config=self.config, reference=False)
             return self.score(FinetuneRecord.of(self._wait(trial.number)))
@@ -399,8 +402,8 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
         job=FinetuneRecord.of(job) if job is not None else None,
         reference=chosen_stage.reference, original=base, probes=probes, search=search,
         candidates=[t.number for t in candidates], recipe=config.describe(),
-        original_params=int(original.user_attrs["params"]),
-        original_flops=int(original.user_attrs.get("flops", 0)) or None,
+        original_params=int(original.user_attrs[PARAMS_ATTR]),
+        original_flops=int(original.user_attrs.get(FLOPS_ATTR, 0)) or None,
         confidence=confidence,
         references={key: stage.reference for key, stage in stages.items()},
         escalation=escalation,

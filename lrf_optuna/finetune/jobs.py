@@ -13,7 +13,7 @@ trials is one *job*:
   ``compression_ratio``, ``keras_bytes``, ``tflite_bytes``, ``latency_ms_keras``,
   ``latency_ms_tflite``, ``epochs_run``, ``finetune_seconds``, ``reverted``,
   ``from_logits``, ``keras_artifact_id``, ``tflite_artifact_id``, ``artifact_dir``,
-  ``worker`` (read back with :class:`lrf_optuna.study.records.FinetuneRecord`);
+  ``worker`` (read back with :class:`lrf_optuna.study.finetune_records.FinetuneRecord`);
 * Optuna artifacts: the fine-tuned ``.keras`` (no optimizer state) and float32 ``.tflite``
   (:func:`lrf_optuna.export.upload_model_files`);
 * an optuna-dashboard Markdown note (:func:`lrf_optuna.dashboard.job_note`).
@@ -100,7 +100,44 @@ from lrf_optuna.finetune.recipe import (
 )
 from lrf_optuna.finetune.select import Selection, select_trials
 from lrf_optuna.paired import pack_correct
+from lrf_optuna.plan import LRF_PLAN_ATTR, PLAN_ATTR
 from lrf_optuna.search import StudyModels
+from lrf_optuna.study.finetune_records import (
+    ARTIFACT_DIR_ATTR,
+    BASELINE_ATTR,
+    BN_REESTIMATED_ATTR,
+    DEPLOYED_ATTR,
+    EPOCHS_RUN_ATTR,
+    ERROR_ATTR,
+    FINETUNE_SECONDS_ATTR,
+    FROM_LOGITS_ATTR,
+    KERAS_BYTES_ATTR,
+    LATENCY_MS_KERAS_ATTR,
+    LATENCY_MS_TFLITE_ATTR,
+    NAME_ATTR,
+    RECIPE_ATTR,
+    RECIPE_CONFIG_ATTR,
+    RECIPE_TEXT_ATTR,
+    REFERENCE_ATTR,
+    REVERTED_ATTR,
+    SKIPPED_ATTR,
+    SOURCE_TRIAL,
+    STEPS_ATTR,
+    TEST_ACC_ATTR,
+    TEST_ACC_BEFORE_ATTR,
+    TEST_CORRECT_ATTR,
+    TEST_IMAGES_ATTR,
+    TFLITE_BYTES_ATTR,
+    TFLITE_RUNTIME_ATTR,
+    VAL_ACC_AFTER_ATTR,
+    VAL_ACC_ATTR,
+    VAL_ACC_BEFORE_ATTR,
+    VAL_ACC_BUILT_ATTR,
+    VAL_CORRECT_ATTR,
+    VAL_IMAGES_ATTR,
+    WORKER_ATTR,
+    FinetuneRecord,
+)
 from lrf_optuna.study.lookup import (
     artifact_store_dir,
     fair_reference,
@@ -112,16 +149,9 @@ from lrf_optuna.study.lookup import (
     open_finetune_study,
 )
 from lrf_optuna.study.records import (
-    ARTIFACT_DIR_ATTR,
-    BASELINE_ATTR,
-    DEPLOYED_ATTR,
-    LRF_PLAN_ATTR,
-    PLAN_ATTR,
-    RECIPE_ATTR,
-    RECIPE_CONFIG_ATTR,
-    REFERENCE_ATTR,
-    SOURCE_TRIAL,
-    FinetuneRecord,
+    COMPRESSION_RATIO_ATTR,
+    FLOPS_ATTR,
+    PARAMS_ATTR,
     get_search_trial,
 )
 from lrf_optuna.study.recovery import fail_stale_trial, stale_trials
@@ -142,14 +172,14 @@ JOB_DISTRIBUTION = optuna.distributions.IntDistribution(0, 10**9)
 # -- the queue -----------------------------------------------------------------------------
 
 def _attempts(jobs: Iterable[FrozenTrial]) -> int:
-    return sum(1 for j in jobs if j.state == TrialState.FAIL and "skipped" not in j.user_attrs)
+    return sum(1 for j in jobs if j.state == TrialState.FAIL and SKIPPED_ATTR not in j.user_attrs)
 
 
 def original_trial(study: optuna.Study) -> FrozenTrial | None:
     """The search trial of the original model (COMPLETE, empty plan; trial 0 of a study
     seeded by :meth:`~lrf_optuna.search.LRFObjective.seed_study`), or ``None``."""
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.user_attrs.get(LRF_PLAN_ATTR) == {} and "params" in t.user_attrs:
+        if t.user_attrs.get(LRF_PLAN_ATTR) == {} and PARAMS_ATTR in t.user_attrs:
             return t
     return None
 
@@ -207,8 +237,8 @@ def enqueue_finetune(study: optuna.Study, trials: Iterable[FrozenTrial | int], *
                 continue
             if _attempts(jobs) >= max_attempts:
                 logger.warning("trial %d of study %r failed fine-tuning %d time(s); not "
-                               "enqueued again (see the 'error' attribute of jobs %s of %r)",
-                               n, study.study_name, _attempts(jobs),
+                               "enqueued again (see the %r attribute of jobs %s of %r)",
+                               n, study.study_name, _attempts(jobs), ERROR_ATTR,
                                [j.number for j in jobs], ft.study_name)
                 continue
             attrs: dict[str, Any] = {SOURCE_TRIAL: n,
@@ -280,7 +310,7 @@ def _fail_silent_jobs(ft: optuna.Study, rdb: optuna.storages.RDBStorage) -> None
     for stale in stale_trials(ft, grace_period=grace):
         if stale.had_heartbeat:
             continue  # Optuna's own check owns these
-        if not fail_stale_trial(rdb, stale, reason_attr="error"):
+        if not fail_stale_trial(rdb, stale, reason_attr=ERROR_ATTR):
             continue  # its worker finished it after all
         logger.warning("job %d never recorded a heartbeat and started %.0f s ago: its "
                        "worker was lost; marked FAIL and re-enqueued", stale.trial.number,
@@ -313,8 +343,9 @@ def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
         mine = next(j for j in jobs if j.number == trial.number)
         source = job_source(mine)
         if source is None:
-            _fail(ft, trial, error="the fine-tuning queue emptied while this worker asked "
-                  "for a job (another worker took the last one): nothing to do")
+            _fail(ft, trial, **{ERROR_ATTR: "the fine-tuning queue emptied while this worker "
+                              "asked for a job (another worker took the last one): nothing "
+                              "to do"})
             return None
         trial.suggest_int(SOURCE_TRIAL, JOB_DISTRIBUTION.low, JOB_DISTRIBUTION.high)
         recipe = job_recipe(mine)
@@ -325,7 +356,7 @@ def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
         if other:
             logger.info("job %d: trial %d is already handled by job %d; skipped",
                         trial.number, source, other[0].number)
-            _fail(ft, trial, skipped=f"duplicate of job {other[0].number}")
+            _fail(ft, trial, **{SKIPPED_ATTR: f"duplicate of job {other[0].number}"})
             continue
         return trial, source
 
@@ -373,8 +404,8 @@ def _kb(n: float) -> str:
 def _correctness(val: np.ndarray, test: np.ndarray) -> dict[str, Any]:
     """The per-image results a job (or the original) records, for paired drops
     (:mod:`lrf_optuna.paired`)."""
-    return {"val_correct": pack_correct(val), "val_images": len(val),
-            "test_correct": pack_correct(test), "test_images": len(test)}
+    return {VAL_CORRECT_ATTR: pack_correct(val), VAL_IMAGES_ATTR: len(val),
+            TEST_CORRECT_ATTR: pack_correct(test), TEST_IMAGES_ATTR: len(test)}
 
 
 class _Worker:
@@ -429,9 +460,10 @@ class _Worker:
                          latency_warmup=self.config.latency_warmup)
         assert d.path is not None
         test_acc, test_correct = file_accuracy(d.path, splits.x_test, splits.y_test)
-        return {**d.to_json(), "val_acc": round(d.accuracy, 6), "test_acc": round(test_acc, 6),
-                "tflite_bytes": d.file_bytes, "latency_ms_tflite": d.latency.ms,
-                "tflite_runtime": d.latency.runtime,
+        return {**d.to_json(), VAL_ACC_ATTR: round(d.accuracy, 6),
+                TEST_ACC_ATTR: round(test_acc, 6),
+                TFLITE_BYTES_ATTR: d.file_bytes, LATENCY_MS_TFLITE_ATTR: d.latency.ms,
+                TFLITE_RUNTIME_ATTR: d.latency.runtime,
                 **_correctness(d.correct, test_correct)}
 
     def ensure_original(self) -> dict[str, Any]:
@@ -455,15 +487,15 @@ class _Worker:
             val_acc_train_mode=(round(train_mode_accuracy(problem.model, splits.x_val,
                                                           splits.y_val), 6)
                                 if batchnorm_layers(problem.model) else None))
-        original = {**dataclasses.asdict(measured), "name": problem.name}
+        original = {**dataclasses.asdict(measured), NAME_ATTR: problem.name}
         self.ft.set_user_attr(BASELINE_ATTR, original)
         dashboard.save_note_quietly(self.ft, dashboard.original_note(self.study.study_name,
                                                                      original))
         logger.info("original model: test acc %.4f, %s params, .keras %s KiB, .tflite %s "
-                    "KiB, latency %.3f / %.3f ms", original["test_acc"],
-                    f"{original['params']:,}", _kb(original["keras_bytes"]),
-                    _kb(original["tflite_bytes"]), original["latency_ms_keras"],
-                    original["latency_ms_tflite"])
+                    "KiB, latency %.3f / %.3f ms", original[TEST_ACC_ATTR],
+                    f"{original[PARAMS_ATTR]:,}", _kb(original[KERAS_BYTES_ATTR]),
+                    _kb(original[TFLITE_BYTES_ATTR]), original[LATENCY_MS_KERAS_ATTR],
+                    original[LATENCY_MS_TFLITE_ATTR])
         return original
 
     def run(self, trial: optuna.Trial, source: int) -> FrozenTrial:
@@ -477,7 +509,7 @@ class _Worker:
         ua: dict[str, Any] = {SOURCE_TRIAL: source, PLAN_ATTR: src.user_attrs.get(PLAN_ATTR, {}),
                               LRF_PLAN_ATTR: src.user_attrs[LRF_PLAN_ATTR],
                               RECIPE_ATTR: recipe, RECIPE_CONFIG_ATTR: config.recipe(),
-                              "recipe_text": config.describe(), "worker": _worker_id()}
+                              RECIPE_TEXT_ATTR: config.describe(), WORKER_ATTR: _worker_id()}
         if is_reference:
             ua[REFERENCE_ATTR] = True
         for key, value in ua.items():
@@ -499,21 +531,21 @@ class _Worker:
         ua.update({
             **_correctness(correct(model, splits.x_val, splits.y_val),
                            correct(model, splits.x_test, splits.y_test)),
-            "val_acc_built": round(outcome.val_acc_built if outcome.val_acc_built is not None
+            VAL_ACC_BUILT_ATTR: round(outcome.val_acc_built if outcome.val_acc_built is not None
                                    else outcome.val_acc_before, 6),
-            "bn_reestimated": outcome.bn_reestimated, "steps": outcome.steps,
-            "val_acc_before": round(outcome.val_acc_before, 6),
-            "val_acc_after": round(outcome.val_acc_after, 6),
-            "test_acc_before": round(test_before, 6),
-            "test_acc": round(m.test_acc, 6),
-            "params": m.params, "flops": m.flops,
-            "compression_ratio": round(original["params"] / max(m.params, 1), 4),
-            "keras_bytes": m.keras_bytes, "tflite_bytes": m.tflite_bytes,
-            "latency_ms_keras": m.latency_ms_keras,
-            "latency_ms_tflite": m.latency_ms_tflite, "tflite_runtime": m.tflite_runtime,
-            "epochs_run": outcome.epochs_run,
-            "finetune_seconds": round(outcome.seconds, 3),
-            "reverted": outcome.reverted, "from_logits": outcome.from_logits, **ids,
+            BN_REESTIMATED_ATTR: outcome.bn_reestimated, STEPS_ATTR: outcome.steps,
+            VAL_ACC_BEFORE_ATTR: round(outcome.val_acc_before, 6),
+            VAL_ACC_AFTER_ATTR: round(outcome.val_acc_after, 6),
+            TEST_ACC_BEFORE_ATTR: round(test_before, 6),
+            TEST_ACC_ATTR: round(m.test_acc, 6),
+            PARAMS_ATTR: m.params, FLOPS_ATTR: m.flops,
+            COMPRESSION_RATIO_ATTR: round(original[PARAMS_ATTR] / max(m.params, 1), 4),
+            KERAS_BYTES_ATTR: m.keras_bytes, TFLITE_BYTES_ATTR: m.tflite_bytes,
+            LATENCY_MS_KERAS_ATTR: m.latency_ms_keras,
+            LATENCY_MS_TFLITE_ATTR: m.latency_ms_tflite, TFLITE_RUNTIME_ATTR: m.tflite_runtime,
+            EPOCHS_RUN_ATTR: outcome.epochs_run,
+            FINETUNE_SECONDS_ATTR: round(outcome.seconds, 3),
+            REVERTED_ATTR: outcome.reverted, FROM_LOGITS_ATTR: outcome.from_logits, **ids,
             ARTIFACT_DIR_ATTR: str(self.store_dir),
             **({DEPLOYED_ATTR: deployed} if deployed is not None else {}),
         })
@@ -528,10 +560,11 @@ class _Worker:
         logger.info("job %d: %s fine-tuned (%s): val %.4f -> %.4f, test %.4f -> %.4f, "
                     "%s params (%.2fx), .keras %s KiB, .tflite %s KiB, latency %.3f / %.3f ms, "
                     "%d epoch(s), %.1f s", trial.number, what, config.describe(),
-                    ua["val_acc_before"], ua["val_acc_after"], ua["test_acc_before"],
-                    ua["test_acc"], f"{ua['params']:,}", ua["compression_ratio"],
-                    _kb(ua["keras_bytes"]), _kb(ua["tflite_bytes"]), ua["latency_ms_keras"],
-                    ua["latency_ms_tflite"], ua["epochs_run"], ua["finetune_seconds"])
+                    ua[VAL_ACC_BEFORE_ATTR], ua[VAL_ACC_AFTER_ATTR], ua[TEST_ACC_BEFORE_ATTR],
+                    ua[TEST_ACC_ATTR], f"{ua[PARAMS_ATTR]:,}", ua[COMPRESSION_RATIO_ATTR],
+                    _kb(ua[KERAS_BYTES_ATTR]), _kb(ua[TFLITE_BYTES_ATTR]),
+                    ua[LATENCY_MS_KERAS_ATTR], ua[LATENCY_MS_TFLITE_ATTR], ua[EPOCHS_RUN_ATTR],
+                    ua[FINETUNE_SECONDS_ATTR])
         return frozen
 
 
@@ -605,7 +638,7 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
                                "re-enqueued meanwhile; its result is dropped", trial.number,
                                source)
             except BaseException as err:
-                _fail(ft, trial, error=f"{type(err).__name__}: {err}"[:2000])
+                _fail(ft, trial, **{ERROR_ATTR: f"{type(err).__name__}: {err}"[:2000]})
                 ran.append(_job(ft, trial.number))
                 if not isinstance(err, Exception):
                     raise

@@ -2,7 +2,7 @@
 
 Example:
     >>> chosen = select_trials(study, 3)  # doctest: +SKIP
-    >>> [t.user_attrs["params"] for t in chosen]  # doctest: +SKIP
+    >>> [t.user_attrs[PARAMS_ATTR] for t in chosen]  # doctest: +SKIP
     [5012, 21480, 90317]
 """
 
@@ -17,7 +17,8 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial
 
-from lrf_optuna.study.records import LRF_PLAN_ATTR, original_info
+from lrf_optuna.plan import LRF_PLAN_ATTR
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR, original_info
 
 __all__ = ["MIN_REDUCTION", "PROXY_FLOOR", "Selection", "budget_candidates", "select_trials"]
 
@@ -38,9 +39,9 @@ MIN_REDUCTION = 0.01
 def _within(t: FrozenTrial, max_params: float | None, max_flops: float | None,
             min_proxy: float | None) -> bool:
     ua = t.user_attrs
-    return ((max_params is None or ua.get("params", math.inf) <= max_params)
-            and (max_flops is None or ua.get("flops", math.inf) <= max_flops)
-            and (min_proxy is None or ua.get("proxy", -math.inf) >= min_proxy))
+    return ((max_params is None or ua.get(PARAMS_ATTR, math.inf) <= max_params)
+            and (max_flops is None or ua.get(FLOPS_ATTR, math.inf) <= max_flops)
+            and (min_proxy is None or ua.get(PROXY_ATTR, -math.inf) >= min_proxy))
 
 
 def _original_params(study: optuna.Study) -> float | None:
@@ -48,8 +49,8 @@ def _original_params(study: optuna.Study) -> float | None:
     if info is not None and info.params > 0:
         return float(info.params)
     for t in study.best_trials:  # the original trial (empty plan), for undescribed studies
-        if t.user_attrs.get(LRF_PLAN_ATTR) == {} and "params" in t.user_attrs:
-            return float(t.user_attrs["params"])
+        if t.user_attrs.get(LRF_PLAN_ATTR) == {} and PARAMS_ATTR in t.user_attrs:
+            return float(t.user_attrs[PARAMS_ATTR])
     return None
 
 
@@ -67,18 +68,18 @@ def _useful(study: optuna.Study, *, max_params: float | None = None,
     for t in sorted(study.best_trials, key=lambda t: t.number):
         ua = t.user_attrs
         plan = ua.get(LRF_PLAN_ATTR)
-        if not plan or "params" not in ua:
+        if not plan or PARAMS_ATTR not in ua:
             continue
         key = json.dumps(plan, sort_keys=True)
         if key in seen or not _within(t, max_params, max_flops, min_proxy):
             continue
-        if original is not None and ua["params"] > (1.0 - min_reduction) * original:
+        if original is not None and ua[PARAMS_ATTR] > (1.0 - min_reduction) * original:
             continue
-        if ua.get("proxy", 1.0) < proxy_floor:
+        if ua.get(PROXY_ATTR, 1.0) < proxy_floor:
             continue
         seen.add(key)
         out.append(t)
-    out.sort(key=lambda t: (t.user_attrs["params"], t.number))
+    out.sort(key=lambda t: (t.user_attrs[PARAMS_ATTR], t.number))
     return out
 
 
@@ -92,9 +93,9 @@ def budget_candidates(study: optuna.Study, *, proxy_floor: float = PROXY_FLOOR,
     out: list[FrozenTrial] = []
     best = -math.inf
     for t in _useful(study, proxy_floor=proxy_floor, min_reduction=min_reduction):
-        proxy = float(t.user_attrs.get("proxy", 1.0))
+        proxy = float(t.user_attrs.get(PROXY_ATTR, 1.0))
         if proxy > best:  # not dominated by a smaller (or equal) trial
-            if out and out[-1].user_attrs["params"] == t.user_attrs["params"]:
+            if out and out[-1].user_attrs[PARAMS_ATTR] == t.user_attrs[PARAMS_ATTR]:
                 out.pop()  # same size, higher proxy: the earlier one is dominated
             out.append(t)
             best = proxy
@@ -107,7 +108,7 @@ def _nearest(logp: np.ndarray, target: float, used: set[int]) -> int:
 
 
 def _spread(front: list[FrozenTrial], k: int) -> list[FrozenTrial]:
-    logp = np.log([max(float(t.user_attrs["params"]), 1.0) for t in front])
+    logp = np.log([max(float(t.user_attrs[PARAMS_ATTR]), 1.0) for t in front])
     lo, hi = float(logp[0]), float(logp[-1])
     if k == 1:
         return [front[_nearest(logp, (lo + hi) / 2, set())]]
@@ -178,8 +179,8 @@ def select_trials(study: optuna.Study, k: int = 3, *, strategy: Selection = "spr
         chosen = _spread(front, k)
     else:
         knee = _knee_index(front, study.directions)
-        logp = np.log([max(float(t.user_attrs["params"]), 1.0) for t in front])
+        logp = np.log([max(float(t.user_attrs[PARAMS_ATTR]), 1.0) for t in front])
         order = sorted(range(len(front)),
                        key=lambda i: (abs(float(logp[i] - logp[knee])), i))
         chosen = [front[i] for i in order[:k]]
-    return sorted(chosen, key=lambda t: (t.user_attrs["params"], t.number))
+    return sorted(chosen, key=lambda t: (t.user_attrs[PARAMS_ATTR], t.number))

@@ -60,7 +60,7 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
@@ -82,6 +82,7 @@ from lrf_optuna.cache import (
     score_outputs,
     write_factors,
 )
+from lrf_optuna.plan import CompressionPlan
 from lrf_optuna.prune.costs import kept_count, pruned_layer_info
 from lrf_optuna.prune.importance import CRITERIA, Importance
 
@@ -525,17 +526,17 @@ def build_plan_model(model: keras.Model, plan: Mapping[str, Any], cache: Similar
                      *, pruning: PruneCache | None = None) -> keras.Model:
     """The compressed model of any plan: pruned, then factorized
     (:func:`build_pruned_model`) when it prunes (a
-    :class:`~lrf_optuna.study.records.CompressionPlan` with ``ratios``), else factorized
+    :class:`~lrf_optuna.plan.CompressionPlan` with ``ratios``), else factorized
     from the similarity cache (:meth:`~lrf_optuna.cache.SimilarityCache.build_model`).
 
     Example:
         >>> compressed = build_plan_model(model, objective.plan_of(trial),  # doctest: +SKIP
         ...                               objective.cache, pruning=objective.prune.pruning)
     """
-    ratios = getattr(plan, "ratios", None)
-    if ratios:
-        return build_pruned_model(model, dict(plan), ratios,
-                                  importance=getattr(plan, "importance", "l1"),
+    typed = CompressionPlan.of(plan)
+    if typed.ratios:
+        return build_pruned_model(model, dict(typed), typed.ratios,
+                                  importance=cast(Importance, typed.importance),
                                   cache=cache, pruning=pruning)
     return cache.build_model(model, dict(plan))
 

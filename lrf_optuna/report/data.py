@@ -19,20 +19,20 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.cache import SimilarityCache
 from lrf_optuna.errors import UserError
+from lrf_optuna.plan import readable_plan
+from lrf_optuna.study.finetune_records import (
+    ARTIFACT_DIR_ATTR,
+    BASELINE_ATTR,
+    RECIPE_TEXT_ATTR,
+    FinetuneRecord,
+)
 from lrf_optuna.study.lookup import (
     fair_references,
     find_finetune_study,
     finetune_study_name,
     latest_jobs_by_recipe,
 )
-from lrf_optuna.study.records import (
-    ARTIFACT_DIR_ATTR,
-    BASELINE_ATTR,
-    ORIGINAL_ATTR,
-    FinetuneRecord,
-    original_info,
-    readable_plan,
-)
+from lrf_optuna.study.records import ORIGINAL_ATTR, PARAMS_ATTR, PROXY_ATTR, original_info
 
 __all__ = ["FinetuneRow", "ReportData", "ReportError", "collect", "read_study"]
 
@@ -118,15 +118,15 @@ def read_study(study: optuna.Study) -> ReportData:
     for (source_number, recipe), job in latest_jobs_by_recipe(finetune).items():
         record = FinetuneRecord.of(job)
         if recipe is not None:
-            data.recipe_texts[recipe] = str(job.user_attrs.get("recipe_text") or recipe)
+            data.recipe_texts[recipe] = str(job.user_attrs.get(RECIPE_TEXT_ATTR) or recipe)
         if record.is_reference:
             continue
         source = by_number.get(source_number)
         plan = readable_plan(source) if source is not None else {}
         data.finetuned.append(FinetuneRow(
             job.number, source_number, record, plan or readable_plan(job),
-            source.user_attrs.get("proxy") if source is not None else None,
-            source.user_attrs.get("params") if source is not None else None,
+            source.user_attrs.get(PROXY_ATTR) if source is not None else None,
+            source.user_attrs.get(PARAMS_ATTR) if source is not None else None,
             data.references.get(recipe) if recipe is not None else None))
     data.finetuned.sort(key=lambda r: (_params_key(r), r.source, r.job))
     return data

@@ -8,9 +8,11 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from lrf_optuna.plan import parse_choice, readable_plan
 from lrf_optuna.report.data import ReportData
 from lrf_optuna.report.tables import as_float, fmt
-from lrf_optuna.study.records import parse_choice, readable_plan
+from lrf_optuna.study.finetune_records import TEST_ACC_ATTR
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR, STRATEGY_ATTR
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go
@@ -34,7 +36,7 @@ def pareto_figure(data: ReportData) -> go.Figure:
     front_numbers = {t.number for t in data.front}
     groups: dict[str, list[Any]] = {"dominated": [], "front": [], "seeded": []}
     for t in data.complete:
-        if t.user_attrs.get("strategy"):
+        if t.user_attrs.get(STRATEGY_ATTR):
             groups["seeded"].append(t)
         elif t.number in front_numbers:
             groups["front"].append(t)
@@ -54,16 +56,16 @@ def pareto_figure(data: ReportData) -> go.Figure:
         for t in trials:
             ua = t.user_attrs
             tag = (" (Pareto)" if t.number in front_numbers else "")
-            strategy = f"<br>strategy: {html.escape(str(ua['strategy']))}" if \
-                ua.get("strategy") else ""
+            strategy = f"<br>strategy: {html.escape(str(ua[STRATEGY_ATTR]))}" if \
+                ua.get(STRATEGY_ATTR) else ""
             custom.append([t.number, tag, strategy, _hover_plan(
                 readable_plan(ua))])
         fig.add_trace(go.Scatter(
-            x=[t.user_attrs.get("params") for t in trials],
-            y=[t.user_attrs.get("proxy") for t in trials],
+            x=[t.user_attrs.get(PARAMS_ATTR) for t in trials],
+            y=[t.user_attrs.get(PROXY_ATTR) for t in trials],
             mode="markers", name=name, customdata=custom,
             marker={"symbol": symbol, "size": size, "opacity": opacity,
-                    "color": [t.user_attrs.get("flops") for t in trials],
+                    "color": [t.user_attrs.get(FLOPS_ATTR) for t in trials],
                     "coloraxis": "coloraxis",
                     "line": {"width": line, "color": "#222"}},
             hovertemplate=("<b>trial %{customdata[0]}</b>%{customdata[1]}<br>"
@@ -73,8 +75,8 @@ def pareto_figure(data: ReportData) -> go.Figure:
     tuned = [(r, by_number[r.source]) for r in data.finetuned if r.source in by_number]
     if tuned:
         fig.add_trace(go.Scatter(
-            x=[t.user_attrs.get("params") for _, t in tuned],
-            y=[t.user_attrs.get("proxy") for _, t in tuned],
+            x=[t.user_attrs.get(PARAMS_ATTR) for _, t in tuned],
+            y=[t.user_attrs.get(PROXY_ATTR) for _, t in tuned],
             mode="markers+text", name="fine-tuned",
             text=[f"#{r.source}" for r, _ in tuned], textposition="top center",
             textfont={"color": "#c0392b"},
@@ -86,11 +88,11 @@ def pareto_figure(data: ReportData) -> go.Figure:
                            "proxy %{y:.4f}<br>test acc %{customdata[1]}<br>"
                            "%{customdata[2]}<extra></extra>")))
     fig.add_trace(go.Scatter(
-        x=[data.original.get("params")], y=[1.0], mode="markers+text", name="original model",
+        x=[data.original.get(PARAMS_ATTR)], y=[1.0], mode="markers+text", name="original model",
         text=["original"], textposition="bottom center",
         marker={"symbol": "x", "size": 14, "color": "black"},
         hovertemplate=(f"<b>original model</b><br>params %{{x:,}}<br>FLOPs "
-                       f"{fmt(data.original.get('flops'), ',')}<br>proxy 1.0"
+                       f"{fmt(data.original.get(FLOPS_ATTR), ',')}<br>proxy 1.0"
                        "<extra></extra>")))
     fig.update_layout(
         title=f"Pareto front of {data.study_name!r}: {len(data.front)} of "
@@ -112,22 +114,22 @@ def accuracy_figure(data: ReportData) -> go.Figure | None:
     fig = go.Figure()
     x = [r.record.measured.params for r in data.finetuned]
     custom = [[r.source, fmt(r.proxy, ".4f")] for r in data.finetuned]
-    accuracies = {
-        "val_acc_before": [r.record.val_acc_before for r in data.finetuned],
-        "val_acc_after": [r.record.val_acc_after for r in data.finetuned],
-        "test_acc": [r.record.measured.test_acc for r in data.finetuned]}
-    for key, name, symbol in (("val_acc_before", "val acc before fine-tuning", "circle-open"),
-                              ("val_acc_after", "val acc after fine-tuning", "circle"),
-                              ("test_acc", "test acc (after)", "star")):
+    accuracies = (
+        ([r.record.val_acc_before for r in data.finetuned], "val acc before fine-tuning",
+         "circle-open"),
+        ([r.record.val_acc_after for r in data.finetuned], "val acc after fine-tuning",
+         "circle"),
+        ([r.record.measured.test_acc for r in data.finetuned], "test acc (after)", "star"))
+    for values, name, symbol in accuracies:
         fig.add_trace(go.Scatter(
-            x=x, y=accuracies[key], mode="markers", name=name,
+            x=x, y=values, mode="markers", name=name,
             customdata=custom, marker={"symbol": symbol, "size": 11},
             hovertemplate=(f"<b>trial %{{customdata[0]}}</b><br>{name} %{{y:.4f}}<br>"
                            "params %{x:,}<br>proxy %{customdata[1]}<extra></extra>")))
-    if as_float(data.baseline.get("test_acc")) is not None:
+    if as_float(data.baseline.get(TEST_ACC_ATTR)) is not None:
         fig.add_trace(go.Scatter(
-            x=[data.baseline.get("params", data.original.get("params"))],
-            y=[data.baseline["test_acc"]], mode="markers+text", name="original (test)",
+            x=[data.baseline.get(PARAMS_ATTR, data.original.get(PARAMS_ATTR))],
+            y=[data.baseline[TEST_ACC_ATTR]], mode="markers+text", name="original (test)",
             text=["original"], textposition="bottom center",
             marker={"symbol": "x", "size": 14, "color": "black"},
             hovertemplate="<b>original</b><br>test acc %{y:.4f}<extra></extra>"))

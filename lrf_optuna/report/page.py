@@ -36,6 +36,7 @@ from pathlib import Path
 
 import optuna
 
+from lrf_optuna.plan import readable_plan
 from lrf_optuna.report.data import ReportData, collect
 from lrf_optuna.report.figures import accuracy_figure, pareto_figure, similarity_figure
 from lrf_optuna.report.tables import (
@@ -47,7 +48,15 @@ from lrf_optuna.report.tables import (
     results_table,
     spread,
 )
-from lrf_optuna.study.records import readable_plan
+from lrf_optuna.study.finetune_records import (
+    KERAS_BYTES_ATTR,
+    LATENCY_MS_KERAS_ATTR,
+    LATENCY_MS_TFLITE_ATTR,
+    TEST_ACC_ATTR,
+    TFLITE_BYTES_ATTR,
+    VAL_ACC_ATTR,
+)
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR
 
 __all__ = ["write_report"]
 
@@ -85,8 +94,8 @@ def _finetune_status(data: ReportData) -> str:
 
 def _summary(data: ReportData) -> str:
     o = data.original
-    return (f"Model **{o.get('model', '?')}**: {fmt(o.get('params'), ',')} parameters, "
-            f"{fmt(o.get('flops'), ',')} FLOPs. {data.n_trials} complete trial(s), "
+    return (f"Model **{o.get('model', '?')}**: {fmt(o.get(PARAMS_ATTR), ',')} parameters, "
+            f"{fmt(o.get(FLOPS_ATTR), ',')} FLOPs. {data.n_trials} complete trial(s), "
             f"{len(data.front)} on the Pareto front (objectives: params, "
             f"FLOPs minimised; proxy = {data.aggregation} {data.metric} similarity, "
             "maximised).")
@@ -96,7 +105,7 @@ def _plans_for_table(data: ReportData) -> tuple[str, list[tuple[str, Mapping[str
     if data.finetuned:
         return ("Per-layer method and rank of each fine-tuned trial.",
                 [(f"#{r.source}", r.plan) for r in data.finetuned])
-    trials = spread(sorted(data.front, key=lambda t: (t.user_attrs.get("params", 0),
+    trials = spread(sorted(data.front, key=lambda t: (t.user_attrs.get(PARAMS_ATTR, 0),
                                                        t.number)), 12)
     return ("No fine-tuned trial yet: the per-layer plans of Pareto-front trials instead.",
             [(f"#{t.number}", readable_plan(t)) for t in trials])
@@ -107,14 +116,15 @@ def _markdown(data: ReportData, html_name: str) -> str:
     plans_note, plans = _plans_for_table(data)
     plans_table = plan_table(data, plans)
     base = data.baseline
-    orig_rows = [["parameters", fmt(o.get("params"), ",")], ["FLOPs", fmt(o.get("flops"), ",")],
+    orig_rows = [["parameters", fmt(o.get(PARAMS_ATTR), ",")],
+                 ["FLOPs", fmt(o.get(FLOPS_ATTR), ",")],
                  ["similarity metric / aggregation", f"{data.metric} / {data.aggregation}"]]
-    for label, key, spec in (("val accuracy", "val_acc", ".4f"),
-                             ("test accuracy", "test_acc", ".4f"),
-                             ("Keras latency (ms)", "latency_ms_keras", ".3f"),
-                             ("TFLite latency (ms)", "latency_ms_tflite", ".3f"),
-                             (".keras bytes", "keras_bytes", ","),
-                             (".tflite bytes", "tflite_bytes", ",")):
+    for label, key, spec in (("val accuracy", VAL_ACC_ATTR, ".4f"),
+                             ("test accuracy", TEST_ACC_ATTR, ".4f"),
+                             ("Keras latency (ms)", LATENCY_MS_KERAS_ATTR, ".3f"),
+                             ("TFLite latency (ms)", LATENCY_MS_TFLITE_ATTR, ".3f"),
+                             (".keras bytes", KERAS_BYTES_ATTR, ","),
+                             (".tflite bytes", TFLITE_BYTES_ATTR, ",")):
         if key in base:
             orig_rows.append([label, fmt(base.get(key), spec)])
     for recipe, ref in data.references.items():

@@ -18,7 +18,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lrf_optuna.study.records import FinetuneRecord, Measured, SearchRecord, as_float
+from lrf_optuna.study.finetune_records import (
+    KERAS_BYTES_ATTR,
+    LATENCY_MS_KERAS_ATTR,
+    LATENCY_MS_TFLITE_ATTR,
+    TEST_ACC_ATTR,
+    TFLITE_BYTES_ATTR,
+    VAL_ACC_ATTR,
+    FinetuneRecord,
+    Measured,
+)
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR, SearchRecord, as_float
 
 if TYPE_CHECKING:
     import optuna
@@ -26,7 +36,7 @@ if TYPE_CHECKING:
     from lrf_optuna.models.training import TrainingResult
     from lrf_optuna.paired import PairedDrop
     from lrf_optuna.report.data import ReportData
-    from lrf_optuna.study.records import WithinBudget
+    from lrf_optuna.study.finetune_records import WithinBudget
 
 __all__ = ["CACHE_HEADER", "FRONT_HEADER", "RESULT_HEADER", "Table", "baselines_table",
            "cache_table", "fmt", "format_table", "front_table", "front_text", "html_table",
@@ -227,14 +237,14 @@ def results_table(data: ReportData) -> Table:
     worse) against the fair reference of the job's recipe ("ref") and the untouched
     original ("orig"), measured paired on the same images, ± one standard error
     (:mod:`lrf_optuna.paired`)."""
-    base = {**{k: data.original.get(k) for k in ("params", "flops")}, **data.baseline}
-    val = fmt(base.get("val_acc"), ".4f") if "val_acc" in base else ""
-    rows = [["original", "", fmt(base.get("params"), ","), "1.00x",
-             fmt(base.get("flops"), ","), "1.00x", val, val,
-             fmt(base.get("test_acc"), ".4f"), "", "", "",
-             fmt(base.get("latency_ms_keras"), ".3f"),
-             "1.00x", fmt(base.get("latency_ms_tflite"), ".3f"), "1.00x",
-             fmt(base.get("keras_bytes"), ","), "1.00x", fmt(base.get("tflite_bytes"), ","),
+    base = {**{k: data.original.get(k) for k in (PARAMS_ATTR, FLOPS_ATTR)}, **data.baseline}
+    val = fmt(base.get(VAL_ACC_ATTR), ".4f") if VAL_ACC_ATTR in base else ""
+    rows = [["original", "", fmt(base.get(PARAMS_ATTR), ","), "1.00x",
+             fmt(base.get(FLOPS_ATTR), ","), "1.00x", val, val,
+             fmt(base.get(TEST_ACC_ATTR), ".4f"), "", "", "",
+             fmt(base.get(LATENCY_MS_KERAS_ATTR), ".3f"),
+             "1.00x", fmt(base.get(LATENCY_MS_TFLITE_ATTR), ".3f"), "1.00x",
+             fmt(base.get(KERAS_BYTES_ATTR), ","), "1.00x", fmt(base.get(TFLITE_BYTES_ATTR), ","),
              "1.00x", "", "", "", ""]]
     original = Measured.from_attrs(base)
 
@@ -243,8 +253,8 @@ def results_table(data: ReportData) -> Table:
         drops = job.drops_pp(reference, original)
         paired = job.paired_drops(reference, original)
         return [label, str(job.job), fmt(m.params, ","),
-                _ratio(base.get("params"), m.params), fmt(m.flops, ","),
-                _ratio(base.get("flops"), m.flops), fmt(job.val_acc_before, ".4f"),
+                _ratio(base.get(PARAMS_ATTR), m.params), fmt(m.flops, ","),
+                _ratio(base.get(FLOPS_ATTR), m.flops), fmt(job.val_acc_before, ".4f"),
                 fmt(job.val_acc_after, ".4f"), fmt(m.test_acc, ".4f"),
                 "" if job.is_reference else _drop(paired["val_vs_reference"],
                                                   drops["val_vs_reference"]),
@@ -252,11 +262,11 @@ def results_table(data: ReportData) -> Table:
                                                   drops["test_vs_reference"]),
                 _drop(paired["test_vs_original"], drops["test_vs_original"]),
                 fmt(m.latency_ms_keras, ".3f"),
-                _ratio(base.get("latency_ms_keras"), m.latency_ms_keras),
+                _ratio(base.get(LATENCY_MS_KERAS_ATTR), m.latency_ms_keras),
                 fmt(m.latency_ms_tflite, ".3f"),
-                _ratio(base.get("latency_ms_tflite"), m.latency_ms_tflite),
-                fmt(m.keras_bytes, ","), _ratio(base.get("keras_bytes"), m.keras_bytes),
-                fmt(m.tflite_bytes, ","), _ratio(base.get("tflite_bytes"), m.tflite_bytes),
+                _ratio(base.get(LATENCY_MS_TFLITE_ATTR), m.latency_ms_tflite),
+                fmt(m.keras_bytes, ","), _ratio(base.get(KERAS_BYTES_ATTR), m.keras_bytes),
+                fmt(m.tflite_bytes, ","), _ratio(base.get(TFLITE_BYTES_ATTR), m.tflite_bytes),
                 _deployed_cell(job), fmt(job.epochs_run, ".0f"), fmt(job.finetune_seconds, ".1f"),
                 data.recipe_texts.get(job.recipe or "", job.recipe or "")]
 
@@ -302,7 +312,7 @@ def within_budget_table(answer: WithinBudget) -> Table:
         rows.append([str(order) + (" (known)" if probe.known else ""), f"#{trial.number}",
                      fmt(m.params, ","), _reduction(answer.original_params, m.params),
                      _reduction(answer.original_flops, m.flops),
-                     fmt(trial.user_attrs.get("proxy"), ".4f"),
+                     fmt(trial.user_attrs.get(PROXY_ATTR), ".4f"),
                      "longer" if escalated else "first", fmt(file.tflite_bytes, ","),
                      fmt(job.decided_val_acc, ".4f"),
                      _drop(paired["val_vs_reference"], drops["val_vs_reference"]),
@@ -401,9 +411,9 @@ def front_table(data: ReportData, *, top: int | None = 20) -> Table:
     """The Pareto front, smallest model first (at most ``top`` trials spread along it),
     after the original model's row."""
     tuned = {r.source for r in data.finetuned}
-    trials = sorted(data.front, key=lambda t: (t.user_attrs.get("params", 0), t.number))
+    trials = sorted(data.front, key=lambda t: (t.user_attrs.get(PARAMS_ATTR, 0), t.number))
     o = data.original
-    rows = [["original", fmt(o.get("params"), ","), "1.00x", fmt(o.get("flops"), ","),
+    rows = [["original", fmt(o.get(PARAMS_ATTR), ","), "1.00x", fmt(o.get(FLOPS_ATTR), ","),
              "0.0%", "1.0000", "", "", "(original model)"]]
     for t in spread(trials, top):
         rec = SearchRecord.of(t)

@@ -2,8 +2,13 @@
 
 * :mod:`~lrf_optuna.study.storage`: storage URLs, default locations, opening storages
   (SQLite WAL, PostgreSQL, heartbeats) and cross-process study locks;
-* :mod:`~lrf_optuna.study.records`: the user-attribute names, their typed readers and the
-  plan codec;
+* :mod:`~lrf_optuna.study.records`: the attribute names of a study and its search trials,
+  their typed readers and the problem-path trust checks (the plan codec:
+  :mod:`lrf_optuna.plan`);
+* :mod:`~lrf_optuna.study.finetune_records`: what a fine-tuning job records (its
+  user-attribute keys, :class:`~lrf_optuna.study.finetune_records.FinetuneRecord`) and the
+  budget search's answer types; a leaf that the jobs write through and the report, the
+  dashboard and the export read through;
 * :mod:`~lrf_optuna.study.lookup`: a search study by name (one error type,
   :class:`~lrf_optuna.errors.UserError`), its fine-tuning study and jobs;
 * :mod:`~lrf_optuna.study.binding`: the fingerprints that bind a study to its model, data
@@ -18,6 +23,7 @@ records (:func:`~lrf_optuna.study.records.problem_spec`,
 
 from __future__ import annotations
 
+from lrf_optuna.plan import CompressionPlan, decode_plan, readable_plan
 from lrf_optuna.study.binding import Binding, check_binding, load_study_problem
 from lrf_optuna.study.lookup import (
     FINETUNE_SUFFIX,
@@ -30,15 +36,7 @@ from lrf_optuna.study.lookup import (
     resolve_storage,
     search_study_names,
 )
-from lrf_optuna.study.records import (
-    CompressionPlan,
-    decode_plan,
-    get_search_trial,
-    original_info,
-    problem_spec,
-    readable_plan,
-    record_problem,
-)
+from lrf_optuna.study.records import get_search_trial, original_info, problem_spec, record_problem
 from lrf_optuna.study.recovery import recover_stale_trials
 from lrf_optuna.study.storage import (
     artifact_dir_for,

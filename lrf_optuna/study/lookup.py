@@ -24,7 +24,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.errors import UserError
-from lrf_optuna.study.records import (
+from lrf_optuna.study.finetune_records import (
     ARTIFACT_DIR_ATTR,
     RECIPE_ATTR,
     REFERENCE_ATTR,

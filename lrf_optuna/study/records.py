@@ -1,18 +1,6 @@
-"""What lrf_optuna writes into studies: attribute names, typed readers, the plan codec.
+"""What lrf_optuna writes into studies: attribute names, typed readers, the trust checks.
 
-A **plan** maps a layer path to ``(method, rank)``; a layer not in it is kept. A plan that
-also prunes is a :class:`CompressionPlan`: the same mapping (ranks of the *pruned* layers)
-plus ``ratios`` (``{layer: fraction of its filters removed}``) and the ``importance``
-criterion that chose the filters; it is built by pruning, then factorizing. A search trial
-stores its plan twice: ``"lrf_plan"`` (changed layers only, for the code:
-``{layer: [method, rank]}``, and ``[method, rank, ratio]`` for a pruned layer, method
-``"keep"`` and rank 0 when it is only pruned; the criterion in ``"prune_importance"``) and
-``"plan"`` (``{layer: "tucker2 r=8" | "prune 25% + svd r=8" | "prune 25%" | "keep"}`` for
-every searched layer, for people and the dashboard). :func:`plan_attrs` writes both,
-:func:`decode_plan` is the one reader of the first, :func:`readable_plan` of the second.
-A pruned-only trial's ``lrf_plan`` is not empty, so "``lrf_plan == {}``" still means the
-original model, and a reader that only knows ``[method, rank]`` entries fails loudly on a
-pruned plan instead of building the wrong model.
+The plan of a trial and its codec live below, in :mod:`lrf_optuna.plan`.
 
 Study attributes: :data:`PROBLEM_ATTR` (how to rebuild model and data,
 :class:`~lrf_optuna.problem.ProblemSpec`), :data:`SPACE_ATTR` (the search space),
@@ -27,33 +15,10 @@ that store only, and accepts a path outside it only when the study also records 
 fingerprints the loaded model and data must then match
 (:func:`lrf_optuna.study.binding.load_study_problem` checks them).
 
-Fine-tuning jobs: :class:`FinetuneRecord`; the original model measured the same way:
-:class:`Measured`.
-
-Every fine-tuning job records its *recipe* (:data:`RECIPE_ATTR`, the digest of the
-training settings, and :data:`RECIPE_CONFIG_ATTR`, the settings): results are compared and
-reused only within one recipe. The **fair reference** of a recipe is the job that
-fine-tuned the original model (the search trial with the empty plan) with that recipe
-(:data:`REFERENCE_ATTR`); drops are reported against it and against the untouched
-original.
-
-Example:
-    >>> attrs = plan_attrs({"fc1": ("svd", 8)}, layers=["conv1", "fc1"])
-    >>> attrs["plan"]
-    {'conv1': 'keep', 'fc1': 'svd r=8'}
-    >>> decode_plan(attrs)
-    {'fc1': ('svd', 8)}
-    >>> parse_choice("tucker2 r=4"), parse_choice("keep")
-    (('tucker2', 4), None)
-    >>> pruned = plan_attrs(CompressionPlan({"fc1": ("svd", 8)}, ratios={"conv1": 0.25,
-    ...                                                                  "fc1": 0.5}),
-    ...                     layers=["conv1", "fc1"])
-    >>> pruned["plan"]
-    {'conv1': 'prune 25%', 'fc1': 'prune 50% + svd r=8'}
-    >>> pruned["lrf_plan"]
-    {'fc1': ['svd', 8, 0.5], 'conv1': ['keep', 0, 0.25]}
-    >>> decode_plan(pruned).ratios
-    {'fc1': 0.5, 'conv1': 0.25}
+Search-trial attributes: the plan's (:mod:`lrf_optuna.plan`), :data:`STRATEGY_ATTR`, and
+the costs and proxy :class:`SearchRecord` reads (:data:`PARAMS_ATTR`, :data:`FLOPS_ATTR`,
+:data:`PROXY_ATTR`, ...). What a fine-tuning job records:
+:mod:`lrf_optuna.study.finetune_records`.
 """
 
 from __future__ import annotations
@@ -61,65 +26,43 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.errors import UserError
-from lrf_optuna.paired import PairedDrop, paired_drop, unpack_correct
+from lrf_optuna.plan import LRF_PLAN_ATTR, readable_plan
 
 if TYPE_CHECKING:
     from lrf_optuna.problem import ProblemSpec
 
 __all__ = [
     "BINDING_ATTR",
-    "DEPLOYED_ATTR",
-    "KEEP",
-    "LRF_PLAN_ATTR",
+    "COMPRESSION_RATIO_ATTR",
+    "DEPLOYED_BYTES_ATTR",
+    "FLOPS_ATTR",
+    "FLOPS_REDUCTION_ATTR",
     "ORIGINAL_ATTR",
-    "PLAN_ATTR",
+    "PARAMS_ATTR",
     "PROBLEM_ATTR",
+    "PROXY_ATTR",
     "PRUNE_ATTR",
-    "PRUNE_IMPORTANCE_ATTR",
-    "RECIPE_ATTR",
-    "RECIPE_CONFIG_ATTR",
-    "REFERENCE_ATTR",
-    "SOURCE_TRIAL",
     "SPACE_ATTR",
     "STRATEGY_ATTR",
-    "BudgetProbe",
-    "BudgetSearch",
-    "CompressionPlan",
-    "FinetuneRecord",
-    "Measured",
-    "OriginalCheck",
     "OriginalInfo",
-    "Plan",
-    "Resolution",
     "SearchRecord",
-    "WithinBudget",
     "as_float",
-    "decode_plan",
-    "describe_choice",
-    "describe_ratio",
+    "as_int",
+    "as_str",
     "get_search_trial",
     "original_info",
-    "parse_choice",
-    "parse_ratio",
-    "plan_attrs",
     "problem_spec",
-    "readable_plan",
     "record_problem",
 ]
-
-KEEP = "keep"
-#: ``{layer path: (method, rank)}``; layers not in it are kept.
-Plan = dict[str, tuple[str, int]]
 
 # study user attributes
 PROBLEM_ATTR = "lrf_optuna:problem"
@@ -129,219 +72,18 @@ ORIGINAL_ATTR = "lrf_optuna:original"
 #: absent when the search does not prune.
 PRUNE_ATTR = "lrf_optuna:prune"
 BINDING_ATTR = "lrf_optuna:binding"
-# search-trial user attributes
-PLAN_ATTR = "plan"
-LRF_PLAN_ATTR = "lrf_plan"
-PRUNE_IMPORTANCE_ATTR = "prune_importance"
+# search-trial user attributes (the plan's: lrf_optuna.plan)
 STRATEGY_ATTR = "strategy"
-# fine-tuning: the job's source trial (parameter and user attribute), study attributes
-SOURCE_TRIAL = "source_trial"
-BASELINE_ATTR = "original"
-ARTIFACT_DIR_ATTR = "artifact_dir"
-SOURCE_STUDY_ATTR = "source_study"
-# fine-tuning jobs: the recipe they were enqueued with; the fair-reference flag
-RECIPE_ATTR = "recipe"
-RECIPE_CONFIG_ATTR = "recipe_config"
-REFERENCE_ATTR = "fair_reference"
-#: A job's model as the LiteRT file its recipe's ``quantize`` makes, measured in the
-#: interpreter (bytes, arena, latency, val / test accuracy and per-image results).
-DEPLOYED_ATTR = "deployed"
-
-
-# -- plans ------------------------------------------------------------------------------------
-
-class CompressionPlan(dict[str, tuple[str, int]]):
-    """A plan that may prune: ``{layer: (method, rank)}`` (the factorized layers, ranks of
-    the pruned layers) plus ``ratios`` and the ``importance`` criterion.
-
-    Built by pruning ``ratios`` of the filters (:func:`lrf_optuna.prune.prune_model`),
-    then factorizing the pruned layers (:meth:`lrf_optuna.cache.SimilarityCache.build_model`
-    does both). Without ratios it is an LRF plan and equals the plain ``dict``; with
-    ratios it is truthy even when nothing is factorized. ``dict(plan)`` keeps only the
-    LRF choices.
-
-    Args:
-        lrf: ``{layer: (method, rank)}``.
-        ratios: ``{layer: ratio}``, the fraction of each pruned layer's filters removed
-            (zeros are dropped); layers pruned alike (a group) share one ratio.
-        importance: The criterion choosing the filters (``"l1"``, ``"l2"``,
-            ``"activation"``).
-
-    Example:
-        >>> plan = CompressionPlan({"fc1": ("svd", 8)}, ratios={"conv1": 0.5})
-        >>> plan == {"fc1": ("svd", 8)}, bool(CompressionPlan(ratios={"conv1": 0.5}))
-        (False, True)
-        >>> plan.choices()
-        {'fc1': (0.0, 'svd', 8), 'conv1': (0.5, 'keep', None)}
-    """
-
-    def __init__(self, lrf: Mapping[str, tuple[str, int]] | Iterable[Any] = (), *,
-                 ratios: Mapping[str, float] | None = None, importance: str = "l1") -> None:
-        super().__init__(lrf)
-        self.ratios: dict[str, float] = {str(p): float(r) for p, r in (ratios or {}).items()
-                                         if float(r) > 0}
-        self.importance = str(importance)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, CompressionPlan):
-            return (dict.__eq__(self, other) and self.ratios == other.ratios
-                    and (not self.ratios or self.importance == other.importance))
-        if isinstance(other, dict):
-            return not self.ratios and dict.__eq__(self, other)
-        return NotImplemented
-
-    def __ne__(self, other: object) -> bool:
-        equal = self.__eq__(other)
-        return equal if equal is NotImplemented else not equal
-
-    __hash__ = None
-
-    def __bool__(self) -> bool:
-        return bool(len(self)) or bool(self.ratios)
-
-    def __repr__(self) -> str:
-        if not self.ratios:
-            return dict.__repr__(self)
-        return (f"CompressionPlan({dict.__repr__(self)}, ratios={self.ratios!r}, "
-                f"importance={self.importance!r})")
-
-    def copy(self) -> CompressionPlan:
-        return CompressionPlan(self, ratios=self.ratios, importance=self.importance)
-
-    def choices(self) -> dict[str, tuple[float, str, int | None]]:
-        """``{layer: (ratio, method, rank)}`` of every changed layer, the form of
-        :func:`lrf_optuna.prune.prune_and_factorize`."""
-        out: dict[str, tuple[float, str, int | None]] = {
-            p: (self.ratios.get(p, 0.0), m, int(r)) for p, (m, r) in self.items()}
-        for p, ratio in self.ratios.items():
-            out.setdefault(p, (ratio, KEEP, None))
-        return out
-
-
-def describe_ratio(ratio: float) -> str:
-    """``0.25`` -> ``"prune 25%"`` (``""`` for 0).
-
-    Example:
-        >>> describe_ratio(0.125), describe_ratio(0)
-        ('prune 12.5%', '')
-    """
-    return f"prune {100 * float(ratio):g}%" if float(ratio) > 0 else ""
-
-
-def describe_choice(choice: Any, ratio: float = 0.0) -> str:
-    """A layer's choice as ``"tucker2 r=8"`` / ``"keep"`` (``"prune 25% + tucker2 r=8"`` /
-    ``"prune 25%"`` when ``ratio`` of its filters go), whatever form it was stored in
-    (``(method, rank)``, ``[method, rank]``, ``[method, rank, ratio]``,
-    ``{"method", "rank"}``, text or ``None``)."""
-    if isinstance(choice, (list, tuple)) and len(choice) == 3:
-        choice, ratio = (choice[0], choice[1]), float(choice[2])
-    if choice is None:
-        text = KEEP
-    elif isinstance(choice, str):
-        text = choice
-    else:
-        if isinstance(choice, Mapping) and "method" in choice:
-            choice = (choice["method"], choice.get("rank", 0))
-        if isinstance(choice, (list, tuple)) and len(choice) == 2:
-            method, rank = choice
-            text = KEEP if method == KEEP else f"{method} r={int(rank)}"
-        else:
-            text = str(choice)
-    pruned = describe_ratio(ratio)
-    if not pruned:
-        return text
-    return pruned if text == KEEP else f"{pruned} + {text}"
-
-
-def parse_ratio(text: str) -> float:
-    """The pruning ratio of a readable choice: ``"prune 25% + svd r=8"`` -> ``0.25``;
-    ``0.0`` when it does not prune."""
-    if not text.startswith("prune "):
-        return 0.0
-    try:
-        return float(text[len("prune "):].split("%", 1)[0]) / 100.0
-    except ValueError:
-        return 0.0
-
-
-def parse_choice(text: str) -> tuple[str, int] | None:
-    """``"tucker2 r=8"`` (or ``"prune 25% + tucker2 r=8"``) -> ``("tucker2", 8)``;
-    ``"keep"``, ``"prune 25%"`` (or unparsable) -> ``None``."""
-    if text.startswith("prune "):
-        _, plus, text = text.partition(" + ")
-        if not plus:
-            return None
-    method, _, rank = text.partition(" r=")
-    if method == KEEP or not rank:
-        return None
-    try:
-        return method, int(rank)
-    except ValueError:
-        return None
-
-
-def plan_attrs(plan: Mapping[str, tuple[str, int]], layers: Iterable[str]) -> dict[str, Any]:
-    """The user attributes that store ``plan`` (a :class:`CompressionPlan` when it prunes)
-    in a trial: ``plan`` (readable, every searched layer), ``lrf_plan`` (machine-readable)
-    and, when it prunes, ``prune_importance``."""
-    ratios = getattr(plan, "ratios", {})
-    lrf: dict[str, list[Any]] = {}
-    for p, (m, r) in plan.items():
-        lrf[p] = [str(m), int(r), ratios[p]] if p in ratios else [str(m), int(r)]
-    for p, ratio in ratios.items():
-        lrf.setdefault(p, [KEEP, 0, ratio])
-    out: dict[str, Any] = {
-        PLAN_ATTR: {p: describe_choice(plan.get(p), ratios.get(p, 0.0)) for p in layers},
-        LRF_PLAN_ATTR: lrf}
-    if ratios:
-        out[PRUNE_IMPORTANCE_ATTR] = getattr(plan, "importance", "l1")
-    return out
-
-
-def _attrs(trial_or_attrs: FrozenTrial | Mapping[str, Any]) -> Mapping[str, Any]:
-    return (trial_or_attrs.user_attrs if isinstance(trial_or_attrs, FrozenTrial)
-            else trial_or_attrs)
-
-
-def decode_plan(trial_or_attrs: FrozenTrial | Mapping[str, Any]) -> CompressionPlan:
-    """The plan a trial stored (its ``lrf_plan`` attribute): ``{layer: (method, rank)}``,
-    with the pruning ratios and criterion when it prunes (:class:`CompressionPlan`).
-
-    Raises:
-        ValueError: the trial has no ``lrf_plan`` (it was not made by lrf_optuna), or an
-            entry is not ``[method, rank]`` / ``[method, rank, ratio]``.
-    """
-    attrs = _attrs(trial_or_attrs)
-    raw = attrs.get(LRF_PLAN_ATTR)
-    what = (f"trial {trial_or_attrs.number}" if isinstance(trial_or_attrs, FrozenTrial)
-            else "these attributes")
-    if raw is None:
-        raise ValueError(f"{what} has no {LRF_PLAN_ATTR!r} user attribute (not made by "
-                         "lrf_optuna's search)")
-    lrf: Plan = {}
-    ratios: dict[str, float] = {}
-    for p, entry in raw.items():
-        if not isinstance(entry, (list, tuple)) or len(entry) not in (2, 3):
-            raise ValueError(f"{what}: {LRF_PLAN_ATTR} entry of layer {p!r} must be [method, "
-                             f"rank] or [method, rank, ratio], but got {entry!r}")
-        if entry[0] != KEEP:
-            lrf[str(p)] = (str(entry[0]), int(entry[1]))
-        if len(entry) == 3:
-            ratios[str(p)] = float(entry[2])
-    return CompressionPlan(lrf, ratios=ratios,
-                           importance=str(attrs.get(PRUNE_IMPORTANCE_ATTR, "l1")))
-
-
-def readable_plan(trial_or_attrs: FrozenTrial | Mapping[str, Any]) -> dict[str, str]:
-    """``{layer: "svd r=8" | "keep"}`` of a trial (its ``plan`` attribute, else derived from
-    ``lrf_plan``)."""
-    attrs = _attrs(trial_or_attrs)
-    raw = attrs.get(PLAN_ATTR)
-    if not isinstance(raw, Mapping):
-        raw = attrs.get(LRF_PLAN_ATTR)
-    if not isinstance(raw, Mapping):
-        return {}
-    return {str(k): describe_choice(v) for k, v in raw.items()}
+#: Costs of the compressed model, also recorded by a fine-tuning job
+#: (:mod:`lrf_optuna.study.finetune_records`).
+PARAMS_ATTR = "params"
+FLOPS_ATTR = "flops"
+COMPRESSION_RATIO_ATTR = "compression_ratio"
+FLOPS_REDUCTION_ATTR = "flops_reduction"
+#: The accuracy proxy of the plan (the similarity cache's score).
+PROXY_ATTR = "proxy"
+#: Deployed weight bytes, when the search minimises bytes.
+DEPLOYED_BYTES_ATTR = "deployed_bytes"
 
 
 # -- typed readers ----------------------------------------------------------------------------
@@ -360,11 +102,13 @@ def as_float(value: Any) -> float | None:
     return None if math.isnan(out) else out
 
 
-def _str(value: Any) -> str | None:
+def as_str(value: Any) -> str | None:
+    """``value`` when it is text, else ``None``."""
     return value if isinstance(value, str) else None
 
 
-def _int(value: Any) -> int | None:
+def as_int(value: Any) -> int | None:
+    """``int(value)``, or ``None`` where :func:`as_float` gives ``None``."""
     number = as_float(value)
     return None if number is None else int(number)
 
@@ -385,9 +129,9 @@ class SearchRecord:
     @classmethod
     def of(cls, trial: FrozenTrial) -> SearchRecord:
         ua = trial.user_attrs
-        return cls(trial.number, _int(ua.get("params")), _int(ua.get("flops")),
-                   as_float(ua.get("proxy")), as_float(ua.get("compression_ratio")),
-                   as_float(ua.get("flops_reduction")), str(ua.get(STRATEGY_ATTR) or ""),
+        return cls(trial.number, as_int(ua.get(PARAMS_ATTR)), as_int(ua.get(FLOPS_ATTR)),
+                   as_float(ua.get(PROXY_ATTR)), as_float(ua.get(COMPRESSION_RATIO_ATTR)),
+                   as_float(ua.get(FLOPS_REDUCTION_ATTR)), str(ua.get(STRATEGY_ATTR) or ""),
                    readable_plan(ua))
 
 
@@ -417,167 +161,6 @@ def original_info(study: optuna.Study) -> OriginalInfo | None:
                         metric=str(raw.get("metric", "cosine")),
                         aggregation=str(raw.get("aggregation", "mean")),
                         cache=str(raw.get("cache", "")))
-
-
-@dataclass(frozen=True)
-class Measured:
-    """A model measured for deployment (the original, or a fine-tuned trial): test (and
-    validation) accuracy, size, files and batch-1 latencies."""
-
-    params: int | None = None
-    flops: int | None = None
-    test_acc: float | None = None
-    val_acc: float | None = None
-    keras_bytes: int | None = None
-    tflite_bytes: int | None = None
-    latency_ms_keras: float | None = None
-    latency_ms_tflite: float | None = None
-    val_correct: str | None = None
-    test_correct: str | None = None
-    val_images: int | None = None
-    test_images: int | None = None
-    val_acc_train_mode: float | None = None
-    #: Which interpreter ran ``latency_ms_tflite``: ``"litert"`` (ai_edge_litert) or
-    #: ``"tf.lite"`` (the deprecated fallback); ``None`` for records made before it was
-    #: recorded (they ran ``tf.lite``).
-    tflite_runtime: str | None = None
-
-    @classmethod
-    def from_attrs(cls, attrs: Mapping[str, Any]) -> Measured:
-        a = attrs.get
-        return cls(params=_int(a("params")), flops=_int(a("flops")),
-                   test_acc=as_float(a("test_acc")), val_acc=as_float(a("val_acc")),
-                   keras_bytes=_int(a("keras_bytes")), tflite_bytes=_int(a("tflite_bytes")),
-                   latency_ms_keras=as_float(a("latency_ms_keras")),
-                   latency_ms_tflite=as_float(a("latency_ms_tflite")),
-                   val_correct=_str(a("val_correct")), test_correct=_str(a("test_correct")),
-                   val_images=_int(a("val_images")), test_images=_int(a("test_images")),
-                   val_acc_train_mode=as_float(a("val_acc_train_mode")),
-                   tflite_runtime=_str(a("tflite_runtime")))
-
-    def correct(self, split: str) -> np.ndarray | None:
-        """Per-image correctness on ``split`` (``"val"`` or ``"test"``), when recorded."""
-        text = self.val_correct if split == "val" else self.test_correct
-        n = self.val_images if split == "val" else self.test_images
-        if text is None or n is None:
-            return None
-        try:
-            return unpack_correct(text, n)
-        except ValueError:
-            return None
-
-    def drop_against(self, other: Measured, split: str = "val") -> PairedDrop | None:
-        """This model's accuracy drop against ``other`` on the same ``split`` images,
-        paired (:mod:`lrf_optuna.paired`); ``None`` without per-image results."""
-        theirs, mine = other.correct(split), self.correct(split)
-        if theirs is None or mine is None or len(theirs) != len(mine):
-            return None
-        return paired_drop(theirs, mine)
-
-
-@dataclass(frozen=True)
-class FinetuneRecord:
-    """A finished fine-tuning job's user attributes, typed."""
-
-    job: int
-    source: int
-    measured: Measured
-    val_acc_before: float | None
-    val_acc_after: float | None
-    test_acc_before: float | None
-    epochs_run: int | None
-    finetune_seconds: float | None
-    reverted: bool
-    plan: dict[str, str]
-    recipe: str | None = None
-    recipe_config: dict[str, Any] = dataclasses.field(default_factory=dict)
-    is_reference: bool = False
-    val_acc_built: float | None = None
-    bn_reestimated: bool = False
-    steps: int | None = None
-    deployed: Measured | None = None
-    deployed_info: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def of(cls, job: FrozenTrial) -> FinetuneRecord:
-        ua = job.user_attrs
-        source = _int(ua.get(SOURCE_TRIAL))
-        recipe = ua.get(RECIPE_ATTR)
-        config = ua.get(RECIPE_CONFIG_ATTR)
-        return cls(job.number, -1 if source is None else source, Measured.from_attrs(ua),
-                   as_float(ua.get("val_acc_before")), as_float(ua.get("val_acc_after")),
-                   as_float(ua.get("test_acc_before")), _int(ua.get("epochs_run")),
-                   as_float(ua.get("finetune_seconds")), bool(ua.get("reverted", False)),
-                   readable_plan(ua), str(recipe) if recipe is not None else None,
-                   dict(config) if isinstance(config, Mapping) else {},
-                   bool(ua.get(REFERENCE_ATTR, False)), as_float(ua.get("val_acc_built")),
-                   bool(ua.get("bn_reestimated", False)), _int(ua.get("steps")),
-                   Measured.from_attrs(dep) if isinstance(dep := ua.get(DEPLOYED_ATTR),
-                                                          Mapping) else None,
-                   dict(dep) if isinstance(dep, Mapping) else {})
-
-    @property
-    def quantize(self) -> str | None:
-        """The mode of the deployed file decisions are taken on (``None``: the Keras
-        model's accuracy decides)."""
-        mode = self.deployed_info.get("quantize")
-        return str(mode) if self.deployed is not None and mode else None
-
-    @property
-    def decided_val_acc(self) -> float | None:
-        """The validation accuracy decisions use: the deployed file's when the job made
-        one, else the fine-tuned Keras model's."""
-        return self.deployed.val_acc if self.deployed is not None else self.val_acc_after
-
-    def decided_drop(self, reference: FinetuneRecord) -> PairedDrop | None:
-        """The paired validation drop decisions use: deployed file against the
-        reference's deployed file when both have one, else Keras model against Keras
-        model."""
-        if self.deployed is not None and reference.deployed is not None:
-            return self.deployed.drop_against(reference.deployed, "val")
-        return self.paired(reference, "val")
-
-    def paired(self, other: FinetuneRecord | Measured | None, split: str = "val"
-               ) -> PairedDrop | None:
-        """This job's drop against ``other`` (a fair reference's record, or the original
-        measured) on the same ``split`` images, with its uncertainty
-        (:mod:`lrf_optuna.paired`); ``None`` when either side has no per-image results."""
-        if other is None:
-            return None
-        return self.measured.drop_against(
-            other.measured if isinstance(other, FinetuneRecord) else other, split)
-
-    def paired_drops(self, reference: FinetuneRecord | None,
-                     original: Measured | None = None) -> dict[str, PairedDrop | None]:
-        """The drops of :meth:`drops_pp` as :class:`~lrf_optuna.paired.PairedDrop` (with
-        standard errors), where per-image results are recorded."""
-        return {"val_vs_reference": self.paired(reference, "val"),
-                "test_vs_reference": self.paired(reference, "test"),
-                "test_vs_original": self.paired(original, "test")}
-
-    def drops_pp(self, reference: FinetuneRecord | None,
-                 original: Measured | None = None) -> dict[str, float | None]:
-        """Accuracy drops in percentage points (positive: worse): ``val_vs_reference``,
-        ``test_vs_reference`` (against the fair reference's fine-tuned accuracies) and
-        ``test_vs_original`` (against the untouched original); ``None`` when unknown.
-
-        Example:
-            >>> job = FinetuneRecord(1, 5, Measured(test_acc=0.90), None, 0.91, None, 3, 1.0,
-            ...                      False, {})
-            >>> ref = FinetuneRecord(0, 0, Measured(test_acc=0.92), None, 0.925, None, 3,
-            ...                      1.0, False, {}, is_reference=True)
-            >>> {k: round(v, 2) for k, v in job.drops_pp(ref, Measured(test_acc=0.915)).items()}
-            {'val_vs_reference': 1.5, 'test_vs_reference': 2.0, 'test_vs_original': 1.5}
-        """
-        def drop(theirs: float | None, mine: float | None) -> float | None:
-            return None if theirs is None or mine is None else 100.0 * (theirs - mine)
-
-        return {"val_vs_reference": drop(reference.val_acc_after if reference else None,
-                                         self.val_acc_after),
-                "test_vs_reference": drop(reference.measured.test_acc if reference else None,
-                                          self.measured.test_acc),
-                "test_vs_original": drop(original.test_acc if original else None,
-                                         self.measured.test_acc)}
 
 
 # -- the problem --------------------------------------------------------------------------------
@@ -688,201 +271,3 @@ def get_search_trial(study: optuna.Study, number: int) -> FrozenTrial:
         raise UserError(f"trial {number} of study {study.study_name!r} has no "
                         f"{LRF_PLAN_ATTR!r} user attribute (not made by lrf_optuna's search)")
     return trial
-
-
-# -- answers of the budget search (lrf_optuna.finetune.budget) -------------------------------
-
-@dataclass(frozen=True)
-class BudgetProbe:
-    """One evaluated candidate: its index (by size), position, score and verdict."""
-
-    index: int
-    position: float
-    score: float
-    passed: bool
-    known: bool  # known before the search started (not probed by it)
-
-
-@dataclass(frozen=True)
-class BudgetSearch:
-    """What :func:`~lrf_optuna.finetune.budget.smallest_passing` found: ``chosen`` (an
-    index, ``None`` when no candidate passed), the probes in order, and whether the
-    bracket closed (``converged``: the chosen candidate's smaller neighbour was evaluated
-    and failed, or it is the smallest candidate)."""
-
-    chosen: int | None
-    probes: list[BudgetProbe]
-    target: float
-    converged: bool
-
-    @property
-    def n_evaluated(self) -> int:
-        """Evaluations this search ran (results known beforehand not counted)."""
-        return sum(1 for p in self.probes if not p.known)
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """How finely the validation split resolves a drop of the budget's size, known before
-    any fine-tuning (:func:`lrf_optuna.paired.expected_standard_error`).
-
-    Attributes:
-        images: Validation images every decision rests on.
-        expected_se_pp: Expected standard error of a candidate's paired drop at the budget.
-        max_drop: The budget (pp).
-    """
-
-    images: int
-    expected_se_pp: float
-    max_drop: float
-
-    #: A budget of fewer standard errors than this is not resolved.
-    RESOLVES = 3.0
-
-    @property
-    def resolved(self) -> bool:
-        """Whether the budget spans at least :attr:`RESOLVES` standard errors."""
-        return self.max_drop >= self.RESOLVES * self.expected_se_pp
-
-    def text(self) -> str:
-        """One sentence on the resolution, with what helps when it is too coarse."""
-        head = (f"{self.images:,} validation images: a drop of {self.max_drop:g} pp is "
-                f"measured to about ± {self.expected_se_pp:.2f} pp (one standard error)")
-        if self.resolved:
-            return head
-        need = math.ceil(self.images * (self.RESOLVES * self.expected_se_pp
-                                        / max(self.max_drop, 1e-9)) ** 2)
-        return (f"{head}, so the budget is less than {self.RESOLVES:g} standard errors and "
-                "decisions near it are close to a coin toss: use a larger validation split "
-                f"(about {need:,} images: --val-fraction, or pass your own x_val/y_val) or "
-                "a larger budget")
-
-
-@dataclass(frozen=True)
-class OriginalCheck:
-    """Is the original a sound reference? Its validation accuracy as given (inference
-    mode), with batch statistics (training mode), after BatchNorm re-estimation (where the
-    fair reference starts) and after the fair reference's fine-tuning.
-
-    A fine-tuned original far above the untouched one (more than :attr:`GAIN_PP`) means
-    the original was not converged, or its BatchNorm moving statistics are stale (then the
-    training-mode or re-estimated accuracy is far above the inference-mode one too). The
-    decisions are taken against the fair reference either way, the stronger of the two:
-    it starts from the re-estimated original and never ends below it.
-    """
-
-    val_acc: float | None
-    val_acc_train_mode: float | None
-    val_acc_reestimated: float | None
-    reference_val_acc: float | None
-
-    #: A fine-tuned original gaining more than this (pp) is flagged.
-    GAIN_PP = 2.0
-
-    @property
-    def gain_pp(self) -> float | None:
-        """The fair reference's gain over the untouched original (pp)."""
-        if self.val_acc is None or self.reference_val_acc is None:
-            return None
-        return 100.0 * (self.reference_val_acc - self.val_acc)
-
-    @property
-    def diagnosis(self) -> str | None:
-        """``None`` (sound), ``"stale_batchnorm"`` or ``"not_converged"``."""
-        gain = self.gain_pp
-        if gain is None or gain <= self.GAIN_PP or self.val_acc is None:
-            return None
-        repaired = max((a for a in (self.val_acc_train_mode, self.val_acc_reestimated)
-                        if a is not None), default=None)
-        if repaired is not None and 100.0 * (repaired - self.val_acc) > self.GAIN_PP:
-            return "stale_batchnorm"
-        return "not_converged"
-
-    def text(self) -> str | None:
-        """What to tell the user, or ``None`` when the original is sound."""
-        if self.diagnosis is None or self.val_acc is None:
-            return None
-        gain = f"{self.gain_pp:+.2f} pp"
-        if self.diagnosis == "stale_batchnorm":
-            seen = ", ".join(f"{what} {100 * a:.2f} %" for what, a in (
-                ("with batch statistics", self.val_acc_train_mode),
-                ("after BatchNorm re-estimation", self.val_acc_reestimated)) if a is not None)
-            return (f"the original's BatchNorm moving statistics are stale: validation "
-                    f"accuracy {100 * self.val_acc:.2f} % as given, {seen}; the fair "
-                    f"reference ({gain}) starts from the re-estimated original, and every "
-                    "decision is taken against it. Ship the re-estimated original, not the "
-                    "one given: lrf_optuna.finetune.reestimate_batchnorm(model, x_train)")
-        return (f"fine-tuning the original gained {gain} of validation accuracy: it was not "
-                "trained to convergence; every decision is taken against the fine-tuned "
-                "original (the fair reference), which is the better model to compare with "
-                "and to ship if compression is not needed")
-
-
-@dataclass(frozen=True)
-class WithinBudget:
-    """The answer of :func:`~lrf_optuna.finetune.budget.finetune_within`.
-
-    Attributes:
-        max_drop: The budget in percentage points of validation accuracy.
-        chosen: The chosen search trial (``None``: no candidate stays within the budget).
-        job: Its fine-tuning job (``None`` likewise).
-        reference: The fair reference of the chosen job's recipe (the original fine-tuned
-            the same way); of the first recipe when nothing was chosen.
-        original: The untouched original model, measured like the jobs.
-        probes: ``(search trial, its job's record, the probe)`` of every candidate
-            evaluated, in probe order (jobs known before the search first), the escalated
-            recipe's after the first recipe's.
-        search: The first recipe's search (indices into ``candidates``).
-        candidates: The candidates' trial numbers, smallest first.
-        recipe: The first recipe in words.
-        confidence: The confidence of every decision (:mod:`lrf_optuna.paired`).
-        references: The fair reference of every recipe used, by recipe key.
-        escalation: The longer recipe's search among the candidates smaller than the
-            first recipe's answer (``None``: not escalated).
-        escalated_recipe: That recipe in words.
-        resolution: How finely the validation split resolves the budget.
-        original_check: Whether the original is a sound reference.
-    """
-
-    max_drop: float
-    chosen: FrozenTrial | None
-    job: FinetuneRecord | None
-    reference: FinetuneRecord
-    original: Measured
-    probes: list[tuple[FrozenTrial, FinetuneRecord, BudgetProbe]]
-    search: BudgetSearch
-    candidates: list[int]
-    recipe: str
-    original_params: int | None = None
-    original_flops: int | None = None
-    confidence: float = 0.5
-    references: dict[str, FinetuneRecord] = dataclasses.field(default_factory=dict)
-    escalation: BudgetSearch | None = None
-    escalated_recipe: str | None = None
-    resolution: Resolution | None = None
-    original_check: OriginalCheck | None = None
-
-    @property
-    def search_recipe_key(self) -> str | None:
-        """The recipe key of the first search (its fair reference's)."""
-        first = next(iter(self.references), None)
-        return first if first is not None else self.reference.recipe
-
-    def reference_of(self, job: FinetuneRecord) -> FinetuneRecord:
-        """The fair reference of ``job``'s recipe."""
-        return self.references.get(job.recipe or "", self.reference)
-
-    def drops_pp(self) -> dict[str, float | None]:
-        """The chosen job's drops (pp): ``val_vs_reference``, ``test_vs_reference``,
-        ``test_vs_original`` (empty values when nothing was chosen)."""
-        if self.job is None:
-            return {"val_vs_reference": None, "test_vs_reference": None,
-                    "test_vs_original": None}
-        return self.job.drops_pp(self.reference, self.original)
-
-    def paired_drops(self) -> dict[str, PairedDrop | None]:
-        """The chosen job's drops with their uncertainty (``None`` where not recorded)."""
-        if self.job is None:
-            return {"val_vs_reference": None, "test_vs_reference": None,
-                    "test_vs_original": None}
-        return self.job.paired_drops(self.reference, self.original)

@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_limits
 import lrf_optuna.prune.cache as prune_cache_mod
 from lrf_optuna.cache import batchnorm_view, run_batched, score_candidates
 from lrf_optuna.decompose import layer_weights
+from lrf_optuna.plan import CompressionPlan
 from lrf_optuna.prune import (
     PruneCache,
     PruneConfig,
@@ -23,7 +24,6 @@ from lrf_optuna.prune import (
 from lrf_optuna.prune.cache import output_sliced_weights
 from lrf_optuna.rewrite import find_layers
 from lrf_optuna.similarity import METRICS
-from lrf_optuna.study.records import CompressionPlan
 
 from .conftest import CONFIG
 
