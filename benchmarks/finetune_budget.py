@@ -52,6 +52,10 @@ RECIPES: dict[str, dict[str, Any]] = {
     "steps600": {},  # the default
     "steps600-acc-p1": {"monitor": "val_accuracy", "patience": 1},
     "steps1200": {"min_steps": 1200},
+    "lr3e-4": {"learning_rate": 3e-4},
+    "lr1e-4": {"learning_rate": 1e-4},
+    "longer-lr1e-4": {"min_steps": 2400, "max_epochs": 120, "patience": 6, "distill": 0.9,
+                      "learning_rate": 1e-4},
     "longer": {"min_steps": 2400, "max_epochs": 120, "patience": 6, "distill": 0.9},
 }
 
