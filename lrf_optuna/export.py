@@ -473,7 +473,7 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
         UserError: no such COMPLETE search trial, or bad quantization arguments.
     """
     from lrf_optuna.deploy.convert import check_quantize
-    from lrf_optuna.search import StudyModels
+    from lrf_optuna.study.models import StudyModels
 
     mode = check_quantize(quantize)
     if int8_io and mode != "int8":

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lrf_optuna.errors import UserError, one_line
+from lrf_optuna.errors import UserError, is_int, one_line
 
 if TYPE_CHECKING:
     import keras
@@ -95,8 +95,6 @@ class ProblemSpec:
         """Raise :class:`~lrf_optuna.errors.UserError` for a split or training setting out
         of range (a seed that is not an integer, ``calibration_size < 1``,
         ``val_fraction`` outside ``[0, 1)``, ``epochs < 1``)."""
-        from lrf_optuna.space import is_int
-
         if not is_int(self.seed):
             raise UserError(f"seed must be an integer, but got {self.seed!r}")
         if not is_int(self.calibration_size) or self.calibration_size < 1:

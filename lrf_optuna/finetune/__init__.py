@@ -51,7 +51,7 @@ _MOVED = {
     "finetuned_job": ("lrf_optuna.study.lookup", "finetuned_job"),
     "jobs_by_source": ("lrf_optuna.study.lookup", "jobs_by_source"),
     "FINETUNE_SUFFIX": ("lrf_optuna.study.lookup", "FINETUNE_SUFFIX"),
-    "JobContext": ("lrf_optuna.search", "StudyModels"),
+    "JobContext": ("lrf_optuna.study.models", "StudyModels"),
     "measure_model": ("lrf_optuna.export", "measure_model"),
     "download_job_artifacts": ("lrf_optuna.export", "download_job_files"),
     "results_table": ("lrf_optuna.report", "results_text"),

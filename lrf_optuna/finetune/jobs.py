@@ -100,7 +100,6 @@ from lrf_optuna.finetune.recipe import (
 )
 from lrf_optuna.finetune.select import Selection, select_trials
 from lrf_optuna.paired import pack_correct
-from lrf_optuna.search import StudyModels
 from lrf_optuna.study.lookup import (
     artifact_store_dir,
     fair_reference,
@@ -111,6 +110,7 @@ from lrf_optuna.study.lookup import (
     latest_jobs,
     open_finetune_study,
 )
+from lrf_optuna.study.models import StudyModels
 from lrf_optuna.study.records import (
     ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,
