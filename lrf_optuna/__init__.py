@@ -59,7 +59,7 @@ _EXPORTS = {
 }
 _SUBMODULES = {"data", "models", "decompose", "prune", "rewrite", "costs", "calibration", "cache",
                "similarity", "search", "vbmf", "cli", "finetune", "export",
-               "report", "dashboard", "workspace", "problem", "study", "errors",
+               "report", "dashboard", "problem", "study", "errors",
                "compression"}
 
 __all__ = ["__version__", *sorted(_EXPORTS), *sorted(_SUBMODULES)]

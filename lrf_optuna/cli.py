@@ -41,9 +41,6 @@ __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("lrf_optuna")
 
-#: Deprecated alias: user errors are :class:`~lrf_optuna.errors.UserError`.
-CLIError = UserError
-
 _STORAGE_HELP = ("Optuna storage URL (default: sqlite:///studies/<study-name>.db; "
                  "postgresql://... for many workers)")
 

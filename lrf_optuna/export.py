@@ -75,7 +75,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ExportError", "MeasuredFiles", "download_job_files", "export_trial",
            "keras_latency_ms", "load_model", "measure_model", "quantized_file", "save_keras",
-           "search_trial", "tflite_latency_ms", "tflite_predict", "to_tflite",
+           "tflite_latency_ms", "tflite_predict", "to_tflite",
            "upload_model_files"]
 
 logger = logging.getLogger(__name__)
@@ -531,6 +531,3 @@ def quantized_file(model: keras.Model, path: str | os.PathLike[str], quantize: s
               if quantize == "int8" else None)
     return to_tflite(model, path, quantize=quantize, representative=images, int8_io=int8_io)
 
-
-#: Deprecated name of :func:`lrf_optuna.study.records.get_search_trial`.
-search_trial = get_search_trial

@@ -43,13 +43,11 @@ if TYPE_CHECKING:
 
     from lrf_optuna.data import Dataset, Splits
 
-__all__ = ["NPZ_KEYS", "Problem", "ProblemError", "ProblemSpec", "check_problem",
+__all__ = ["NPZ_KEYS", "Problem", "ProblemSpec", "check_problem",
            "load_model_file", "model_fingerprint"]
 
 #: The arrays a dataset ``.npz`` file must hold (uint8 images are scaled to [0, 1]).
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-#: Deprecated alias: problems raise :class:`~lrf_optuna.errors.UserError`.
-ProblemError = UserError
 
 
 @dataclass(frozen=True)

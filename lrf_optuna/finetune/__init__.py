@@ -16,10 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import importlib
-import warnings
-from typing import Any
-
 from lrf_optuna.finetune.batchnorm import reestimate_batchnorm, train_mode_accuracy
 from lrf_optuna.finetune.budget import WithinBudget, finetune_within, smallest_passing
 from lrf_optuna.finetune.config import FinetuneConfig
@@ -43,26 +39,3 @@ __all__ = ["FinetuneConfig", "FinetuneOutcome", "Selection", "WithinBudget", "bu
            "run_finetune_jobs", "select_trials", "smallest_passing", "teacher_outputs",
            "train_mode_accuracy"]
 
-#: Names that moved (deprecated here; they warn once used).
-_MOVED = {
-    "finetune_study_of": ("lrf_optuna.study.lookup", "open_finetune_study"),
-    "existing_finetune_study": ("lrf_optuna.study.lookup", "find_finetune_study"),
-    "finetune_study_name": ("lrf_optuna.study.lookup", "finetune_study_name"),
-    "finetuned_job": ("lrf_optuna.study.lookup", "finetuned_job"),
-    "jobs_by_source": ("lrf_optuna.study.lookup", "jobs_by_source"),
-    "FINETUNE_SUFFIX": ("lrf_optuna.study.lookup", "FINETUNE_SUFFIX"),
-    "JobContext": ("lrf_optuna.study.models", "StudyModels"),
-    "measure_model": ("lrf_optuna.export", "measure_model"),
-    "download_job_artifacts": ("lrf_optuna.export", "download_job_files"),
-    "results_table": ("lrf_optuna.report", "results_text"),
-    "open_study": ("lrf_optuna.study.lookup", "load_study"),
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        module, new = _MOVED[name]
-        warnings.warn(f"lrf_optuna.finetune.{name} is deprecated; use {module}.{new}",
-                      DeprecationWarning, stacklevel=2)
-        return getattr(importlib.import_module(module), new)
-    raise AttributeError(f"module 'lrf_optuna.finetune' has no attribute {name!r}")

@@ -37,9 +37,6 @@ Example (``model`` trained, ``x_cal`` calibration images)::
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
-
 from lrf_optuna.search.objective import CalibrationData, LRFObjective, PlanScore
 from lrf_optuna.search.run import finished_trials, run_remaining
 from lrf_optuna.search.sampler import SeededNSGAIISampler
@@ -72,12 +69,3 @@ __all__ = [
     "run_remaining",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "sqlite_path":  # moved with the other storage helpers
-        warnings.warn("lrf_optuna.search.sqlite_path is deprecated; use "
-                      "lrf_optuna.study.storage.sqlite_path", DeprecationWarning, stacklevel=2)
-        from lrf_optuna.study.storage import sqlite_path
-
-        return sqlite_path
-    raise AttributeError(f"module 'lrf_optuna.search' has no attribute {name!r}")
