@@ -1,6 +1,6 @@
 """Fine-tune chosen Pareto-optimal trials once, as resumable multi-worker Optuna jobs.
 
-* :mod:`~lrf_optuna.finetune.select`: which trials (``select_trials``);
+* :mod:`~lrf_optuna.finetune.select`: which trials (``select_trials``, ``choose_trials``);
 * :mod:`~lrf_optuna.finetune.budget`: the smallest model within an accuracy budget
   (``finetune_within``);
 * :mod:`~lrf_optuna.finetune.recipe`: training one model (``finetune_model``);
@@ -31,11 +31,16 @@ from lrf_optuna.finetune.recipe import (
     outputs_probabilities,
     teacher_outputs,
 )
-from lrf_optuna.finetune.select import Selection, budget_candidates, select_trials
+from lrf_optuna.finetune.select import (
+    Selection,
+    budget_candidates,
+    choose_trials,
+    select_trials,
+)
 
 __all__ = ["FinetuneConfig", "FinetuneOutcome", "Selection", "WithinBudget", "budget_candidates",
-           "enqueue_finetune", "finetune_model", "finetune_study", "finetune_within",
-           "outputs_probabilities", "reestimate_batchnorm", "requeue_running_jobs",
-           "run_finetune_jobs", "select_trials", "smallest_passing", "teacher_outputs",
-           "train_mode_accuracy"]
+           "choose_trials", "enqueue_finetune", "finetune_model", "finetune_study",
+           "finetune_within", "outputs_probabilities", "reestimate_batchnorm",
+           "requeue_running_jobs", "run_finetune_jobs", "select_trials", "smallest_passing",
+           "teacher_outputs", "train_mode_accuracy"]
 

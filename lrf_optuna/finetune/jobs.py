@@ -98,7 +98,7 @@ from lrf_optuna.finetune.recipe import (
     outputs_probabilities,
     teacher_outputs,
 )
-from lrf_optuna.finetune.select import Selection, select_trials
+from lrf_optuna.finetune.select import Selection, choose_trials
 from lrf_optuna.paired import pack_correct
 from lrf_optuna.study.lookup import (
     artifact_store_dir,
@@ -629,7 +629,7 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
                    artifact_dir: str | os.PathLike[str] | None = None,
                    max_jobs: int | None = None,
                    problem: Problem | None = None) -> list[FrozenTrial]:
-    """Choose trials, enqueue their jobs and run them: ``select_trials`` +
+    """Choose trials, enqueue their jobs and run them: ``choose_trials`` +
     :func:`enqueue_finetune` + :func:`run_finetune_jobs`.
 
     Args:
@@ -653,11 +653,8 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
         :func:`lrf_optuna.study.lookup.fair_reference`.)
     """
     config = config or FinetuneConfig()
-    if trials is not None:
-        selected: list[FrozenTrial | int] = [get_search_trial(study, n) for n in trials]
-    else:
-        selected = list(select_trials(study, k, strategy=strategy, max_params=max_params,
-                                      max_flops=max_flops, min_proxy=min_proxy))
+    selected = choose_trials(study, k, strategy=strategy, trials=trials,
+                             max_params=max_params, max_flops=max_flops, min_proxy=min_proxy)
     enqueue_finetune(study, selected, config=config)
     run_finetune_jobs(study, config=config, artifact_dir=artifact_dir, max_jobs=max_jobs,
                       problem=problem)
