@@ -7,7 +7,8 @@ One module each, in the order a search uses them:
                                 :class:`Restrictions`, the candidate rank grids, the
                                 constraints' feasibility
 ``settings``                    objectives and directions, the memory count, the proxy's
-                                aggregation, pruning: each setting checked once
+                                aggregation, pruning: each checked once; the settings a
+                                study is bound to
 ``strategies``                  rank-selection strategies, each turning a model (and its
                                 cache) into plans that seed the study
 ``objective``                   the Optuna objective (:class:`LRFObjective`): a trial is a

@@ -3,8 +3,9 @@
 The objectives and their directions (:func:`directions_of`), what the memory objective
 counts (:func:`memory_objectives`, :func:`memory_setting`), how layer similarities become
 the proxy (:data:`AGGREGATIONS`, :func:`check_scoring`), pruning
-(:func:`prune_config_of`) and the constraints (:func:`check_search_constraints`). Each
-check raises one :class:`~lrf_optuna.errors.UserError` before anything expensive runs.
+(:func:`prune_config_of`), the constraints (:func:`check_search_constraints`), and the
+settings a study is bound to (:func:`search_settings`). Each check raises one
+:class:`~lrf_optuna.errors.UserError` before anything expensive runs.
 
 Example:
     >>> directions_of(memory_objectives(["params", "proxy"], "bytes"))
@@ -18,9 +19,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from lrf_optuna.cache import GridConfig
 from lrf_optuna.errors import UserError
-from lrf_optuna.search.space import CandidateGrids, check_constraints
-from lrf_optuna.similarity import METRICS
+from lrf_optuna.search.space import CandidateGrids, Restrictions, check_constraints
+from lrf_optuna.similarity import DEFAULT_METRIC, METRICS
 
 if TYPE_CHECKING:
     import keras
@@ -29,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["AGGREGATIONS", "DEFAULT_AGGREGATION", "MEMORY_COUNTS", "Direction",
            "check_scoring", "check_search_constraints", "directions_of", "memory_objectives",
-           "memory_setting", "prune_config_of"]
+           "memory_setting", "prune_config_of", "search_settings"]
 
 
 def _mean(xs: Sequence[float]) -> float:
@@ -136,6 +138,30 @@ def memory_setting(objectives: Sequence[str], kwargs: Mapping[str, Any]) -> dict
                         "the pruned layers' deployed bytes are not modelled; use "
                         "memory='params' with prune")
     return {"count": "bytes", "quantize": quantize}
+
+
+def search_settings(objectives: Sequence[str], kwargs: Mapping[str, Any],
+                    restrictions: Restrictions) -> dict[str, Any]:
+    """What a search study is bound to besides its problem (see
+    :mod:`lrf_optuna.study.binding`), from the :class:`~lrf_optuna.search.LRFObjective`
+    arguments ``kwargs``.
+
+    Raises:
+        UserError: an unknown metric, aggregation, memory count or precision.
+    """
+    metric = kwargs.get("metric", DEFAULT_METRIC)
+    aggregation = kwargs.get("aggregation", DEFAULT_AGGREGATION)
+    check_scoring(metric, aggregation)
+    grid = kwargs.get("grid") or GridConfig()
+    settings = {"objectives": list(objectives), "metric": metric, "aggregation": aggregation,
+                **restrictions.to_json(), "grid": grid.to_json()}
+    prune = prune_config_of(kwargs.get("prune"))
+    if prune is not None:  # absent without pruning: the bindings of older studies hold
+        settings["prune"] = prune.to_json()
+    memory = memory_setting(objectives, kwargs)
+    if memory is not None:  # likewise absent when counting params
+        settings["memory"] = memory
+    return settings
 
 
 def check_scoring(metric: str, aggregation: str) -> None:

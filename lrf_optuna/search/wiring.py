@@ -10,30 +10,25 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import optuna
 
-from lrf_optuna.cache import GridConfig
 from lrf_optuna.errors import UserError, is_int
 from lrf_optuna.problem import Problem, ProblemSpec
 from lrf_optuna.search.objective import LRFObjective
 from lrf_optuna.search.run import run_remaining
 from lrf_optuna.search.sampler import SeededNSGAIISampler
 from lrf_optuna.search.settings import (
-    DEFAULT_AGGREGATION,
-    check_scoring,
     check_search_constraints,
     directions_of,
     memory_objectives,
-    memory_setting,
-    prune_config_of,
+    search_settings,
 )
 from lrf_optuna.search.space import Restrictions, candidate_grids
-from lrf_optuna.similarity import DEFAULT_METRIC
 from lrf_optuna.study.binding import Binding, check_binding, record_binding
 from lrf_optuna.study.records import PROBLEM_ATTR, record_problem
 from lrf_optuna.study.recovery import DEFAULT_GRACE_PERIOD, recover_stale_trials
@@ -78,25 +73,6 @@ class LRFSearch:
 _OBJECTIVE_ARGS = ("metric", "aggregation", "layers", "methods", "ranks", "max_params",
                    "max_flops", "min_proxy", "grid", "prune", "memory", "quantize",
                    "progress")
-
-
-def _search_settings(objectives: Sequence[str], kwargs: Mapping[str, Any],
-                     restrictions: Restrictions) -> dict[str, Any]:
-    """What a search study is bound to besides its problem (see
-    :mod:`lrf_optuna.study.binding`)."""
-    metric = kwargs.get("metric", DEFAULT_METRIC)
-    aggregation = kwargs.get("aggregation", DEFAULT_AGGREGATION)
-    check_scoring(metric, aggregation)
-    grid = kwargs.get("grid") or GridConfig()
-    settings = {"objectives": list(objectives), "metric": metric, "aggregation": aggregation,
-                **restrictions.to_json(), "grid": grid.to_json()}
-    prune = prune_config_of(kwargs.get("prune"))
-    if prune is not None:  # absent without pruning: the bindings of older studies hold
-        settings["prune"] = prune.to_json()
-    memory = memory_setting(objectives, kwargs)
-    if memory is not None:  # likewise absent when counting params
-        settings["memory"] = memory
-    return settings
 
 
 def _existing_study(url: str | optuna.storages.BaseStorage, study_name: str
@@ -189,7 +165,7 @@ def prepare_lrf_study(
     restrictions = Restrictions.of(objective_kwargs.get("layers"),
                                    objective_kwargs.get("methods"),
                                    objective_kwargs.get("ranks"))
-    settings_json = _search_settings(objectives, objective_kwargs, restrictions)
+    settings_json = search_settings(objectives, objective_kwargs, restrictions)
     if not (isinstance(grace_period, (int, float)) and grace_period > 0):
         raise UserError(f"grace_period must be a positive number of seconds, but got "
                         f"{grace_period!r}")
