@@ -377,7 +377,7 @@ def _uniform_plans(ctx: PlanSource, conv_method: str, fc_method: str, *,
     """One plan per ratio: ``conv_method`` on every conv, ``fc_method`` on every Dense
     (``"keep"``: none), each layer at the largest rank within ``ratio`` of its
     parameters, the first conv and the classifier kept (:func:`_user_kept`)."""
-    from lrf_optuna.strategies import UniformRatio
+    from lrf_optuna.search.strategies import UniformRatio
 
     kept = _user_kept(ctx)
     convs, dense = _layer_kinds(ctx)
@@ -398,7 +398,7 @@ def _uniform_plans(ctx: PlanSource, conv_method: str, fc_method: str, *,
 
 def selection_family(ctx: Context, selection: str) -> list[Candidate]:
     """The candidates of a selection, smallest first."""
-    from lrf_optuna.strategies import EnergyThreshold, SimilarityThreshold, VBMFRanks
+    from lrf_optuna.search.strategies import EnergyThreshold, SimilarityThreshold, VBMFRanks
 
     model, cache = ctx.problem.model, ctx.objective.cache
     if selection in ("search", "random", "tpe"):
@@ -418,7 +418,7 @@ def selection_family(ctx: Context, selection: str) -> list[Candidate]:
     if selection == "narrow":
         return narrow_family(ctx)
     if selection == "fbp":
-        from lrf_optuna.strategies import PruningThreshold, UniformPruning
+        from lrf_optuna.search.strategies import PruningThreshold, UniformPruning
 
         pruning = prune_objective(ctx).prune.pruning
         named = [*UniformPruning(ratios=FBP_RATIOS, importance=pruning.config.importance)

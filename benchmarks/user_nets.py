@@ -26,7 +26,7 @@ For every (net, size):
 * **uniform SVD**: ``channel_svd`` on every ``k x k`` conv and ``svd`` on every 1x1 conv
   and Dense at one relative rank (several ratios), the first conv and the classifier kept
   as a user would (:func:`uniform_svd_plans`); **tau**: the paper's similarity-threshold
-  plans (:class:`lrf_optuna.strategies.SimilarityThreshold`). Each fine-tuned with the
+  plans (:class:`lrf_optuna.search.strategies.SimilarityThreshold`). Each fine-tuned with the
   library's default recipe (:func:`lrf_optuna.finetune.finetune_model`,
   ``FinetuneConfig()``) and compared with the fair reference (the original fine-tuned with
   the same recipe; :class:`benchmarks._finetuned.PlanEvaluator` caches every fine-tuning).
@@ -603,7 +603,7 @@ def run_one(net: str, size: int, mode_name: str, mode: Mode, args: argparse.Name
     from lrf_optuna.finetune import FinetuneConfig
     from lrf_optuna.problem import Problem
     from lrf_optuna.search import LRFObjective
-    from lrf_optuna.strategies import SimilarityThreshold
+    from lrf_optuna.search.strategies import SimilarityThreshold
 
     cache = Path(args.cache_dir)
     defaults = compress_defaults()

@@ -3,11 +3,12 @@
 The pipeline, one module each: :mod:`~lrf_optuna.data` -> :mod:`~lrf_optuna.models` ->
 :mod:`~lrf_optuna.decompose` (the LRF methods) -> :mod:`~lrf_optuna.rewrite` /
 :mod:`~lrf_optuna.costs` -> :mod:`~lrf_optuna.calibration` / :mod:`~lrf_optuna.cache`
-(feature-map similarity) -> :mod:`~lrf_optuna.strategies` -> :mod:`~lrf_optuna.problem`
-(model and data of a study) -> :mod:`~lrf_optuna.study` (storages, what studies record)
--> :mod:`~lrf_optuna.search` (the Optuna objective, the one search entry point) ->
-:mod:`~lrf_optuna.export` / :mod:`~lrf_optuna.report` / :mod:`~lrf_optuna.dashboard` ->
-:mod:`~lrf_optuna.finetune`; :mod:`~lrf_optuna.cli` and :mod:`~lrf_optuna.demo` on top.
+(feature-map similarity) -> :mod:`~lrf_optuna.problem` (model and data of a study) ->
+:mod:`~lrf_optuna.study` (storages, what studies record) -> :mod:`~lrf_optuna.search`
+(search space, rank-selection strategies, the Optuna objective, the one search entry
+point) -> :mod:`~lrf_optuna.export` / :mod:`~lrf_optuna.report` /
+:mod:`~lrf_optuna.dashboard` -> :mod:`~lrf_optuna.finetune`; :mod:`~lrf_optuna.cli` and
+:mod:`~lrf_optuna.demo` on top.
 
 Attributes are imported lazily, so ``import lrf_optuna.cache`` does not load TensorFlow.
 
@@ -57,8 +58,8 @@ _EXPORTS = {
     "write_report": "lrf_optuna.report",
 }
 _SUBMODULES = {"data", "models", "decompose", "prune", "rewrite", "costs", "calibration", "cache",
-               "similarity", "strategies", "search", "vbmf", "cli", "finetune", "export",
-               "report", "dashboard", "workspace", "problem", "study", "errors",
+               "similarity", "search", "vbmf", "cli", "finetune", "export",
+               "report", "dashboard", "problem", "study", "errors",
                "compression"}
 
 __all__ = ["__version__", *sorted(_EXPORTS), *sorted(_SUBMODULES)]

@@ -43,9 +43,6 @@ __all__ = ["build_parser", "main"]
 
 logger = logging.getLogger("lrf_optuna")
 
-#: Deprecated alias: user errors are :class:`~lrf_optuna.errors.UserError`.
-CLIError = UserError
-
 _STORAGE_HELP = ("Optuna storage URL (default: sqlite:///studies/<study-name>.db; "
                  "postgresql://... for many workers)")
 
@@ -187,16 +184,11 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     from optuna.trial import TrialState
 
-    from lrf_optuna.finetune import (
-        enqueue_finetune,
-        requeue_running_jobs,
-        run_finetune_jobs,
-        select_trials,
-    )
+    from lrf_optuna.finetune import enqueue_finetune, requeue_running_jobs, run_finetune_jobs
+    from lrf_optuna.finetune.select import choose_trials
     from lrf_optuna.report.tables import results_text
     from lrf_optuna.study.finetune_records import SOURCE_TRIAL
     from lrf_optuna.study.lookup import finetune_study_name, load_study
-    from lrf_optuna.study.records import get_search_trial
 
     study = load_study(args.study_name, args.storage, write=True)
     config = _finetune_config(args)
@@ -206,14 +198,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(f"re-enqueued {requeue_running_jobs(study)} RUNNING job(s)")
     if args.max_drop is not None:
         return _finetune_within(args, study, config)
-    if args.trials:
-        selected = [get_search_trial(study, n) for n in args.trials]
-        how = "chosen with --trials"
-    else:
-        selected = select_trials(study, args.k, strategy=args.strategy,
-                                 max_params=args.max_params, max_flops=args.max_flops,
-                                 min_proxy=args.min_proxy)
-        how = args.strategy
+    # the steps of lrf_optuna.finetune_study, reported as they happen
+    selected = choose_trials(study, args.k, strategy=args.strategy, trials=args.trials or None,
+                             max_params=args.max_params, max_flops=args.max_flops,
+                             min_proxy=args.min_proxy)
+    how = "chosen with --trials" if args.trials else args.strategy
     if not selected:
         front = [t for t in study.best_trials if t.user_attrs.get(LRF_PLAN_ATTR)]
         raise UserError(f"no Pareto-optimal compressed trial of study {study.study_name!r} "

@@ -17,11 +17,14 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec
 
 from lrf_optuna.errors import UserError
 
@@ -36,6 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["Compressed", "compress", "compress_detailed"]
 
 logger = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,59 @@ def compress_detailed(
     memory: str = "params",
     **objective_kwargs: Any,
 ) -> Compressed:
-    """:func:`compress`, returning the files, the max-drop answer and the study too."""
+    """The smallest compressed model within ``max_drop`` pp of the fair reference, with its
+    files, the max-drop answer and the study (:func:`compress` returns the model alone).
+
+    Search (``n_trials`` NSGA-II trials, resumable), then the max-drop search along the
+    front (:func:`lrf_optuna.finetune.finetune_within`: each probe fine-tuned with
+    ``config``, decided on validation accuracy against the original fine-tuned the same
+    way), then the chosen model's ``.keras`` and ``.tflite`` files are written to
+    ``out_dir`` (``<study>_trial<N>.keras`` / ``.tflite``).
+
+    Args:
+        model: A trained Keras model, a reference model name or a ``.keras`` file.
+        data: A :class:`~lrf_optuna.data.Dataset`, ``"fashion-mnist"`` or a ``.npz`` file
+            (x_train, y_train, x_test, y_test).
+        max_drop: Accepted drop of validation accuracy, in percentage points.
+        out_dir: Where the files (and, by default, the study database) go.
+        study_name: Default ``compress_<model name>``.
+        storage: Default ``sqlite:///<out_dir>/<study_name>.db``.
+        n_trials: Search trials (total: a rerun continues).
+        config: The fine-tuning recipe (default :class:`~lrf_optuna.finetune.FinetuneConfig`).
+        max_probes: At most this many probes with the first recipe (``None``: until
+            decided).
+        strategy: How probes are chosen (``"bisect"`` or ``"interpolate"``).
+        confidence: A probe passes when its drop, paired on the same validation images
+            as the fair reference, is within ``max_drop`` with this confidence
+            (:mod:`lrf_optuna.paired`; 0.5: the drop's estimate).
+        escalate: Re-probe the candidates smaller than the answer with a 4x longer
+            recipe (``True``), with a given recipe, or not (``False``).
+        escalate_probes: At most this many probes with the longer recipe.
+        seed: Seed of the splits and of the sampler.
+        calibration_size: Calibration images (from the training split).
+        val_fraction: Validation fraction of the training data, which decides everything
+            (``None``: 2,000 images, at least 10 % and at most 25 %:
+            :func:`lrf_optuna.data.default_val_fraction`). The model must not have been
+            trained on these images: train it on ``prepare_splits(data).x_train``.
+        cache_dir: Similarity cache directory.
+        show_progress_bar: Progress bars.
+        quantize: Also write the chosen model quantized (``"dynamic"``, ``"float16"``,
+            ``"int8"``: full integer, calibrated on training images) as
+            ``<study>_trial<N>_<mode>.tflite`` beside the float32 file; with
+            ``memory="bytes"`` it is also the precision the search counts bytes at.
+        int8_io: With ``"int8"``: int8 input and output tensors.
+        memory: The search's memory objective: ``"params"`` or ``"bytes"`` (the weights'
+            bytes in the file at ``quantize``'s precision).
+        **objective_kwargs: More :class:`~lrf_optuna.search.LRFObjective` arguments
+            (``methods``, ``layers`` ...).
+
+    Returns:
+        A :class:`Compressed`: the fine-tuned compressed model, its files, the max-drop
+        answer and the study.
+
+    Raises:
+        UserError: bad arguments, or no compressed trial within ``max_drop``.
+    """
     from lrf_optuna.deploy.convert import check_quantize
     from lrf_optuna.export import export_trial, load_model
     from lrf_optuna.finetune import FinetuneConfig, finetune_within
@@ -139,86 +196,25 @@ def compress_detailed(
                       quantized)
 
 
-def compress(
-    model: keras.Model | str | os.PathLike[str],
-    data: Dataset | str | os.PathLike[str] = "fashion-mnist",
-    max_drop: float = 1.0,
-    *,
-    out_dir: str | os.PathLike[str] = "compressed",
-    study_name: str | None = None,
-    storage: str | None = None,
-    n_trials: int = 300,
-    config: FinetuneConfig | None = None,
-    max_probes: int | None = None,
-    strategy: ProbeStrategy = "bisect",
-    confidence: float = 0.5,
-    escalate: bool | FinetuneConfig = True,
-    escalate_probes: int | None = 3,
-    seed: int = 0,
-    calibration_size: int = 512,
-    val_fraction: float | None = None,
-    cache_dir: str | os.PathLike[str] = ".lrf_cache",
-    show_progress_bar: bool = True,
-    quantize: str = "none",
-    int8_io: bool = False,
-    memory: str = "params",
-    **objective_kwargs: Any,
-) -> keras.Model:
-    """The smallest compressed model within ``max_drop`` pp of the fair reference.
+def _model_only(detailed: Callable[_P, Compressed]) -> Callable[_P, keras.Model]:
+    """``detailed`` returning its model alone: the one signature serves both entry points."""
 
-    Search (``n_trials`` NSGA-II trials, resumable), then the max-drop search along the
-    front (:func:`lrf_optuna.finetune.finetune_within`: each probe fine-tuned with
-    ``config``, decided on validation accuracy against the original fine-tuned the same
-    way), then the chosen model's ``.keras`` and ``.tflite`` files are written to
-    ``out_dir`` (``<study>_trial<N>.keras`` / ``.tflite``).
+    @functools.wraps(detailed)
+    def compress(*args: _P.args, **kwargs: _P.kwargs) -> keras.Model:
+        return detailed(*args, **kwargs).model
 
-    Args:
-        model: A trained Keras model, a reference model name or a ``.keras`` file.
-        data: A :class:`~lrf_optuna.data.Dataset`, ``"fashion-mnist"`` or a ``.npz`` file
-            (x_train, y_train, x_test, y_test).
-        max_drop: Accepted drop of validation accuracy, in percentage points.
-        out_dir: Where the files (and, by default, the study database) go.
-        study_name: Default ``compress_<model name>``.
-        storage: Default ``sqlite:///<out_dir>/<study_name>.db``.
-        n_trials: Search trials (total: a rerun continues).
-        config: The fine-tuning recipe (default :class:`~lrf_optuna.finetune.FinetuneConfig`).
-        max_probes: At most this many probes with the first recipe (``None``: until
-            decided).
-        strategy: How probes are chosen (``"bisect"`` or ``"interpolate"``).
-        confidence: A probe passes when its drop, paired on the same validation images
-            as the fair reference, is within ``max_drop`` with this confidence
-            (:mod:`lrf_optuna.paired`; 0.5: the drop's estimate).
-        escalate: Re-probe the candidates smaller than the answer with a 4x longer
-            recipe (``True``), with a given recipe, or not (``False``).
-        escalate_probes: At most this many probes with the longer recipe.
-        seed: Seed of the splits and of the sampler.
-        calibration_size: Calibration images (from the training split).
-        val_fraction: Validation fraction of the training data, which decides everything
-            (``None``: 2,000 images, at least 10 % and at most 25 %:
-            :func:`lrf_optuna.data.default_val_fraction`). The model must not have been
-            trained on these images: train it on ``prepare_splits(data).x_train``.
-        cache_dir: Similarity cache directory.
-        show_progress_bar: Progress bars.
-        quantize: Also write the chosen model quantized (``"dynamic"``, ``"float16"``,
-            ``"int8"``: full integer, calibrated on training images) as
-            ``<study>_trial<N>_<mode>.tflite`` beside the float32 file; with
-            ``memory="bytes"`` it is also the precision the search counts bytes at.
-        int8_io: With ``"int8"``: int8 input and output tensors.
-        memory: The search's memory objective: ``"params"`` or ``"bytes"`` (the weights'
-            bytes in the file at ``quantize``'s precision).
-        **objective_kwargs: More :class:`~lrf_optuna.search.LRFObjective` arguments
-            (``methods``, ``layers`` ...).
+    compress.__name__ = compress.__qualname__ = "compress"
+    compress.__doc__ = """The smallest compressed model within ``max_drop`` pp of the fair
+    reference: :func:`compress_detailed`'s model, fine-tuned, with its ``.keras`` and
+    ``.tflite`` files written to ``out_dir``; the arguments and errors are
+    :func:`compress_detailed`'s.
 
-    Returns:
-        The fine-tuned compressed model.
-
-    Raises:
-        UserError: bad arguments, or no compressed trial within ``max_drop``.
+    Example:
+        >>> small = compress(model, data, max_drop=1.0, n_trials=300)  # doctest: +SKIP
     """
-    return compress_detailed(
-        model, data, max_drop, out_dir=out_dir, study_name=study_name, storage=storage,
-        n_trials=n_trials, config=config, max_probes=max_probes, strategy=strategy,
-        confidence=confidence, escalate=escalate, escalate_probes=escalate_probes, seed=seed,
-        calibration_size=calibration_size, val_fraction=val_fraction, cache_dir=cache_dir,
-        show_progress_bar=show_progress_bar, quantize=quantize, int8_io=int8_io,
-        memory=memory, **objective_kwargs).model
+    setattr(compress, "__signature__",  # noqa: B010 (help() shows the model it returns)
+            inspect.signature(detailed).replace(return_annotation="keras.Model"))
+    return compress
+
+
+compress = _model_only(compress_detailed)

@@ -63,9 +63,6 @@ from lrf_optuna.study.lookup import (
     fair_references,
     find_finetune_study,
     latest_jobs,
-    load_study,
-    resolve_storage,
-    search_study_names,
 )
 from lrf_optuna.study.records import (
     FLOPS_ATTR,
@@ -76,17 +73,12 @@ from lrf_optuna.study.records import (
 )
 from lrf_optuna.study.storage import artifact_dir_for
 
-# load_study, resolve_storage and search_study_names live in lrf_optuna.study.lookup; they
-# stay importable from here for older code.
-__all__ = ["StudyLookupError", "add_study_notes", "check_can_serve", "job_note", "load_study",
-           "original_note", "resolve_storage", "run_dashboard", "save_note_quietly",
-           "search_study_names", "study_note"]
+__all__ = ["add_study_notes", "check_can_serve", "job_note", "original_note", "run_dashboard",
+           "save_note_quietly", "study_note"]
 
 logger = logging.getLogger(__name__)
 
 _NOTE_TAG = "lrf-optuna note"
-#: Deprecated alias: study look-ups raise :class:`~lrf_optuna.errors.UserError`.
-StudyLookupError = UserError
 
 
 # -- the study note --------------------------------------------------------------------------

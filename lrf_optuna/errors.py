@@ -6,7 +6,8 @@ says what was received and what was expected. The ``lrf-optuna`` command line pr
 one line and exits with status 2; Python callers catch it like any ``ValueError``.
 
 :func:`one_line` turns a third-party error (Keras, NumPy, SQLAlchemy, a database driver)
-into text fit for such a message.
+into text fit for such a message; :func:`is_int` is the integer check such messages guard
+(a rank, a seed, a count).
 
 Example:
     >>> try:
@@ -20,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+import numbers
 import re
+from typing import Any
 
-__all__ = ["UserError", "one_line"]
+__all__ = ["UserError", "is_int", "one_line"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
@@ -41,3 +44,8 @@ def one_line(error: BaseException | str, *, limit: int = 300) -> str:
     first = lines[0] if lines else (type(error).__name__ if isinstance(error, BaseException)
                                     else "")
     return first if len(first) <= limit else first[:limit - 3] + "..."
+
+
+def is_int(value: Any) -> bool:
+    """An integer, not a bool (``2.0`` and ``True`` are not ranks)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)

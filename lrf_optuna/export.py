@@ -76,7 +76,7 @@ if TYPE_CHECKING:
 
 __all__ = ["ExportError", "MeasuredFiles", "download_job_files", "export_trial",
            "keras_latency_ms", "load_model", "measure_model", "quantized_file", "save_keras",
-           "search_trial", "tflite_latency_ms", "tflite_predict", "to_tflite",
+           "tflite_latency_ms", "tflite_predict", "to_tflite",
            "upload_model_files"]
 
 logger = logging.getLogger(__name__)
@@ -474,7 +474,7 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
         UserError: no such COMPLETE search trial, or bad quantization arguments.
     """
     from lrf_optuna.deploy.convert import check_quantize
-    from lrf_optuna.search import StudyModels
+    from lrf_optuna.study.models import StudyModels
 
     mode = check_quantize(quantize)
     if int8_io and mode != "int8":
@@ -532,6 +532,3 @@ def quantized_file(model: keras.Model, path: str | os.PathLike[str], quantize: s
               if quantize == "int8" else None)
     return to_tflite(model, path, quantize=quantize, representative=images, int8_io=int8_io)
 
-
-#: Deprecated name of :func:`lrf_optuna.study.records.get_search_trial`.
-search_trial = get_search_trial

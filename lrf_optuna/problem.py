@@ -36,20 +36,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lrf_optuna.errors import UserError, one_line
+from lrf_optuna.errors import UserError, is_int, one_line
 
 if TYPE_CHECKING:
     import keras
 
     from lrf_optuna.data import Dataset, Splits
 
-__all__ = ["NPZ_KEYS", "Problem", "ProblemError", "ProblemSpec", "check_problem",
+__all__ = ["NPZ_KEYS", "Problem", "ProblemSpec", "check_problem",
            "load_model_file", "model_fingerprint"]
 
 #: The arrays a dataset ``.npz`` file must hold (uint8 images are scaled to [0, 1]).
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-#: Deprecated alias: problems raise :class:`~lrf_optuna.errors.UserError`.
-ProblemError = UserError
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,6 @@ class ProblemSpec:
         """Raise :class:`~lrf_optuna.errors.UserError` for a split or training setting out
         of range (a seed that is not an integer, ``calibration_size < 1``,
         ``val_fraction`` outside ``[0, 1)``, ``epochs < 1``)."""
-        from lrf_optuna.space import is_int
-
         if not is_int(self.seed):
             raise UserError(f"seed must be an integer, but got {self.seed!r}")
         if not is_int(self.calibration_size) or self.calibration_size < 1:

@@ -115,7 +115,7 @@ def test_library_modules_never_import_the_cli() -> None:
 
 
 def test_ctrl_c_says_how_to_resume(files, capsys, monkeypatch) -> None:
-    import lrf_optuna.search as search_mod
+    import lrf_optuna.search.wiring as search_mod
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

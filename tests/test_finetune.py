@@ -26,9 +26,9 @@ from lrf_optuna.errors import UserError
 from lrf_optuna.export import download_job_files, export_trial, load_model, tflite_predict
 from lrf_optuna.finetune import jobs
 from lrf_optuna.finetune.jobs import _claim, _fail
-from lrf_optuna.search import StudyModels
 from lrf_optuna.study import open_finetune_study, study_lock
 from lrf_optuna.study.lookup import job_source
+from lrf_optuna.study.models import StudyModels
 from lrf_optuna.study.storage import heartbeat_storage
 
 #: Small and quick (288 training images: small batches, so that there are some steps).

@@ -20,7 +20,7 @@ from lrf_optuna.search import (
     finished_trials,
     run_remaining,
 )
-from lrf_optuna.strategies import SimilarityThreshold
+from lrf_optuna.search.strategies import SimilarityThreshold
 
 L = keras.layers
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -231,8 +231,8 @@ def test_resume_from_sqlite_continues_without_rework(setup, tmp_path, monkeypatc
 def test_create_lrf_study_records_the_problem_it_can_rebuild(setup, tmp_path) -> None:
     """A model and data that exist only in memory are saved beside the study, so the
     problem can be rebuilt from the study alone (what fine-tuning does)."""
-    from lrf_optuna.search import StudyModels
     from lrf_optuna.study import problem_spec
+    from lrf_optuna.study.models import StudyModels
 
     model, _, _ = setup
     data = _dataset()

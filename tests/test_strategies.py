@@ -10,7 +10,7 @@ from lrf_optuna.cache import GridConfig, SimilarityCache
 from lrf_optuna.costs import model_costs
 from lrf_optuna.decompose import get_method
 from lrf_optuna.rewrite import find_layers, rewrite_model
-from lrf_optuna.strategies import (
+from lrf_optuna.search.strategies import (
     EnergyThreshold,
     SimilarityThreshold,
     UniformRatio,

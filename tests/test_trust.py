@@ -23,9 +23,10 @@ from test_report import fake_finetune_study
 from lrf_optuna.cli import main
 from lrf_optuna.errors import UserError
 from lrf_optuna.export import export_trial
-from lrf_optuna.search import StudyModels, create_lrf_study
+from lrf_optuna.search import create_lrf_study
 from lrf_optuna.study import load_study_problem, problem_spec
 from lrf_optuna.study.finetune_records import REFERENCE_ATTR
+from lrf_optuna.study.models import StudyModels
 from lrf_optuna.study.records import BINDING_ATTR, PROBLEM_ATTR
 from lrf_optuna.study.storage import safe_name
 

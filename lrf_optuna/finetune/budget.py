@@ -334,7 +334,7 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
         (412, 0.83)
     """
     from lrf_optuna.finetune.jobs import original_trial, run_finetune_jobs
-    from lrf_optuna.search import StudyModels
+    from lrf_optuna.study.models import StudyModels
 
     if not max_drop >= 0:
         raise UserError(f"max_drop must be >= 0 percentage points, but got {max_drop}")

@@ -98,10 +98,9 @@ from lrf_optuna.finetune.recipe import (
     outputs_probabilities,
     teacher_outputs,
 )
-from lrf_optuna.finetune.select import Selection, select_trials
+from lrf_optuna.finetune.select import Selection, choose_trials
 from lrf_optuna.paired import pack_correct
 from lrf_optuna.plan import LRF_PLAN_ATTR, PLAN_ATTR
-from lrf_optuna.search import StudyModels
 from lrf_optuna.study.finetune_records import (
     ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,
@@ -148,6 +147,7 @@ from lrf_optuna.study.lookup import (
     latest_jobs,
     open_finetune_study,
 )
+from lrf_optuna.study.models import StudyModels
 from lrf_optuna.study.records import (
     COMPRESSION_RATIO_ATTR,
     FLOPS_ATTR,
@@ -662,7 +662,7 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
                    artifact_dir: str | os.PathLike[str] | None = None,
                    max_jobs: int | None = None,
                    problem: Problem | None = None) -> list[FrozenTrial]:
-    """Choose trials, enqueue their jobs and run them: ``select_trials`` +
+    """Choose trials, enqueue their jobs and run them: ``choose_trials`` +
     :func:`enqueue_finetune` + :func:`run_finetune_jobs`.
 
     Args:
@@ -686,11 +686,8 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
         :func:`lrf_optuna.study.lookup.fair_reference`.)
     """
     config = config or FinetuneConfig()
-    if trials is not None:
-        selected: list[FrozenTrial | int] = [get_search_trial(study, n) for n in trials]
-    else:
-        selected = list(select_trials(study, k, strategy=strategy, max_params=max_params,
-                                      max_flops=max_flops, min_proxy=min_proxy))
+    selected = choose_trials(study, k, strategy=strategy, trials=trials,
+                             max_params=max_params, max_flops=max_flops, min_proxy=min_proxy)
     enqueue_finetune(study, selected, config=config)
     run_finetune_jobs(study, config=config, artifact_dir=artifact_dir, max_jobs=max_jobs,
                       problem=problem)

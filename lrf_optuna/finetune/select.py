@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -18,9 +18,16 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from lrf_optuna.plan import LRF_PLAN_ATTR
-from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR, original_info
+from lrf_optuna.study.records import (
+    FLOPS_ATTR,
+    PARAMS_ATTR,
+    PROXY_ATTR,
+    get_search_trial,
+    original_info,
+)
 
-__all__ = ["MIN_REDUCTION", "PROXY_FLOOR", "Selection", "budget_candidates", "select_trials"]
+__all__ = ["MIN_REDUCTION", "PROXY_FLOOR", "Selection", "budget_candidates", "choose_trials",
+           "select_trials"]
 
 #: How :func:`select_trials` spreads its choice along the front.
 Selection = Literal["spread", "knee"]
@@ -184,3 +191,19 @@ def select_trials(study: optuna.Study, k: int = 3, *, strategy: Selection = "spr
                        key=lambda i: (abs(float(logp[i] - logp[knee])), i))
         chosen = [front[i] for i in order[:k]]
     return sorted(chosen, key=lambda t: (t.user_attrs[PARAMS_ATTR], t.number))
+
+
+def choose_trials(study: optuna.Study, k: int = 3, *, strategy: Selection = "spread",
+                  trials: Iterable[int] | None = None, max_params: float | None = None,
+                  max_flops: float | None = None, min_proxy: float | None = None
+                  ) -> list[FrozenTrial]:
+    """The search trials a fine-tuning round takes: exactly ``trials`` (by number), else
+    :func:`select_trials` of ``k`` with ``strategy`` within the budget.
+
+    Raises:
+        UserError: a trial of ``trials`` is not a COMPLETE search trial of ``study``.
+    """
+    if trials is not None:
+        return [get_search_trial(study, n) for n in trials]
+    return select_trials(study, k, strategy=strategy, max_params=max_params,
+                         max_flops=max_flops, min_proxy=min_proxy)

@@ -29,7 +29,6 @@ import os
 import sys
 import time
 import uuid
-import warnings
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,7 +53,6 @@ __all__ = [
     "TrainingResult",
     "cache_key",
     "correct",
-    "default_cache_dir",
     "default_model_cache_dir",
     "evaluate",
     "train_or_load",
@@ -176,10 +174,6 @@ def default_model_cache_dir() -> Path:
         return Path(env).expanduser()
     xdg = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
     return Path(xdg).expanduser() / "lrf_optuna"
-
-
-#: Deprecated name of :func:`default_model_cache_dir`.
-default_cache_dir = default_model_cache_dir
 
 
 def evaluate(model: keras.Model, x: np.ndarray, y: np.ndarray, *, batch_size: int = 512) -> float:
@@ -371,8 +365,8 @@ def train_or_load(
         batch_size: Batch size.
         seed: Random seed for weights, shuffling and the validation split.
         model_cache_dir: Model cache root (files go to ``<model_cache_dir>/models/``);
-            ``None`` uses :func:`default_model_cache_dir`. (``cache_dir=`` is a deprecated
-            name of it; the similarity cache is another cache.)
+            ``None`` uses :func:`default_model_cache_dir`. (The similarity cache is another
+            cache.)
         val_fraction: Validation fraction when ``dataset`` is a ``Dataset`` (``None``:
             :func:`lrf_optuna.data.default_val_fraction` of its size, as
             :func:`~lrf_optuna.data.prepare_splits` resolves it).
@@ -393,10 +387,6 @@ def train_or_load(
         >>> res.record.params  # doctest: +SKIP
         61706
     """
-    if "cache_dir" in build_kwargs:
-        warnings.warn("train_or_load(cache_dir=...) is deprecated; use model_cache_dir=",
-                      DeprecationWarning, stacklevel=2)
-        model_cache_dir = build_kwargs.pop("cache_dir")
     if epochs is None:
         epochs = DEFAULT_EPOCHS.get(name, _FALLBACK_EPOCHS)
     if epochs < 1:

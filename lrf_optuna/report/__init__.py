@@ -13,9 +13,9 @@ Example::
 
 from __future__ import annotations
 
-from lrf_optuna.report.data import ReportData, ReportError, collect, read_study
+from lrf_optuna.report.data import ReportData, collect, read_study
 from lrf_optuna.report.page import write_report
 from lrf_optuna.report.tables import front_text, results_text
 
-__all__ = ["ReportData", "ReportError", "collect", "front_text", "read_study", "results_text",
+__all__ = ["ReportData", "collect", "front_text", "read_study", "results_text",
            "write_report"]

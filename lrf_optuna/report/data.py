@@ -34,10 +34,7 @@ from lrf_optuna.study.lookup import (
 )
 from lrf_optuna.study.records import ORIGINAL_ATTR, PARAMS_ATTR, PROXY_ATTR, original_info
 
-__all__ = ["FinetuneRow", "ReportData", "ReportError", "collect", "read_study"]
-
-#: Deprecated alias: a report that cannot be made raises :class:`~lrf_optuna.errors.UserError`.
-ReportError = UserError
+__all__ = ["FinetuneRow", "ReportData", "collect", "read_study"]
 
 
 @dataclass

@@ -14,7 +14,9 @@
 * :mod:`~lrf_optuna.study.binding`: the fingerprints that bind a study to its model, data
   and search settings (resuming with others is refused);
 * :mod:`~lrf_optuna.study.recovery`: RUNNING trials of killed search workers, failed with
-  the reason.
+  the reason;
+* :mod:`~lrf_optuna.study.models`: the compressed models of a stored study's trials,
+  rebuilt from the study alone (:class:`~lrf_optuna.study.models.StudyModels`).
 
 Studies are shared files (or rows on a server): nothing here trusts a path a study
 records (:func:`~lrf_optuna.study.records.problem_spec`,

@@ -14,8 +14,9 @@ from lrf_optuna.data import from_arrays
 from lrf_optuna.errors import UserError
 from lrf_optuna.plan import CompressionPlan, decode_plan
 from lrf_optuna.prune import kept_count
-from lrf_optuna.search import LRFObjective, StudyModels, create_lrf_study
-from lrf_optuna.strategies import PruningThreshold, UniformPruning, all_plans
+from lrf_optuna.search import LRFObjective, create_lrf_study
+from lrf_optuna.search.strategies import PruningThreshold, UniformPruning, all_plans
+from lrf_optuna.study.models import StudyModels
 
 from .conftest import CONFIG
 

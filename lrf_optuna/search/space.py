@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lrf_optuna.cache import GridConfig
-from lrf_optuna.errors import UserError
+from lrf_optuna.errors import UserError, is_int
 
 if TYPE_CHECKING:
     import keras
@@ -63,11 +63,6 @@ def _known_methods(names: Sequence[str], what: str) -> None:
     if unknown:
         raise UserError(f"unknown LRF method(s) {unknown} in {what}; registered: "
                         f"{available_methods()}")
-
-
-def is_int(value: Any) -> bool:
-    """An integer, not a bool (``2.0`` and ``True`` are not ranks)."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
