@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from lrf_optuna.errors import UserError
 from lrf_optuna.plan import LRF_PLAN_ATTR
+from lrf_optuna.search.settings import DEFAULT_N_TRIALS
 from lrf_optuna.study.finetune_records import ERROR_ATTR, SKIPPED_ATTR
 
 if TYPE_CHECKING:
@@ -422,7 +423,7 @@ def _add_compress_parser(sub: argparse._SubParsersAction) -> None:
                    help="study name (default: compress_<model name>)")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL (default: sqlite:///<out>/<study-name>.db)")
-    p.add_argument("--n-trials", type=int, default=300,
+    p.add_argument("--n-trials", type=int, default=DEFAULT_N_TRIALS,
                    help="search trials (default: %(default)s)")
     _add_decision_args(p)
     _add_recipe_args(p)
@@ -555,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "the study has --n-trials finished trials. Rerunning continues.")
     _add_problem_args(p)
     _add_study_args(p)
-    p.add_argument("--n-trials", type=int, default=300,
+    p.add_argument("--n-trials", type=int, default=DEFAULT_N_TRIALS,
                    help="total finished trials wanted (default: %(default)s)")
     p.add_argument("--population-size", type=int, default=50,
                    help="NSGA-II population size (default: %(default)s)")

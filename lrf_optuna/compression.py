@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec
 
 from lrf_optuna.errors import UserError
+from lrf_optuna.search.settings import DEFAULT_N_TRIALS
 
 if TYPE_CHECKING:
     import keras
@@ -73,7 +74,7 @@ def compress_detailed(
     out_dir: str | os.PathLike[str] = "compressed",
     study_name: str | None = None,
     storage: str | None = None,
-    n_trials: int = 300,
+    n_trials: int = DEFAULT_N_TRIALS,
     config: FinetuneConfig | None = None,
     max_probes: int | None = None,
     strategy: ProbeStrategy = "bisect",

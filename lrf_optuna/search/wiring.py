@@ -23,6 +23,7 @@ from lrf_optuna.search.objective import LRFObjective
 from lrf_optuna.search.run import run_remaining
 from lrf_optuna.search.sampler import SeededNSGAIISampler
 from lrf_optuna.search.settings import (
+    DEFAULT_N_TRIALS,
     check_search_constraints,
     directions_of,
     memory_objectives,
@@ -256,7 +257,7 @@ def create_lrf_study(
     *,
     study_name: str | None = None,
     storage: str | optuna.storages.BaseStorage | None = None,
-    n_trials: int | None = 300,
+    n_trials: int | None = DEFAULT_N_TRIALS,
     seed: int = 0,
     population_size: int = 50,
     calibration_size: int = 512,
