@@ -1,12 +1,15 @@
 """lrf_optuna: per-layer low-rank factorization of Keras CNNs, searched with Optuna.
 
-The pipeline, one module each: :mod:`~lrf_optuna.data` -> :mod:`~lrf_optuna.models` ->
+The pipeline, one module each (leaves: :mod:`~lrf_optuna.plan`, the per-layer plan and its
+codec; :mod:`~lrf_optuna.paired`, paired accuracy drops): :mod:`~lrf_optuna.data` ->
+:mod:`~lrf_optuna.models` ->
 :mod:`~lrf_optuna.decompose` (the LRF methods) -> :mod:`~lrf_optuna.rewrite` /
 :mod:`~lrf_optuna.costs` -> :mod:`~lrf_optuna.calibration` / :mod:`~lrf_optuna.cache`
 (feature-map similarity) -> :mod:`~lrf_optuna.problem` (model and data of a study) ->
-:mod:`~lrf_optuna.study` (storages, what studies record) -> :mod:`~lrf_optuna.search`
-(search space, rank-selection strategies, the Optuna objective, the one search entry
-point) -> :mod:`~lrf_optuna.export` / :mod:`~lrf_optuna.report` /
+:mod:`~lrf_optuna.study` (storages, what studies and fine-tuning jobs record, a study's
+models rebuilt) -> :mod:`~lrf_optuna.search` (space, settings, rank-selection strategies,
+the Optuna objective, sampler, worker loop, the one search entry point) ->
+:mod:`~lrf_optuna.export` / :mod:`~lrf_optuna.report` /
 :mod:`~lrf_optuna.dashboard` -> :mod:`~lrf_optuna.finetune`; :mod:`~lrf_optuna.cli` and
 :mod:`~lrf_optuna.demo` on top.
 
@@ -60,7 +63,7 @@ _EXPORTS = {
 _SUBMODULES = {"data", "models", "decompose", "prune", "rewrite", "costs", "calibration", "cache",
                "similarity", "search", "vbmf", "cli", "finetune", "export",
                "report", "dashboard", "problem", "study", "errors",
-               "compression"}
+               "compression", "plan", "paired", "deploy"}
 
 __all__ = ["__version__", *sorted(_EXPORTS), *sorted(_SUBMODULES)]
 
