@@ -106,15 +106,20 @@ class CompressionPlan(dict[str, tuple[str, int]]):
         self.importance = str(importance)
 
     @classmethod
-    def of(cls, plan: Mapping[str, Any]) -> CompressionPlan:
+    def of(cls, plan: Mapping[str, Any] | None) -> CompressionPlan:
         """``plan`` itself when it is a :class:`CompressionPlan`, else the plain LRF plan
-        as one (no ratios): the one way code reads the pruning of any plan.
+        as one (no ratios; ``None``, no plan at all, is the empty plan): the one way code
+        reads the pruning of any plan.
 
         Example:
             >>> CompressionPlan.of({"fc1": ("svd", 8)}).ratios
             {}
+            >>> CompressionPlan.of(None) == {}
+            True
         """
-        return plan if isinstance(plan, CompressionPlan) else cls(plan)
+        if isinstance(plan, CompressionPlan):
+            return plan
+        return cls(plan if plan is not None else ())
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, CompressionPlan):
