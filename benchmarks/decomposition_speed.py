@@ -15,7 +15,7 @@ Ranks: conv 8, 16, 32, 64, 128; dense 8, 32, 128, 512 (``--quick``: conv 8, 64; 
 Quality: the relative weight reconstruction error ``||W - W_r||_F / ||W||_F`` at every
 rank, for all seven methods: the kernel is rebuilt from the factors in numpy
 (:func:`reconstruct_kernel`, checked against the replacement layer's outputs by
-``tests/test_benchmarks_speed.py``). Not timed.
+``tests/benchmarks_tests/test_benchmarks_speed.py``). Not timed.
 
 Weights ("trained-like", seeded, :func:`trained_like_kernel`): a Tucker-structured signal
 with power-law mode spectra plus i.i.d. noise, scaled to He-normal magnitude:

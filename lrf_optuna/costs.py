@@ -8,7 +8,7 @@ Conventions (the same for original and rewritten models):
 * **deployed bytes** (:func:`deployed_bytes`, :func:`layer_deployed_bytes`): the bytes a
   layer's weights take in a ``.tflite`` file at an export precision (:data:`PRECISIONS`,
   named like the ``quantize`` modes of :mod:`lrf_optuna.deploy.convert`); see
-  :func:`kernel_bytes` for the layout, and ``tests/test_deploy_bytes.py`` for the margin
+  :func:`kernel_bytes` for the layout, and ``tests/deploy_tests/test_deploy.py`` for the margin
   against real files.
 * **MACs**: multiply-accumulates of one forward pass of one sample through the linear
   layers LRF acts on (Dense, convolutions of every kind and the :class:`FactorizedLayer`

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna_dashboard import get_note, save_note
-from test_report import copy_study, fake_finetune_study
+from report_tests.test_report import copy_study, fake_finetune_study
 
 from lrf_optuna.cli import build_parser, main
 from lrf_optuna.dashboard import add_study_notes

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from test_report import copy_study, fake_finetune_study
+from report_tests.test_report import copy_study, fake_finetune_study
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from conftest import randomize_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # plain ``pytest`` does not put the repository root on the path
     sys.path.insert(0, str(ROOT))
 

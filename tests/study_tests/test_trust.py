@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-from test_report import fake_finetune_study
+from report_tests.test_report import fake_finetune_study
 
 from lrf_optuna.cli import main
 from lrf_optuna.errors import UserError

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from conftest import quadrant_images
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from finetune_tests.test_finetune import WORKER  # the same worker script, on another storage
 from optuna.trial import TrialState
-from test_finetune import WORKER  # the same worker script, on another storage
 
 from lrf_optuna import finetune as F
 from lrf_optuna.study import open_finetune_study, study_lock

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import rel_err
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # plain ``pytest`` does not put the repository root on the path
     sys.path.insert(0, str(ROOT))
 
