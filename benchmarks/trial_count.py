@@ -53,29 +53,31 @@ def run_net(net: str, args: argparse.Namespace) -> list[list[str]]:
                              progress=False)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows = []
-    for seed in range(args.seeds):
-        storage = None
-        if args.sqlite:  # the storage compress writes to: its cost per trial is what a user waits
-            db = Path(tempfile.mkdtemp()) / "trials.db"
-            storage = f"sqlite:///{db}"
-        study = optuna.create_study(directions=objective.directions, storage=storage,
-                                    sampler=SeededNSGAIISampler(seed=seed))
-        objective.describe_study(study)
-        objective.seed_study(study)
-        start, seconds = time.perf_counter(), []
-        done = 0
-        for c in args.checkpoints:
-            study.optimize(objective, n_trials=c - done)
-            done = c
-            seconds.append(time.perf_counter() - start)
-        pts = normalized_points(study)
-        hv = hypervolumes(pts, args.checkpoints)
-        for c, h, s in zip(args.checkpoints, hv, seconds):
-            picks = [smallest_kept(pts, c, level) for level in args.proxy_levels]
-            rows.append([net, seed, c, f"{h:.4f}",
-                         *["-" if p is None else f"{100 * p:.2f}%" for p in picks],
-                         f"{s:.0f}"])
-            print(*rows[-1], flush=True)
+    # the SQLite files live only as long as the run
+    with tempfile.TemporaryDirectory(prefix="trial_count-") as tmp:
+        for seed in range(args.seeds):
+            storage = None
+            if args.sqlite:  # the storage compress writes to: what a user waits for
+                db = Path(tmp) / f"trials-{seed}.db"
+                storage = f"sqlite:///{db}"
+            study = optuna.create_study(directions=objective.directions, storage=storage,
+                                        sampler=SeededNSGAIISampler(seed=seed))
+            objective.describe_study(study)
+            objective.seed_study(study)
+            start, seconds = time.perf_counter(), []
+            done = 0
+            for c in args.checkpoints:
+                study.optimize(objective, n_trials=c - done)
+                done = c
+                seconds.append(time.perf_counter() - start)
+            pts = normalized_points(study)
+            hv = hypervolumes(pts, args.checkpoints)
+            for c, h, s in zip(args.checkpoints, hv, seconds):
+                picks = [smallest_kept(pts, c, level) for level in args.proxy_levels]
+                rows.append([net, seed, c, f"{h:.4f}",
+                             *["-" if p is None else f"{100 * p:.2f}%" for p in picks],
+                             f"{s:.0f}"])
+                print(*rows[-1], flush=True)
     return rows
 
 
