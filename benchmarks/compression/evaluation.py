@@ -59,7 +59,7 @@ def best_within(ctx: Context, family: list[BenchCandidate], config: Any, referen
     base = float(base_params or ctx.original_params)
     curve = [{"label": family[i].label, "params": family[i].params, "flops": family[i].flops,
               "proxy": family[i].proxy, "val": r["val_after"], "test": r["test_after"],
-              "prunes": bool(CompressionPlan.of(family[i].plan or {}).ratios),
+              "prunes": bool(CompressionPlan.of(family[i].plan).ratios),
               "reduction": 1 - size(family[i]) / base}
              for i, r in sorted(results.items(), key=lambda kv: family[kv[0]].params)]
     row: dict[str, Any] = {"candidates": len(family), "probes": search.n_evaluated,
@@ -70,7 +70,7 @@ def best_within(ctx: Context, family: list[BenchCandidate], config: Any, referen
     else:
         c, r = family[search.chosen], results[search.chosen]
         row.update(
-            label=c.label + (" (prunes)" if CompressionPlan.of(c.plan or {}).ratios else ""),
+            label=c.label + (" (prunes)" if CompressionPlan.of(c.plan).ratios else ""),
             params=c.params, flops=c.flops,
             param_reduction=round(1 - size(c) / base, 4),
             flops_reduction=round(1 - c.flops / ctx.original_flops, 4),
