@@ -45,9 +45,9 @@ from benchmarks.compression import (
     MODELS,
     load_dataset,
     parse_recipe,
+    prepare_problem,
     run_studies,
-    train_original,
-    val_fraction,
+    study_storage,
 )
 from lrf_optuna.study.records import PARAMS_ATTR
 
@@ -75,26 +75,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure (see the module docstring); returns the rows and the references."""
     import optuna
 
-    from lrf_optuna.data import prepare_splits
-    from lrf_optuna.problem import Problem, ProblemSpec
     from lrf_optuna.search import LRFObjective, SeededNSGAIISampler, run_remaining
 
     spec = MODELS[args.model]
     cache = Path(args.cache_dir)
     dataset = load_dataset("tiny" if args.tiny else "full", args.train_images, None)
-    trained = train_original(spec, dataset, args.train_epochs or spec.epochs, cache,
-                             args.val_images)
-    splits = prepare_splits(dataset, val_fraction=val_fraction(dataset, args.val_images),
-                            calibration_size=args.calibration_size, seed=0)
-    problem = Problem(trained.model, splits, args.model, settings=ProblemSpec(
-        model="", cache_dir=str(cache / "similarity")))
+    trained, splits, problem = prepare_problem(args.model, spec, dataset,
+                                               args.train_epochs or spec.epochs, cache, args)
     objective = LRFObjective(problem.model, splits.x_cal, cache_dir=cache / "similarity",
                              progress=False)
     evaluator = PlanEvaluator(problem, objective.cache, root=cache / "finetuned")
     original = int(problem.model.count_params())
     max_params = args.budget * original
-    (cache / "studies").mkdir(parents=True, exist_ok=True)
-    storage = f"sqlite:///{cache / 'studies' / f'{args.model}-{evaluator.key}.db'}"
+    storage = study_storage(cache, args.model, evaluator.key)
     plans: dict[str, tuple[int, dict]] = {}
     found = _best_under(run_studies(SimpleNamespace(objective=objective), args.trials, storage,
                                     samplers=["nsga2"])["nsga2"], objective, max_params)

@@ -75,7 +75,8 @@ from benchmarks._results import (
 )
 from benchmarks._results import pct as _pct
 from benchmarks._results import pp as _pp
-from benchmarks.compression import TAUS, Candidate, Plan, _from_plans, _uniform_plans
+from benchmarks.compression.config import TAUS, PlanDict
+from benchmarks.compression.selections import BenchCandidate, _from_plans, _uniform_plans
 from lrf_optuna.models.training import correct
 from lrf_optuna.paired import DEFAULT_CONFIDENCE, pack_correct, paired_drop, unpack_correct
 from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR
@@ -281,7 +282,7 @@ def load_dataset(mode_name: str, size: int, test_images: int | None, seed: int) 
     from lrf_optuna.data.splits import stratified_indices
 
     if mode_name == "tiny":
-        from benchmarks.compression import _tiny_dataset
+        from benchmarks.compression.config import _tiny_dataset
 
         data, name = _tiny_dataset(), f"quadrants_{size}"
     else:
@@ -509,7 +510,7 @@ class PlanSource:
     evaluator: PlanEvaluator
     original_params: int
 
-    def proxy(self, plan: Plan) -> float:
+    def proxy(self, plan: PlanDict) -> float:
         return float(self.objective.score(plan).proxy)
 
 
@@ -524,7 +525,7 @@ class Verdict:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def best_passing(family: list[Candidate], judge: Callable[[Candidate], Verdict], *,
+def best_passing(family: list[BenchCandidate], judge: Callable[[BenchCandidate], Verdict], *,
                  original_params: int, original_flops: int, reference_val: float,
                  reference_test: float, original_test: float) -> dict[str, Any]:
     """The largest reduction of ``family`` (smallest first) that passes: the library's
@@ -568,11 +569,11 @@ def best_passing(family: list[Candidate], judge: Callable[[Candidate], Verdict],
     return row
 
 
-def uniform_svd_plans(src: PlanSource, ratios: Sequence[float]) -> list[tuple[str, Plan]]:
+def uniform_svd_plans(src: PlanSource, ratios: Sequence[float]) -> list[tuple[str, PlanDict]]:
     """SVD everywhere it applies, one relative rank per plan, as a user would: every
     ``k x k`` conv by ``channel_svd``, every 1x1 conv (which ``channel_svd`` refuses: a
     matrix) and every Dense by ``svd``; the first conv and the classifier kept
-    (``benchmarks.compression._uniform_plans``)."""
+    (``benchmarks.compression.selections._uniform_plans``)."""
     out = []
     for (label, plan), (_, pointwise) in zip(
             _uniform_plans(src, "channel_svd", "svd", ratios=ratios),
@@ -582,14 +583,14 @@ def uniform_svd_plans(src: PlanSource, ratios: Sequence[float]) -> list[tuple[st
 
 
 def narrow_family(net: str, widths: Sequence[float], base: float, splits: Any
-                  ) -> list[Candidate]:
+                  ) -> list[BenchCandidate]:
     """The net at ``base * w`` for each ``w`` (untrained, for the sizes), smallest first."""
     from lrf_optuna.costs import model_costs
 
     out = []
     for w in widths:
         costs = model_costs(build_net(net, splits.input_shape, splits.num_classes, base * w))
-        out.append(Candidate(f"width x{w:g}", int(costs.params), int(costs.flops),
+        out.append(BenchCandidate(f"width x{w:g}", int(costs.params), int(costs.flops),
                              math.log(max(costs.params, 1)), width=base * w))
     return sorted(out, key=lambda c: c.params)
 
@@ -645,7 +646,7 @@ def run_one(net: str, size: int, mode_name: str, mode: Mode, args: argparse.Name
     ref_correct = unpack_correct(reference["val_correct"], n_val)
     src = PlanSource(problem, objective, evaluator, original.params)
 
-    def judge_plan(c: Candidate) -> Verdict:
+    def judge_plan(c: BenchCandidate) -> Verdict:
         assert c.plan is not None
         r = evaluator.finetuned(c.plan, config, correctness=True)
         return Verdict(r["val_after"], r["test_after"],
@@ -657,7 +658,7 @@ def run_one(net: str, size: int, mode_name: str, mode: Mode, args: argparse.Name
     ft_epochs = compress.get("max_probe_epochs_run") or FinetuneConfig().epochs
     narrow_epochs = epochs + int(ft_epochs)
 
-    def judge_narrow(c: Candidate) -> Verdict:
+    def judge_narrow(c: BenchCandidate) -> Verdict:
         assert c.width is not None
         t = train_net(net, c.width, splits, epochs=narrow_epochs, seed=args.seed,
                       cache_dir=cache)

@@ -10,7 +10,7 @@ Every probe is a normal fine-tuning job of the study (resumable: a rerun reuses 
 finished probes), and the test split decides nothing (it is only reported).
 
 The search itself, :func:`smallest_passing`, is a pure function of the candidates'
-positions and an evaluator, shared with the benchmark (``benchmarks/compression.py``):
+positions and an evaluator, shared with the benchmark (``benchmarks/compression/``):
 
 1. The bracket ``(lo, hi)``: ``lo`` the largest candidate known to fail below ``hi``
    (``-1``: none), ``hi`` the smallest candidate known to pass (``n``: none; the original
@@ -25,7 +25,7 @@ positions and an evaluator, shared with the benchmark (``benchmarks/compression.
    passing probe exists; the choice is clamped to the middle half of the bracket, so each
    probe removes at least a quarter of it. The first probe, with no failing end yet, is
    the middle. On 2000 simulated fronts (10-60 candidates, accuracy saturating in the
-   proxy, with noise; ``benchmarks/compression.py``, section "Probe strategies")
+   proxy, with noise; ``benchmarks/compression/``, section "Probe strategies")
    interpolation needed 4.8 probes on average against 5.0 for bisection, but up to 9
    against 6: bisection, whose ``ceil(log2(n + 1))`` bound holds always, is the default.
 3. The answer is ``hi``: the smallest candidate seen to pass.
