@@ -57,6 +57,9 @@ RECIPES: dict[str, dict[str, Any]] = {
     "longer-lr1e-4": {"min_steps": 2400, "max_epochs": 120, "patience": 6, "distill": 0.9,
                       "learning_rate": 1e-4},
     "longer": {"min_steps": 2400, "max_epochs": 120, "patience": 6, "distill": 0.9},
+    # the two halves of "longer", to tell which one helps: distillation alone, steps alone
+    "kd600": {"distill": 0.9},
+    "steps2400": {"min_steps": 2400, "max_epochs": 120, "patience": 6},
 }
 
 
