@@ -294,7 +294,7 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
                         f"before fine-tuning, 0 to skip (default: {d.bn_images})")
     p.add_argument("--distill", type=float, default=None,
                    help="knowledge distillation from the original model: weight of the KL "
-                        f"term in [0, 1] (default: {d.distill}, plain cross-entropy)")
+                        f"term in [0, 1], 0 for plain cross-entropy (default: {d.distill:g})")
     p.add_argument("--temperature", type=float, default=None,
                    help=f"distillation temperature (default: {d.temperature:g})")
     p.add_argument("--keep-epoch", choices=["best", "last"], default=None,

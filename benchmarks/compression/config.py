@@ -113,7 +113,7 @@ def parse_recipe(text: str) -> Any:
     if m is None or re.fullmatch(f"(?:{token})*", m.group(3)) is None:
         raise ValueError(f"recipe must look like ce10, kd10 or ce10-last-p2-lr3e-4, got "
                          f"{text!r}")
-    fields: dict[str, Any] = {"epochs": int(m.group(2)), "verbose": 0}
+    fields: dict[str, Any] = {"epochs": int(m.group(2)), "verbose": 0, "distill": 0.0}
     if m.group(1) == "kd":
         fields.update(distill=0.9, temperature=4.0)
     for part in re.findall(token, m.group(3)):

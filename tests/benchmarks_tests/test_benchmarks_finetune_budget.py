@@ -12,11 +12,13 @@ from benchmarks import finetune_budget as FB
 def test_recipes_are_the_library_config_with_overrides() -> None:
     from lrf_optuna.finetune import FinetuneConfig
 
-    assert FB.recipe("steps600").recipe_key() == FinetuneConfig(verbose=0).recipe_key()
+    assert FB.recipe("kd600").recipe_key() == FinetuneConfig(verbose=0).recipe_key()
+    assert FB.recipe("steps600").distill == 0.0  # every CE recipe says so: not the default
     old = FB.recipe("old")
     assert (old.epochs, old.patience, old.monitor, old.bn_images) == (3, 1, "val_accuracy", 0)
     longer = FinetuneConfig().longer()
     assert FB.recipe("longer").recipe_key() == longer.recipe_key()
+    assert longer.distill == 0.9 and FinetuneConfig(distill=0).longer().distill == 0.9
 
 
 @pytest.mark.slow

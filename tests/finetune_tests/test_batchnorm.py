@@ -113,7 +113,7 @@ def test_finetune_model_reestimates_first_and_records_it(trained) -> None:
     spoiled = keras.models.clone_model(model)
     spoiled.set_weights(model.get_weights())
     _spoil(spoiled)
-    config = FinetuneConfig(epochs=1, batch_size=32, verbose=0, bn_images=256)
+    config = FinetuneConfig(epochs=1, batch_size=32, verbose=0, bn_images=256, distill=0.0)
     out = finetune_model(spoiled, splits, config)
     assert out.bn_reestimated and out.val_acc_built is not None
     assert out.val_acc_before > out.val_acc_built + 0.2
@@ -122,7 +122,7 @@ def test_finetune_model_reestimates_first_and_records_it(trained) -> None:
     off.set_weights(model.get_weights())
     _spoil(off)
     none = finetune_model(off, splits, FinetuneConfig(epochs=1, batch_size=32, verbose=0,
-                                                     bn_images=0))
+                                                     bn_images=0, distill=0.0))
     assert not none.bn_reestimated and none.val_acc_before == none.val_acc_built
 
 
@@ -134,7 +134,8 @@ def test_step_budget_decides_the_epochs(trained) -> None:
     clone.set_weights(model.get_weights())
     n = len(splits.x_train)                               # 256 images, 8 steps of 32
     config = FinetuneConfig(batch_size=32, min_steps=40, min_epochs=2, max_epochs=9,
-                            keep_epoch="last", verbose=0, revert_if_worse=False)
+                            keep_epoch="last", verbose=0, revert_if_worse=False,
+                            distill=0.0)
     assert config.epochs_for(n) == 5
     out = finetune_model(clone, splits, config)
     assert out.epochs_run == 5 and out.steps == 40

@@ -79,7 +79,8 @@ def _copy(model: keras.Model) -> keras.Model:
     return twin
 
 
-QUICK = FinetuneConfig(epochs=2, batch_size=16, verbose=0, revert_if_worse=False)
+QUICK = FinetuneConfig(epochs=2, batch_size=16, verbose=0, revert_if_worse=False,
+                       distill=0.0)
 
 
 def test_distill_zero_is_plain_cross_entropy() -> None:
@@ -88,7 +89,7 @@ def test_distill_zero_is_plain_cross_entropy() -> None:
     model = _net()
     twin = _copy(model)
     config = FinetuneConfig(epochs=2, batch_size=16, verbose=0, revert_if_worse=False,
-                            keep_epoch="last")
+                            keep_epoch="last", distill=0.0)
     R.finetune_model(model, splits, config, seed=7)
     steps = 2 * math.ceil(len(splits.x_train) / 16)
     twin.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
@@ -126,7 +127,8 @@ def test_kd_weight_zero_path_trains_like_cross_entropy() -> None:
 def test_distillation_trains_with_logit_or_probability_models(out_softmax) -> None:
     splits = _splits()
     teacher = _net(out_softmax)
-    R.finetune_model(teacher, splits, FinetuneConfig(epochs=3, batch_size=16, verbose=0))
+    R.finetune_model(teacher, splits, FinetuneConfig(epochs=3, batch_size=16, verbose=0,
+                                                     distill=0.0))
     student = _copy(teacher)
     student.layers[-2 if out_softmax else -1].set_weights(
         [w * 0.5 for w in student.layers[-2 if out_softmax else -1].get_weights()])
@@ -167,7 +169,7 @@ def test_keep_last_epoch_runs_every_epoch_and_keeps_it() -> None:
     model = _net()
     outcome = R.finetune_model(model, splits, FinetuneConfig(
         epochs=3, batch_size=16, verbose=0, keep_epoch="last", patience=0,
-        revert_if_worse=False))
+        revert_if_worse=False, distill=0.0))
     assert outcome.epochs_run == 3
     assert outcome.val_acc_after == pytest.approx(outcome.history["val_accuracy"][-1],
                                                   abs=1e-6)
