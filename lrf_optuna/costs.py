@@ -35,15 +35,20 @@ from typing import Any
 import keras
 import numpy as np
 
-from lrf_optuna.decompose import FactorizedLayer, UnsupportedLayerError, describe_layer
+from lrf_optuna.decompose import (
+    FactorizedLayer,
+    LayerInfo,
+    UnsupportedLayerError,
+    describe_layer,
+)
 from lrf_optuna.decompose._base import _graph_shapes, _layer_kind
 from lrf_optuna.decompose.fc_tensor_train import tt_macs_per_position
 from lrf_optuna.decompose.layers import Stage, conv_output_length, stage_output_shape
 
 __all__ = ["PRECISIONS", "DeployedKernel", "LayerCost", "ModelCost", "PlanBytes",
-           "conv_output_length",
-           "deployed_bytes", "deployed_kernels", "factorized_macs", "kernel_bytes",
-           "layer_costs", "layer_deployed_bytes", "model_costs", "stage_macs"]
+           "batchnorm_folding", "conv_output_length", "deployed_bytes", "deployed_kernels",
+           "factorized_macs", "info_kernels", "kernel_bytes", "layer_costs",
+           "layer_deployed_bytes", "model_costs", "stage_macs", "standalone_batchnorm_bytes"]
 
 
 @dataclass(frozen=True)
@@ -272,6 +277,69 @@ def _stage_kernels(stage: Stage) -> list[DeployedKernel]:
     return [DeployedKernel(values, shape[-1], "conv", False)]
 
 
+def info_kernels(info: LayerInfo, method: str | None = None, rank: int | None = None, *,
+                 bias: bool = False) -> list[DeployedKernel]:
+    """The weight tensors of the layer ``info`` describes (``method`` ``None`` or
+    ``"keep"``), or of its replacement by ``method`` at ``rank``, from shapes alone: what
+    :func:`deployed_kernels` reads off the built layer. ``info`` may describe a pruned
+    layer (:func:`lrf_optuna.prune.pruned_layer_info`), which is never built.
+
+    Example:
+        >>> import keras
+        >>> from lrf_optuna.decompose import describe_layer
+        >>> conv = keras.layers.Conv2D(8, 3, name="c")
+        >>> _ = conv.build((None, 10, 10, 4))
+        >>> info_kernels(describe_layer(conv, input_shape=(10, 10, 4)), bias=True)
+        [DeployedKernel(values=288, channels=8, kind='conv', bias=True)]
+    """
+    from lrf_optuna.decompose import get_method
+
+    if method not in (None, "keep"):
+        if rank is None:
+            raise ValueError(f"method {method!r} on layer {info.name!r} needs a rank")
+        kernels = [k for stage in get_method(str(method)).stages(info, int(rank))
+                   for k in _stage_kernels(stage)]
+    else:
+        space = math.prod(info.kernel_size) if info.kernel_size else 1
+        cin, cout = info.in_channels, info.out_channels
+        if info.kind == "dense":
+            kernels = [DeployedKernel(cin * cout, cout, "dense", False)]
+        elif info.kind == "depthwise":
+            kernels = [DeployedKernel(space * cout, cout, "conv", False)]
+        elif info.kind == "separable":
+            mid = cin * info.depth_multiplier
+            kernels = [DeployedKernel(space * mid, mid, "conv", False),
+                       DeployedKernel(mid * cout, cout, "conv", False)]
+        elif info.kind == "conv_transpose":
+            kernels = [DeployedKernel(space * cin * cout, cout, "conv", False)]
+        else:
+            kernels = [DeployedKernel(space * (cin // info.groups) * cout, cout, "conv",
+                                      False)]
+    return _with_bias(kernels) if bias else kernels
+
+
+def standalone_batchnorm_bytes(channels: int, precision: str) -> int:
+    """Bytes of a BatchNormalization that no layer folds: a MUL and an ADD with two
+    per-channel vectors at the float precision (int8: int8 vectors, one scale each).
+
+    Example:
+        >>> standalone_batchnorm_bytes(16, "none"), standalone_batchnorm_bytes(16, "int8")
+        (128, 56)
+    """
+    _check_precision(precision)
+    item = {"none": 4, "dynamic": 4, "float16": 2, "int8": 1}[precision]
+    return 2 * channels * item + (2 * QUANT_CHANNEL_BYTES if precision == "int8" else 0)
+
+
+def batchnorm_folding(model: keras.Model) -> tuple[set[int], set[int]]:
+    """Ids of the layers a BatchNormalization folds into (they deploy with a bias), and
+    of the BatchNormalizations no layer folds (:func:`standalone_batchnorm_bytes`); every
+    other BatchNormalization costs nothing deployed."""
+    from lrf_optuna.rewrite import iter_layers
+
+    return _batch_norms(list(iter_layers(model)))
+
+
 def _with_bias(kernels: list[DeployedKernel]) -> list[DeployedKernel]:
     if not kernels:
         return kernels
@@ -373,9 +441,7 @@ def layer_deployed_bytes(model: keras.Model, precision: str = "int8") -> dict[st
         if not layer.weights:
             continue
         if id(layer) in standalone:
-            c = int(layer.weights[0].shape[-1]) if layer.weights else 0
-            item = {"none": 4, "dynamic": 4, "float16": 2, "int8": 1}[precision]
-            out[path] = 2 * c * item + (2 * QUANT_CHANNEL_BYTES if precision == "int8" else 0)
+            out[path] = standalone_batchnorm_bytes(int(layer.weights[0].shape[-1]), precision)
             continue
         kernels = deployed_kernels(layer, bias=True if id(layer) in folded else None)
         out[path] = sum(kernel_bytes(k, precision) for k in kernels)
@@ -435,17 +501,12 @@ class PlanBytes:
 
     def candidate(self, path: str, method: str, rank: int) -> int:
         """Deployed bytes of layer ``path`` replaced by ``method`` at ``rank``."""
-        from lrf_optuna.decompose import get_method
-
         key = (path, method, int(rank))
         if key not in self._memo:
             info = self._entries[path].info
             assert info is not None
-            kernels = [k for stage in get_method(method).stages(info, int(rank))
-                       for k in _stage_kernels(stage)]
-            if self._bias[path]:
-                kernels = _with_bias(kernels)
-            self._memo[key] = sum(kernel_bytes(k, self.precision) for k in kernels)
+            self._memo[key] = sum(kernel_bytes(k, self.precision) for k in info_kernels(
+                info, method, int(rank), bias=self._bias[path]))
         return self._memo[key]
 
     def of_plan(self, plan: Mapping[str, tuple[str, int]]) -> int:

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Mapping
@@ -29,10 +30,19 @@ from typing import Any
 import keras
 import numpy as np
 
-from lrf_optuna.costs import LayerCost, ModelCost, layer_costs
+from lrf_optuna.costs import (
+    LayerCost,
+    ModelCost,
+    batchnorm_folding,
+    info_kernels,
+    kernel_bytes,
+    layer_costs,
+    layer_deployed_bytes,
+    standalone_batchnorm_bytes,
+)
 from lrf_optuna.decompose import LayerInfo, UnsupportedLayerError, describe_layer
 from lrf_optuna.prune._graph import GraphAnalysis, analyze
-from lrf_optuna.prune.costs import kept_count, pruned_layer_cost
+from lrf_optuna.prune.costs import kept_count, pruned_layer_cost, pruned_layer_info
 from lrf_optuna.prune.importance import Importance, consumers_of, group_scores, select_channels
 from lrf_optuna.rewrite import iter_layers, rewrite_model
 
@@ -100,6 +110,8 @@ class PruneGraph:
         self._layers = dict(iter_layers(model))
         self._infos: dict[str, LayerInfo | None] = {}
         self._fixed_costs: dict[str, LayerCost] = {}
+        self._folds: tuple[set[int], set[int]] | None = None
+        self._deployed_bytes: dict[str, dict[str, int]] = {}
         self.entries: dict[str, PruneEntry] = {}
         for path, prod in self._a.producers.items():
             if prod.gid is None:
@@ -258,35 +270,62 @@ class PruneGraph:
         return self._layer_cost(path, self._keep_counts(ratios), method, rank)
 
     def _layer_cost(self, path: str, keeps: Mapping[int, int], method: str | None,
-                    rank: int | None) -> LayerCost:
+                    rank: int | None, precision: str | None = None) -> LayerCost:
         layer = self._layers[path]
         touched = path in self._a.inputs or (
             path in self._a.producers and self._a.producers[path].gid is not None)
         if not touched and (method is None or method == "keep"):
             if path not in self._fixed_costs:
                 self._fixed_costs[path] = layer_costs(layer, path)
-            return self._fixed_costs[path]
+            cost = self._fixed_costs[path]
+            if precision is None:
+                return cost
+            return dataclasses.replace(cost, bytes=self._deployed(precision).get(path, 0))
         cin, cout = self._pruned_channels(path, keeps)
         itemsize = np.dtype(layer.variable_dtype).itemsize
         if isinstance(layer, keras.layers.BatchNormalization):
             params, macs = len(layer.weights) * cin, 0
+            nbytes = params * itemsize
+            if precision is not None:
+                nbytes = (standalone_batchnorm_bytes(cin, precision)
+                          if id(layer) in self._folding()[1] else 0)
         else:
             info = self._info(path)
             if info is None:
                 raise UnsupportedLayerError(f"layer {path!r}: no cost formula for "
                                             f"{type(layer).__name__}")
-            params, macs = pruned_layer_cost(
-                info, in_channels=cin, out_channels=None if info.kind == "depthwise" else cout,
-                method=method, rank=rank)
+            out = None if info.kind == "depthwise" else cout
+            params, macs = pruned_layer_cost(info, in_channels=cin, out_channels=out,
+                                             method=method, rank=rank)
+            nbytes = params * itemsize
+            if precision is not None:
+                small = pruned_layer_info(info, in_channels=cin, out_channels=out)
+                bias = bool(getattr(layer, "use_bias", False)) or id(layer) in self._folding()[0]
+                nbytes = sum(kernel_bytes(k, precision)
+                             for k in info_kernels(small, method, rank, bias=bias))
         name = "FactorizedLayer" if method not in (None, "keep") else type(layer).__name__
-        return LayerCost(path, name, params, params * itemsize, macs)
+        return LayerCost(path, name, params, nbytes, macs)
+
+    def _folding(self) -> tuple[set[int], set[int]]:
+        if self._folds is None:
+            self._folds = batchnorm_folding(self.model)
+        return self._folds
+
+    def _deployed(self, precision: str) -> dict[str, int]:
+        if precision not in self._deployed_bytes:
+            self._deployed_bytes[precision] = layer_deployed_bytes(self.model, precision)
+        return self._deployed_bytes[precision]
 
     def model_costs(self, ratios: Mapping[str, float],
-                    plan: Mapping[str, tuple[str, int] | None] | None = None) -> ModelCost:
+                    plan: Mapping[str, tuple[str, int] | None] | None = None, *,
+                    precision: str | None = None) -> ModelCost:
         """Costs of the model pruned by ``ratios`` then factorized by ``plan``, unbuilt.
 
         Equal to :func:`lrf_optuna.model_costs` of
-        ``rewrite_model(prune_model(model, ratios), plan)``.
+        ``rewrite_model(prune_model(model, ratios), plan)``; with ``precision`` (one of
+        :data:`lrf_optuna.costs.PRECISIONS`) each layer's ``bytes`` are its deployed bytes
+        in a ``.tflite`` file at that precision instead
+        (:func:`lrf_optuna.costs.layer_deployed_bytes` of the built model).
         """
         keeps = self._keep_counts(ratios)
         plan = plan or {}
@@ -294,7 +333,7 @@ class PruneGraph:
         for path in self._layers:
             choice = plan.get(path)
             method, rank = (choice[0], choice[1]) if choice else (None, None)
-            rows.append(self._layer_cost(path, keeps, method, rank))
+            rows.append(self._layer_cost(path, keeps, method, rank, precision))
         return ModelCost(tuple(rows))
 
     # -- building ------------------------------------------------------------------------

@@ -227,7 +227,8 @@ class PruneSpace:
                                 f"{list(self.config.ratios)}") from None
         return out
 
-    def costs(self, ratios: Mapping[str, float],
-              plan: Mapping[str, tuple[str, int]]) -> ModelCost:
-        """Exact costs of the model pruned by ``{group: ratio}``, then factorized."""
-        return self.graph.model_costs(ratios, plan)
+    def costs(self, ratios: Mapping[str, float], plan: Mapping[str, tuple[str, int]], *,
+              precision: str | None = None) -> ModelCost:
+        """Exact costs of the model pruned by ``{group: ratio}``, then factorized (bytes:
+        deployed at ``precision`` when given, see :meth:`PruneGraph.model_costs`)."""
+        return self.graph.model_costs(ratios, plan, precision=precision)

@@ -468,7 +468,8 @@ class LRFObjective:
         assert self.prune is not None
         sims, clean, _ = self._choose(checked, ratios)
         sims.update(self.prune.group_similarities(ratios))
-        costs = self.prune.costs(ratios, clean)
+        costs = self.prune.costs(ratios, clean, precision=None if self.plan_bytes is None
+                                 else self.plan_bytes.precision)
         proxy = AGGREGATIONS[self.aggregation](list(sims.values()))
         plan = CompressionPlan(clean, ratios=ratios, importance=self.prune.config.importance)
         return PlanScore(plan, costs.params, costs.bytes, costs.macs, proxy, sims)

@@ -132,7 +132,7 @@ def memory_setting(objectives: Sequence[str], kwargs: Mapping[str, Any]) -> dict
     so the bindings of older studies hold).
 
     Raises:
-        UserError: an unknown ``memory`` or ``quantize``, or deployed bytes with pruning.
+        UserError: an unknown ``memory`` or ``quantize``.
     """
     from lrf_optuna.deploy.convert import check_quantize
 
@@ -140,10 +140,6 @@ def memory_setting(objectives: Sequence[str], kwargs: Mapping[str, Any]) -> dict
     quantize = check_quantize(kwargs.get("quantize", "none"))
     if "bytes" not in memory_objectives(objectives, memory):
         return None
-    if prune_config_of(kwargs.get("prune")) is not None:
-        raise UserError("memory='bytes' (--memory bytes) is not available with pruning yet: "
-                        "the pruned layers' deployed bytes are not modelled; use "
-                        "memory='params' with prune")
     return {"count": "bytes", "quantize": quantize}
 
 

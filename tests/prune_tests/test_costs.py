@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from tf_flops import tf_macs
 
-from lrf_optuna.costs import model_costs
+from lrf_optuna.costs import PRECISIONS, deployed_bytes, layer_deployed_bytes, model_costs
 from lrf_optuna.decompose import describe_layer, get_method
 from lrf_optuna.prune import (
     PruneGraph,
@@ -58,6 +58,12 @@ def _check(graph: PruneGraph, ratios, plan, built: keras.Model, *, flops: bool) 
         got = graph.layer_cost(path, ratios, method=choice and choice[0],
                                rank=choice and choice[1])
         assert got == cost, path
+    for precision in PRECISIONS:  # deployed bytes, layer by layer, as the built model's
+        deployed = graph.model_costs(ratios, plan, precision=precision)
+        by_layer = layer_deployed_bytes(built, precision)
+        assert {p: c.bytes for p, c in deployed.by_path().items() if c.bytes} == {
+            p: b for p, b in by_layer.items() if b}, precision
+        assert deployed.bytes == deployed_bytes(built, precision)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))

@@ -1,5 +1,5 @@
 """The deployed-bytes memory objective (memory="bytes") of the search: values equal to the
-built models' deployed bytes, bound to the study, refused with pruning."""
+built models' deployed bytes (pruned ones too), bound to the study."""
 
 from __future__ import annotations
 
@@ -66,8 +66,26 @@ def test_params_stay_the_default_and_bad_settings_are_refused(setup) -> None:
         LRFObjective(model, x, cache=cache, memory="kb")
     with pytest.raises(UserError, match="unknown quantize mode"):
         LRFObjective(model, x, cache=cache, memory="bytes", quantize="int4")
-    with pytest.raises(UserError, match="not available with pruning"):
-        LRFObjective(model, x, cache=cache, memory="bytes", prune=True)
+
+
+@pytest.mark.parametrize("quantize", ["int8", "none"])
+def test_bytes_objective_with_pruning_is_the_built_models_deployed_bytes(setup, quantize
+                                                                        ) -> None:
+    model, x, cache = setup
+    objective = LRFObjective(model, x, cache=cache, memory="bytes", quantize=quantize,
+                             prune=True)
+    assert objective.objectives[0] == "bytes"
+    study = optuna.create_study(directions=objective.directions,
+                                sampler=optuna.samplers.NSGAIISampler(seed=1,
+                                                                      population_size=8))
+    study.optimize(objective, n_trials=16)
+    pruned = 0
+    for trial in study.trials:
+        built = objective.build_model(trial)
+        pruned += built.count_params() < model.count_params() and any(
+            v > 0 for k, v in trial.params.items() if k.endswith(":prune"))
+        assert trial.values[0] == deployed_bytes(built, quantize), trial.params
+    assert pruned > 0  # the check saw pruned models, not only factorized ones
 
 
 def test_memory_setting_is_part_of_the_binding(setup, tmp_path) -> None:
