@@ -96,7 +96,10 @@ def _targets(model: keras.Model, cache: SimilarityCache | None) -> dict[str, Any
 class SimilarityThreshold(Strategy):
     """Cheapest candidate per layer whose similarity reaches ``tau`` (cache based)."""
 
-    taus: Sequence[float] = (0.80, 0.85, 0.90, 0.93, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
+    #: From 0.5: on small data, distilled fine-tuning brings plans this far down back
+    #: (the MobileNet-style user net: tau 0.7 within 1 pp at 80.6 % of the parameters saved).
+    taus: Sequence[float] = (0.5, 0.6, 0.7, 0.75, 0.80, 0.85, 0.90, 0.93, 0.95, 0.97, 0.98,
+                             0.99, 0.995, 0.999)
     cost: str = "params"
     metric: str | None = None
     name: str = "tau"

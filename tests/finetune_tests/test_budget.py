@@ -12,7 +12,12 @@ import pytest
 from lrf_optuna import cli
 from lrf_optuna import finetune as F
 from lrf_optuna.finetune.budget import smallest_passing
-from lrf_optuna.finetune.select import MIN_REDUCTION, PROXY_FLOOR, budget_candidates
+from lrf_optuna.finetune.select import (
+    MIN_REDUCTION,
+    PROXY_FLOOR,
+    budget_candidates,
+    strategy_trials,
+)
 from lrf_optuna.report.tables import within_budget_text
 
 STRATEGIES = ["bisect", "interpolate"]
@@ -176,6 +181,30 @@ def test_candidates_are_the_useful_two_objective_front() -> None:
     assert 995 in [t.user_attrs["params"]
                    for t in F.select_trials(study, 10, min_reduction=0.0)]
     assert 0 < PROXY_FLOOR < 0.1 and MIN_REDUCTION == 0.01
+
+
+def test_candidates_add_the_useful_strategy_plans_off_the_front() -> None:
+    study = _study([(20, 300, 0.30), (40, 300, 0.60), (500, 900, 0.90)])
+
+    def strategy(p: int, f: int, q: float, label: str, violation: float = 0.0) -> None:
+        trial = optuna.create_trial(
+            values=[p, f, q], params={}, distributions={},
+            user_attrs={"params": p, "flops": f, "proxy": q, "strategy": label,
+                        "lrf_plan": {"fc": ["svd", p]}},
+            system_attrs={"constraints": [violation]})
+        study.add_trial(trial)
+
+    strategy(45, 400, 0.50, "tau:0.7")          # dominated by (40, 300, 0.60): still probed
+    strategy(30, 300, 0.0, "tau:0.5")           # proxy 0: fine-tuning cannot bring it back
+    strategy(999, 2000, 0.99, "energy:0.999")   # saves 0.1 %: useless
+    strategy(60, 500, 0.55, "vbmf", violation=1.0)  # infeasible
+    on_front = [(20, 0.30), (40, 0.60), (500, 0.90)]
+    got = [(t.user_attrs["params"], t.user_attrs["proxy"]) for t in budget_candidates(study)]
+    assert got == [(20, 0.30), (40, 0.60), (45, 0.50), (500, 0.90)]
+    assert [(t.user_attrs["params"], t.user_attrs["proxy"])
+            for t in budget_candidates(study, strategies=False)] == on_front
+    assert [t.user_attrs["strategy"] for t in strategy_trials(study)] == [
+        "tau:0.7", "tau:0.5", "energy:0.999"]
 
 
 # -- on the tiny study ---------------------------------------------------------------------------
