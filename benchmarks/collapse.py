@@ -1,6 +1,6 @@
 """Which layers and methods make a depthwise-separable net collapse (issue 17, item 3).
 
-On the MobileNet-style user net (``benchmarks/user_nets.py``), every (layer, method) is
+On the MobileNet-style user net (``benchmarks/user_nets/``), every (layer, method) is
 factorized **alone**, at the cached rank whose parameter count is closest to ``--keep`` of
 the layer's own; the model is then evaluated on the validation split as built, and again
 after its BatchNorm statistics are re-estimated on training images

@@ -1,7 +1,7 @@
 """The fine-tuning budget (issue 17): which recipe defaults hold at 4,000, 18,000 and
 54,000 training images, and what BatchNorm re-estimation does.
 
-For each user-style net of ``benchmarks/user_nets.py`` and each data size: train the
+For each user-style net of ``benchmarks/user_nets/`` and each data size: train the
 original (cached), build the similarity cache with and without the BatchNorm view
 (:class:`lrf_optuna.scoring.similarity.BatchNormView`), run a short NSGA-II search, and take
 ``--plans`` plans spread along the (params, proxy) front. Each plan and the original (the

@@ -1,5 +1,5 @@
 """How many search trials (issue 17, item 5): the front after 300, 1,000 and 3,000
-NSGA-II trials on the user-style nets of ``benchmarks/user_nets.py``.
+NSGA-II trials on the user-style nets of ``benchmarks/user_nets/``.
 
 A trial is a cache look-up and a storage write, so more trials cost seconds; what they buy
 is a better front. For each net (the original trained as ``benchmarks.user_nets`` trains

@@ -130,7 +130,7 @@ def budget_candidates(study: optuna.Study, *, proxy_floor: float = PROXY_FLOOR,
     prefers a plan that keeps most layers intact and cuts one hard, while after
     fine-tuning a plan that cuts every layer to the same similarity, ``tau:0.7``, can
     pass), but mixed into the candidates they break the order without a better answer:
-    on the MobileNet-style user net (``benchmarks/user_nets.py``, 4,000 images, 1,000
+    on the MobileNet-style user net (``benchmarks/user_nets/``, 4,000 images, 1,000
     validation images), on one study, the front alone gave 53.7 % of the parameters saved
     (10 probes), the front with the strategy plans 52.8 % (9 probes; three uniform plans of
     79,186 parameters with proxies 0.10, 0.29 and 0.53 fell among the front's candidates)
