@@ -63,7 +63,7 @@ _EXPORTS = {
 _SUBMODULES = {"data", "models", "decompose", "prune", "rewrite", "costs", "calibration", "cache",
                "similarity", "search", "vbmf", "cli", "finetune", "export",
                "report", "dashboard", "problem", "study", "errors",
-               "compression", "plan", "paired", "deploy"}
+               "compression", "plan", "paired", "deploy", "formatting"}
 
 __all__ = ["__version__", *sorted(_EXPORTS), *sorted(_SUBMODULES)]
 

@@ -33,8 +33,8 @@ from typing import Any
 import optuna
 
 from lrf_optuna.errors import UserError
+from lrf_optuna.formatting import kib, markdown_table
 from lrf_optuna.plan import PLAN_ATTR
-from lrf_optuna.report.tables import kib, markdown_table
 from lrf_optuna.study.finetune_records import (
     BASELINE_ATTR,
     BN_REESTIMATED_ATTR,

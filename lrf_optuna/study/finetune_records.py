@@ -35,9 +35,10 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial
 
+from lrf_optuna.formatting import as_float
 from lrf_optuna.paired import PairedDrop, paired_drop, unpack_correct
 from lrf_optuna.plan import readable_plan
-from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, as_float, as_int, as_str
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, as_int, as_str
 
 __all__ = [
     "ARTIFACT_DIR_ATTR",
