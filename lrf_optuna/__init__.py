@@ -56,8 +56,8 @@ _EXPORTS = {
     "FinetuneConfig": "lrf_optuna.finetune",
     "select_trials": "lrf_optuna.finetune",
     "export_trial": "lrf_optuna.export",
-    "load_model": "lrf_optuna.export",
-    "to_tflite": "lrf_optuna.export",
+    "load_model": "lrf_optuna.deploy",
+    "to_tflite": "lrf_optuna.deploy",
     "write_report": "lrf_optuna.report",
 }
 _SUBMODULES = {"data", "models", "decompose", "prune", "rewrite", "costs", "calibration", "cache",

@@ -440,7 +440,8 @@ def _add_compress_parser(sub: argparse._SubParsersAction) -> None:
 # -- export / report -------------------------------------------------------------------------
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from lrf_optuna.export import ExportError, export_trial
+    from lrf_optuna.deploy.files import ExportError
+    from lrf_optuna.export import export_trial
     from lrf_optuna.study.lookup import load_study
 
     _check_int8_io(args)

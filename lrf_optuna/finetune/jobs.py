@@ -15,7 +15,7 @@ trials is one *job*:
   ``from_logits``, ``keras_artifact_id``, ``tflite_artifact_id``, ``artifact_dir``,
   ``worker`` (read back with :class:`lrf_optuna.study.finetune_records.FinetuneRecord`);
 * Optuna artifacts: the fine-tuned ``.keras`` (no optimizer state) and float32 ``.tflite``
-  (:func:`lrf_optuna.export.upload_model_files`);
+  (:func:`lrf_optuna.study.artifacts.upload_model_files`);
 * an optuna-dashboard Markdown note (:func:`lrf_optuna.dashboard.job_note`).
 
 The fine-tuning study also holds user attribute ``original`` (the untouched original model
@@ -89,7 +89,6 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna import dashboard
-from lrf_optuna.export import measure_model, upload_model_files
 from lrf_optuna.finetune.batchnorm import batchnorm_layers, train_mode_accuracy
 from lrf_optuna.finetune.config import FinetuneConfig
 from lrf_optuna.finetune.recipe import (
@@ -101,6 +100,7 @@ from lrf_optuna.finetune.recipe import (
 from lrf_optuna.finetune.select import Selection, choose_trials
 from lrf_optuna.paired import pack_correct
 from lrf_optuna.plan import LRF_PLAN_ATTR, PLAN_ATTR
+from lrf_optuna.study.artifacts import measure_model, upload_model_files
 from lrf_optuna.study.finetune_records import (
     ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,
@@ -590,7 +590,7 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
     similarity cache), measure val and test accuracy, fine-tune once
     (:func:`~lrf_optuna.finetune.recipe.finetune_model`), measure test accuracy, params,
     FLOPs, ``.keras`` / ``.tflite`` sizes and batch-1 latencies
-    (:func:`lrf_optuna.export.measure_model`), upload both files as Optuna artifacts to
+    (:func:`lrf_optuna.study.artifacts.measure_model`), upload both files as Optuna artifacts to
     ``artifact_dir`` (default: :func:`lrf_optuna.study.lookup.artifact_store_dir`), save a
     dashboard note, tell COMPLETE with ``(params, test_accuracy)``. The original model is
     measured once per fine-tuning study (user attribute ``original``).
