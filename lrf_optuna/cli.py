@@ -500,8 +500,9 @@ def _url(host: str, port: int, path: str = "/dashboard") -> str:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna
 
-    from lrf_optuna.dashboard import add_study_notes, check_can_serve, run_dashboard
+    from lrf_optuna.dashboard import check_can_serve, run_dashboard
     from lrf_optuna.study.lookup import load_study, resolve_storage, search_study_names
+    from lrf_optuna.study.notes import add_study_notes
     from lrf_optuna.study.records import ORIGINAL_ATTR
     from lrf_optuna.study.storage import artifact_dir_for, check_storage
 

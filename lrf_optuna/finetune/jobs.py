@@ -16,7 +16,7 @@ trials is one *job*:
   ``worker`` (read back with :class:`lrf_optuna.study.finetune_records.FinetuneRecord`);
 * Optuna artifacts: the fine-tuned ``.keras`` (no optimizer state) and float32 ``.tflite``
   (:func:`lrf_optuna.study.artifacts.upload_model_files`);
-* an optuna-dashboard Markdown note (:func:`lrf_optuna.dashboard.job_note`).
+* an optuna-dashboard Markdown note (:func:`lrf_optuna.study.notes.job_note`).
 
 The fine-tuning study also holds user attribute ``original`` (the untouched original model
 measured the same way, once) with a study note, ``artifact_dir`` and ``source_study``. The
@@ -88,7 +88,6 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lrf_optuna import dashboard
 from lrf_optuna.finetune.batchnorm import batchnorm_layers, train_mode_accuracy
 from lrf_optuna.finetune.config import FinetuneConfig
 from lrf_optuna.finetune.recipe import (
@@ -98,6 +97,7 @@ from lrf_optuna.finetune.recipe import (
     teacher_outputs,
 )
 from lrf_optuna.finetune.select import Selection, choose_trials
+from lrf_optuna.formatting import kib
 from lrf_optuna.paired import pack_correct
 from lrf_optuna.plan import LRF_PLAN_ATTR, PLAN_ATTR
 from lrf_optuna.study.artifacts import measure_model, upload_model_files
@@ -148,6 +148,7 @@ from lrf_optuna.study.lookup import (
     open_finetune_study,
 )
 from lrf_optuna.study.models import StudyModels
+from lrf_optuna.study.notes import job_note, original_note, save_note_quietly
 from lrf_optuna.study.records import (
     COMPRESSION_RATIO_ATTR,
     FLOPS_ATTR,
@@ -397,10 +398,6 @@ def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
-def _kb(n: float) -> str:
-    return f"{n / 1024:,.1f}"
-
-
 def _correctness(val: np.ndarray, test: np.ndarray) -> dict[str, Any]:
     """The per-image results a job (or the original) records, for paired drops
     (:mod:`lrf_optuna.paired`)."""
@@ -489,12 +486,11 @@ class _Worker:
                                 if batchnorm_layers(problem.model) else None))
         original = {**dataclasses.asdict(measured), NAME_ATTR: problem.name}
         self.ft.set_user_attr(BASELINE_ATTR, original)
-        dashboard.save_note_quietly(self.ft, dashboard.original_note(self.study.study_name,
-                                                                     original))
+        save_note_quietly(self.ft, original_note(self.study.study_name, original))
         logger.info("original model: test acc %.4f, %s params, .keras %s KiB, .tflite %s "
                     "KiB, latency %.3f / %.3f ms", original[TEST_ACC_ATTR],
-                    f"{original[PARAMS_ATTR]:,}", _kb(original[KERAS_BYTES_ATTR]),
-                    _kb(original[TFLITE_BYTES_ATTR]), original[LATENCY_MS_KERAS_ATTR],
+                    f"{original[PARAMS_ATTR]:,}", kib(original[KERAS_BYTES_ATTR]),
+                    kib(original[TFLITE_BYTES_ATTR]), original[LATENCY_MS_KERAS_ATTR],
                     original[LATENCY_MS_TFLITE_ATTR])
         return original
 
@@ -552,7 +548,7 @@ class _Worker:
         for key, value in ua.items():
             trial.set_user_attr(key, value)
         reference = None if is_reference else fair_reference(self.ft, recipe)
-        dashboard.save_note_quietly(trial, dashboard.job_note(
+        save_note_quietly(trial, job_note(
             source, self.study.study_name, ua, original,
             reference=FinetuneRecord.of(reference) if reference is not None else None))
         frozen = self.ft.tell(trial, [float(m.params), float(m.test_acc)])
@@ -562,7 +558,7 @@ class _Worker:
                     "%d epoch(s), %.1f s", trial.number, what, config.describe(),
                     ua[VAL_ACC_BEFORE_ATTR], ua[VAL_ACC_AFTER_ATTR], ua[TEST_ACC_BEFORE_ATTR],
                     ua[TEST_ACC_ATTR], f"{ua[PARAMS_ATTR]:,}", ua[COMPRESSION_RATIO_ATTR],
-                    _kb(ua[KERAS_BYTES_ATTR]), _kb(ua[TFLITE_BYTES_ATTR]),
+                    kib(ua[KERAS_BYTES_ATTR]), kib(ua[TFLITE_BYTES_ATTR]),
                     ua[LATENCY_MS_KERAS_ATTR], ua[LATENCY_MS_TFLITE_ATTR], ua[EPOCHS_RUN_ATTR],
                     ua[FINETUNE_SECONDS_ATTR])
         return frozen
