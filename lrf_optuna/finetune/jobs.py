@@ -80,7 +80,7 @@ import socket
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -155,19 +155,21 @@ from lrf_optuna.study.records import (
     PARAMS_ATTR,
     get_search_trial,
 )
-from lrf_optuna.study.recovery import fail_stale_trial, stale_trials
+from lrf_optuna.study.recovery import HeartbeatThread, fail_stale_trial, stale_trials
 from lrf_optuna.study.storage import heartbeat_storage, safe_name, study_lock
 
 if TYPE_CHECKING:
     from lrf_optuna.problem import Problem
 
-__all__ = ["JOB_DISTRIBUTION", "enqueue_finetune", "finetune_study", "original_trial",
-           "requeue_running_jobs", "run_finetune_jobs"]
+__all__ = ["JOB_DISTRIBUTION", "JobCallback", "enqueue_finetune", "finetune_study",
+           "original_trial", "requeue_running_jobs", "run_finetune_jobs"]
 
 logger = logging.getLogger(__name__)
 
 #: Any trial number fits (enqueued jobs never sample it).
 JOB_DISTRIBUTION = optuna.distributions.IntDistribution(0, 10**9)
+#: Called with the fine-tuning study and a job a worker finished (COMPLETE or FAIL).
+JobCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 # -- the queue -----------------------------------------------------------------------------
@@ -362,36 +364,6 @@ def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
         return trial, source
 
 
-class _Heartbeat:
-    """Records a trial's heartbeat every ``interval`` seconds in a daemon thread."""
-
-    def __init__(self, storage: optuna.storages.RDBStorage | None, trial_id: int) -> None:
-        self.storage, self.trial_id = storage, trial_id
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _Heartbeat:
-        if self.storage is not None:
-            self._thread = threading.Thread(target=self._beat, daemon=True,
-                                            name=f"lrf-heartbeat-{self.trial_id}")
-            self._thread.start()
-        return self
-
-    def _beat(self) -> None:
-        assert self.storage is not None
-        interval = self.storage.heartbeat_interval or 10
-        while not self._stop.wait(interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # a missed beat is not fatal; the next one retries
-                logger.debug("heartbeat of trial id %d failed", self.trial_id, exc_info=True)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-
 # -- the worker ----------------------------------------------------------------------------
 
 def _worker_id() -> str:
@@ -576,8 +548,8 @@ def _store_dir(ft: optuna.Study, study: optuna.Study,
 
 def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = None,
                       artifact_dir: str | os.PathLike[str] | None = None,
-                      max_jobs: int | None = None,
-                      problem: Problem | None = None) -> list[FrozenTrial]:
+                      max_jobs: int | None = None, problem: Problem | None = None,
+                      callbacks: Sequence[JobCallback] = ()) -> list[FrozenTrial]:
     """Worker loop: run WAITING jobs of ``"<study>:finetune"`` one at a time until none is
     left (or ``max_jobs`` ran). Safe to run in several processes at once (module
     docstring).
@@ -601,6 +573,8 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
         max_jobs: Stop after this many jobs (``None``: until the queue is empty).
         problem: The already loaded :class:`~lrf_optuna.problem.Problem` (default: loaded
             from the study's recorded problem, once).
+        callbacks: Each is called as ``callback(finetune_study, job)`` after every job
+            this worker finished (COMPLETE or FAIL), like ``Study.optimize``'s callbacks.
 
     Returns:
         The jobs this worker ran, finished (COMPLETE or FAIL), in order.
@@ -626,7 +600,8 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
         if claimed is None:
             break
         trial, source = claimed
-        with _Heartbeat(rdb, trial._trial_id):
+        before = len(ran)
+        with HeartbeatThread(rdb, trial._trial_id):
             try:
                 ran.append(worker.run(trial, source))
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -640,6 +615,9 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
                     raise
                 logger.exception("job %d (trial %d of study %r) failed", trial.number,
                                  source, study.study_name)
+        for job in ran[before:]:
+            for callback in callbacks:
+                callback(ft, job)
     running = ft.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if running:
         hint = (f"once its heartbeat is older than {config.grace_period} s a job is "
@@ -656,10 +634,12 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
                    max_flops: float | None = None, min_proxy: float | None = None,
                    config: FinetuneConfig | None = None,
                    artifact_dir: str | os.PathLike[str] | None = None,
-                   max_jobs: int | None = None,
-                   problem: Problem | None = None) -> list[FrozenTrial]:
+                   max_jobs: int | None = None, problem: Problem | None = None,
+                   on_enqueued: Callable[[list[FrozenTrial], int], None] | None = None,
+                   callbacks: Sequence[JobCallback] = ()) -> list[FrozenTrial]:
     """Choose trials, enqueue their jobs and run them: ``choose_trials`` +
-    :func:`enqueue_finetune` + :func:`run_finetune_jobs`.
+    :func:`enqueue_finetune` + :func:`run_finetune_jobs` (what ``lrf-optuna finetune``
+    runs, reporting through ``on_enqueued`` and ``callbacks``).
 
     Args:
         study: The search study (made by ``create_lrf_study`` or ``lrf-optuna search``:
@@ -674,6 +654,9 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
         artifact_dir: Artifact store of the fine-tuned files.
         max_jobs: Run at most this many jobs in this call.
         problem: The loaded problem, to skip loading it from the study.
+        on_enqueued: Called as ``on_enqueued(chosen_trials, jobs_added)`` before any job
+            runs (nothing is enqueued when no trial was chosen); it may raise to stop.
+        callbacks: Called after each job that runs (:func:`run_finetune_jobs`).
 
     Returns:
         The latest COMPLETE job of each chosen trial with this recipe (jobs run now or
@@ -684,9 +667,11 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
     config = config or FinetuneConfig()
     selected = choose_trials(study, k, strategy=strategy, trials=trials,
                              max_params=max_params, max_flops=max_flops, min_proxy=min_proxy)
-    enqueue_finetune(study, selected, config=config)
+    added = enqueue_finetune(study, selected, config=config) if selected else 0
+    if on_enqueued is not None:
+        on_enqueued(selected, added)
     run_finetune_jobs(study, config=config, artifact_dir=artifact_dir, max_jobs=max_jobs,
-                      problem=problem)
+                      problem=problem, callbacks=callbacks)
     done = latest_jobs(find_finetune_study(study), recipe=config.recipe_key())
     numbers = [t if isinstance(t, int) else t.number for t in selected]
     return [done[n] for n in numbers if n in done]
