@@ -1,17 +1,21 @@
 """lrf_optuna: per-layer low-rank factorization of Keras CNNs, searched with Optuna.
 
 The pipeline, one module each (leaves: :mod:`~lrf_optuna.plan`, the per-layer plan and its
-codec; :mod:`~lrf_optuna.paired`, paired accuracy drops): :mod:`~lrf_optuna.data` ->
+codec; :mod:`~lrf_optuna.paired`, paired accuracy drops; :mod:`~lrf_optuna.formatting`,
+numbers and tables as text): :mod:`~lrf_optuna.data` ->
 :mod:`~lrf_optuna.models` ->
 :mod:`~lrf_optuna.decompose` (the LRF methods) -> :mod:`~lrf_optuna.rewrite` /
 :mod:`~lrf_optuna.costs` -> :mod:`~lrf_optuna.calibration` / :mod:`~lrf_optuna.cache`
 (feature-map similarity) -> :mod:`~lrf_optuna.problem` (model and data of a study) ->
 :mod:`~lrf_optuna.study` (storages, what studies and fine-tuning jobs record, a study's
-models rebuilt) -> :mod:`~lrf_optuna.search` (space, settings, rank-selection strategies,
-the Optuna objective, sampler, worker loop, the one search entry point) ->
-:mod:`~lrf_optuna.export` / :mod:`~lrf_optuna.report` /
-:mod:`~lrf_optuna.dashboard` -> :mod:`~lrf_optuna.finetune`; :mod:`~lrf_optuna.cli` and
-:mod:`~lrf_optuna.demo` on top.
+models rebuilt, a job's files measured and stored, the dashboard notes) ->
+:mod:`~lrf_optuna.search` (space, settings, rank-selection strategies, the Optuna
+objective, sampler, worker loop, the one search entry point) ->
+:mod:`~lrf_optuna.finetune` -> :mod:`~lrf_optuna.export` / :mod:`~lrf_optuna.report` /
+:mod:`~lrf_optuna.dashboard`; :mod:`~lrf_optuna.cli` and :mod:`~lrf_optuna.demo` on top.
+:mod:`~lrf_optuna.deploy` (``.keras`` / ``.tflite`` files, quantized, checked and timed)
+stands low, beside :mod:`~lrf_optuna.costs`: the search, the study layer and everything
+above it convert and measure through it.
 
 Attributes are imported lazily, so ``import lrf_optuna.cache`` does not load TensorFlow.
 

@@ -25,7 +25,9 @@ What a device build needs from a compressed model, one module each:
 =============== ==========================================================================
 
 The bytes a plan's weights take in such a file, without converting anything, are
-:func:`lrf_optuna.costs.deployed_bytes` (the search's ``memory="bytes"`` objective).
+:func:`lrf_optuna.costs.deployed_bytes` (the search's ``memory="bytes"`` objective); a
+fine-tuning job's model measured the way studies record it (a ``Measured``):
+:func:`lrf_optuna.study.artifacts.measure_model`.
 
 Example:
     >>> from lrf_optuna.deploy import deploy_model
