@@ -46,7 +46,7 @@ unit: $(STAMP)
 # laptops and CI runners): its plain CPU kernels refuse ops that oneDNN accepts.
 ENGINE_TESTS = tests/decompose_tests tests/test_rewrite.py tests/test_costs.py \
 	tests/test_keras_applications.py lrf_optuna/decompose lrf_optuna/rewrite.py \
-	lrf_optuna/costs.py "tests/test_cache.py::test_cache_builds_on_a_strided_conv_with_every_method"
+	lrf_optuna/costs.py "tests/scoring_tests/test_cache.py::test_cache_builds_on_a_strided_conv_with_every_method"
 unit-noonednn: $(STAMP)
 	TF_ENABLE_ONEDNN_OPTS=0 $(PY) -m pytest -q --durations=10 $(ENGINE_TESTS)
 

@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from lrf_optuna.cache import SimilarityCache
 from lrf_optuna.finetune import FinetuneConfig, finetune_model, teacher_outputs
 from lrf_optuna.finetune.recipe import model_digest
 from lrf_optuna.models.training import correct
 from lrf_optuna.paired import pack_correct
 from lrf_optuna.plan import CompressionPlan
 from lrf_optuna.problem import Problem
+from lrf_optuna.scoring.cache import SimilarityCache
 
 __all__ = ["PlanEvaluator", "plan_digest", "spearman"]
 

@@ -95,9 +95,9 @@ class _Layers:
     """Per-layer description, weights and captured activations of one model."""
 
     def __init__(self, p: Problem) -> None:
-        from lrf_optuna.calibration import capture_activations
         from lrf_optuna.decompose import layer_weights, validate_weights
         from lrf_optuna.rewrite import find_layers
+        from lrf_optuna.scoring.calibration import capture_activations
 
         self.p = p
         self.found = find_layers(p.model)
@@ -158,7 +158,7 @@ class _Layers:
 
 
 def _ranks(info: Any, method: Any, points: int) -> list[int]:
-    from lrf_optuna.cache import GridConfig
+    from lrf_optuna.scoring.cache import GridConfig
 
     return GridConfig(points=points).ranks(method, info)
 
@@ -283,9 +283,9 @@ def _fmt(pair: tuple[float, float], digits: int = 4) -> list[str]:
 
 def run(models: Sequence[str], *, val_limit: int, heldout: int, points: int,
         seed: int = 0) -> str:
-    from lrf_optuna.calibration import capture_activations
     from lrf_optuna.decompose import get_method
     from lrf_optuna.decompose._aware import DEFAULT_DAMPING
+    from lrf_optuna.scoring.calibration import capture_activations
 
     detail_rows, summary_rows, band_rows, sweep_rows, uniform_rows = [], [], [], [], []
     timings = []

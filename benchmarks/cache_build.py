@@ -20,14 +20,14 @@ from collections.abc import Sequence
 
 from benchmarks import _problem
 from benchmarks._results import markdown_table, write_section
-from lrf_optuna.cache import GridConfig, SimilarityCache
+from lrf_optuna.scoring.cache import GridConfig, SimilarityCache
 
 SECTION = "Similarity cache build (issue 4)"
 
 
 def load_seconds(directory: str) -> float:
     code = ("import time; t = time.perf_counter(); "
-            "from lrf_optuna.cache import SimilarityCache; "
+            "from lrf_optuna.scoring.cache import SimilarityCache; "
             f"SimilarityCache.load({directory!r}); print(time.perf_counter() - t)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)

@@ -3,7 +3,7 @@
 
 For each user-style net of ``benchmarks/user_nets.py`` and each data size: train the
 original (cached), build the similarity cache with and without the BatchNorm view
-(:class:`lrf_optuna.similarity.BatchNormView`), run a short NSGA-II search, and take
+(:class:`lrf_optuna.scoring.similarity.BatchNormView`), run a short NSGA-II search, and take
 ``--plans`` plans spread along the (params, proxy) front. Each plan and the original (the
 fair reference of each recipe) are fine-tuned with every recipe; the table gives, per
 recipe, the mean validation and test drop against that recipe's fair reference (paired on
@@ -96,11 +96,11 @@ def run_one(net: str, size: int, args: argparse.Namespace) -> dict[str, Any]:
     import optuna
 
     from benchmarks import user_nets
-    from lrf_optuna.cache import SimilarityCache
     from lrf_optuna.data import prepare_splits
     from lrf_optuna.finetune.batchnorm import batchnorm_layers, reestimate_batchnorm
     from lrf_optuna.models.training import evaluate
     from lrf_optuna.problem import Problem
+    from lrf_optuna.scoring.cache import SimilarityCache
     from lrf_optuna.search import LRFObjective, SeededNSGAIISampler
 
     cache_dir = Path(args.cache_dir)

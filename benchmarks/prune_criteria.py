@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from benchmarks._problem import load, machine, setup_logging
-from lrf_optuna.calibration import capture_activations
 from lrf_optuna.prune import CRITERIA, PruneGraph, kept_count, select_channels
 from lrf_optuna.prune._rebuild import rebuild
+from lrf_optuna.scoring.calibration import capture_activations
 
 
 def _accuracy(model, x: np.ndarray, y: np.ndarray) -> float:

@@ -23,10 +23,10 @@ from scipy import stats
 
 from benchmarks import _problem
 from benchmarks._results import markdown_table, write_section
-from lrf_optuna.cache import SimilarityCache
 from lrf_optuna.models import evaluate
+from lrf_optuna.scoring.cache import SimilarityCache
+from lrf_optuna.scoring.similarity import METRICS
 from lrf_optuna.search import AGGREGATIONS
-from lrf_optuna.similarity import METRICS
 
 SECTION = "Similarity metric vs accuracy (issue 4)"
 

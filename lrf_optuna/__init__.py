@@ -5,8 +5,9 @@ codec; :mod:`~lrf_optuna.paired`, paired accuracy drops; :mod:`~lrf_optuna.forma
 numbers and tables as text): :mod:`~lrf_optuna.data` ->
 :mod:`~lrf_optuna.models` ->
 :mod:`~lrf_optuna.decompose` (the LRF methods) -> :mod:`~lrf_optuna.rewrite` /
-:mod:`~lrf_optuna.costs` -> :mod:`~lrf_optuna.calibration` / :mod:`~lrf_optuna.cache`
-(feature-map similarity) -> :mod:`~lrf_optuna.problem` (model and data of a study) ->
+:mod:`~lrf_optuna.costs` -> :mod:`~lrf_optuna.scoring` (calibration activations,
+feature-map similarity, the similarity cache) -> :mod:`~lrf_optuna.prune` (structured
+pruning and its candidates) -> :mod:`~lrf_optuna.problem` (model and data of a study) ->
 :mod:`~lrf_optuna.study` (storages, what studies and fine-tuning jobs record, a study's
 models rebuilt, a job's files measured and stored, the dashboard notes) ->
 :mod:`~lrf_optuna.search` (space, settings, rank-selection strategies, the Optuna
@@ -17,7 +18,7 @@ objective, sampler, worker loop, the one search entry point) ->
 stands low, beside :mod:`~lrf_optuna.costs`: the search, the study layer and everything
 above it convert and measure through it.
 
-Attributes are imported lazily, so ``import lrf_optuna.cache`` does not load TensorFlow.
+Attributes are imported lazily, so ``import lrf_optuna.scoring`` does not load TensorFlow.
 
 Example (``model`` trained, ``data`` a :class:`~lrf_optuna.data.Dataset`)::
 
@@ -46,8 +47,8 @@ _EXPORTS = {
     "ProblemSpec": "lrf_optuna.problem",
     "load_study": "lrf_optuna.study",
     "open_storage": "lrf_optuna.study",
-    "SimilarityCache": "lrf_optuna.cache",
-    "GridConfig": "lrf_optuna.cache",
+    "SimilarityCache": "lrf_optuna.scoring",
+    "GridConfig": "lrf_optuna.scoring",
     "rewrite_model": "lrf_optuna.rewrite",
     "find_layers": "lrf_optuna.rewrite",
     "model_costs": "lrf_optuna.costs",
@@ -64,8 +65,8 @@ _EXPORTS = {
     "to_tflite": "lrf_optuna.deploy",
     "write_report": "lrf_optuna.report",
 }
-_SUBMODULES = {"data", "models", "decompose", "prune", "rewrite", "costs", "calibration", "cache",
-               "similarity", "search", "vbmf", "cli", "finetune", "export",
+_SUBMODULES = {"data", "models", "decompose", "prune", "rewrite", "costs", "scoring", "search",
+               "vbmf", "cli", "finetune", "export",
                "report", "dashboard", "problem", "study", "errors",
                "compression", "plan", "paired", "deploy", "formatting"}
 

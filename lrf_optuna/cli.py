@@ -545,8 +545,8 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``lrf-optuna`` parser with every subcommand."""
+    from lrf_optuna.scoring.similarity import DEFAULT_METRIC, METRICS
     from lrf_optuna.search import AGGREGATIONS, DEFAULT_AGGREGATION
-    from lrf_optuna.similarity import DEFAULT_METRIC, METRICS
     from lrf_optuna.study.recovery import DEFAULT_GRACE_PERIOD
 
     parser = argparse.ArgumentParser(

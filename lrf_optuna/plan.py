@@ -18,7 +18,7 @@ empty, so "``lrf_plan == {}``" still means the original model, and a reader that
 knows ``[method, rank]`` entries fails loudly on a pruned plan instead of building the
 wrong model.
 
-This module sits below everything that handles plans (:mod:`lrf_optuna.cache`,
+This module sits below everything that handles plans (:mod:`lrf_optuna.scoring.cache`,
 :mod:`lrf_optuna.prune`, the search and the study records) and imports none of them.
 
 Example:
@@ -78,7 +78,7 @@ class CompressionPlan(dict[str, tuple[str, int]]):
     the pruned layers) plus ``ratios`` and the ``importance`` criterion.
 
     Built by pruning ``ratios`` of the filters (:func:`lrf_optuna.prune.prune_model`),
-    then factorizing the pruned layers (:meth:`lrf_optuna.cache.SimilarityCache.build_model`
+    then factorizing the pruned layers (:meth:`lrf_optuna.scoring.cache.SimilarityCache.build_model`
     does both). Without ratios it is an LRF plan and equals the plain ``dict``; with
     ratios it is truthy even when nothing is factorized. ``dict(plan)`` keeps only the
     LRF choices.

@@ -30,10 +30,10 @@ import numpy as np
 import optuna
 import pytest
 
-import lrf_optuna.cache as cache_mod
-from lrf_optuna.cache import SimilarityCache
+import lrf_optuna.scoring.cache as cache_mod
 from lrf_optuna.cli import main
 from lrf_optuna.errors import UserError
+from lrf_optuna.scoring.cache import SimilarityCache
 from lrf_optuna.study import original_info
 
 L = keras.layers

@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -110,26 +111,39 @@ def strategy_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 def budget_candidates(study: optuna.Study, *, proxy_floor: float = PROXY_FLOOR,
                       min_reduction: float = MIN_REDUCTION,
-                      strategies: bool = True) -> list[FrozenTrial]:
+                      strategies: bool = False, no_slower: bool = True
+                      ) -> list[FrozenTrial]:
     """The candidates of the max-drop search (:func:`~lrf_optuna.finetune.budget.finetune_within`),
     smallest first: the useful trials (as :func:`select_trials` filters them) on the
     **two-objective front of (params, proxy)** and, with ``strategies``, the useful
-    **strategy plans** of the study (:func:`strategy_trials`) that are not on it.
+    **strategy plans** of the study (:func:`strategy_trials`) that are not on it. With
+    ``no_slower`` (the default), trials that compute more FLOPs than the original are left
+    out: a factorization can save parameters and multiply the work (a Tensor-Train plan of
+    the MobileNet-style user net saved 52.8 % of the parameters at 6.2x the original's
+    FLOPs, and passed), which is not a model to ship to a device.
 
     Along the front the proxy grows with the size, so "smaller" and "less accurate" go
     together (FLOPs, the third objective, would put trials of equal size and lower proxy
-    in between). The strategy plans are there because the proxy orders plans of nearly
-    equal size imperfectly: the aggregated proxy (a product over layers by default)
+    in between): the bisection of :func:`~lrf_optuna.finetune.budget.smallest_passing`
+    relies on that order, and the strategy plans are off by default for that reason.
+    The proxy orders plans of nearly equal size imperfectly (the product over layers
     prefers a plan that keeps most layers intact and cuts one hard, while after
-    fine-tuning a plan that cuts every layer to the same similarity (``tau:0.7``) can be
-    the one that passes. On the MobileNet-style user net (``benchmarks/user_nets.py``,
-    4,000 images) the front's answer saved 78.6 % of the parameters while the tau plan
-    at 0.7, fine-tuned beside it, saved 80.6 % within the budget (the study's tau sweep
-    began at 0.8 then; it begins at 0.5 now).
+    fine-tuning a plan that cuts every layer to the same similarity, ``tau:0.7``, can
+    pass), but mixed into the candidates they break the order without a better answer:
+    on the MobileNet-style user net (``benchmarks/user_nets.py``, 4,000 images, 1,000
+    validation images), on one study, the front alone gave 53.7 % of the parameters saved
+    (10 probes), the front with the strategy plans 52.8 % (9 probes; three uniform plans of
+    79,186 parameters with proxies 0.10, 0.29 and 0.53 fell among the front's candidates)
+    and that answer was a Tensor-Train plan at 6.2x the original's FLOPs
+    (``benchmarks/RESULTS.md``).
     """
+    info = original_info(study)
+    useful = functools.partial(
+        _useful, study, proxy_floor=proxy_floor, min_reduction=min_reduction,
+        max_flops=info.flops if no_slower and info is not None and info.flops > 0 else None)
     out: list[FrozenTrial] = []
     best = -math.inf
-    for t in _useful(study, proxy_floor=proxy_floor, min_reduction=min_reduction):
+    for t in useful():
         proxy = float(t.user_attrs.get(PROXY_ATTR, 1.0))
         if proxy > best:  # not dominated by a smaller (or equal) trial
             if out and out[-1].user_attrs[PARAMS_ATTR] == t.user_attrs[PARAMS_ATTR]:
@@ -138,8 +152,7 @@ def budget_candidates(study: optuna.Study, *, proxy_floor: float = PROXY_FLOOR,
             best = proxy
     if strategies:
         plans = {json.dumps(t.user_attrs[LRF_PLAN_ATTR], sort_keys=True) for t in out}
-        for t in _useful(study, proxy_floor=proxy_floor, min_reduction=min_reduction,
-                         pool=strategy_trials(study)):
+        for t in useful(pool=strategy_trials(study)):
             key = json.dumps(t.user_attrs[LRF_PLAN_ATTR], sort_keys=True)
             if key not in plans:
                 plans.add(key)

@@ -1,6 +1,6 @@
 """The pruning part of the similarity cache: pruning candidates scored once, on disk.
 
-Beside the LRF candidates of :class:`~lrf_optuna.cache.SimilarityCache` (the original
+Beside the LRF candidates of :class:`~lrf_optuna.scoring.cache.SimilarityCache` (the original
 layers factorized), a search that prunes needs two more kinds of scores, computed once
 per model and calibration set and read by every trial:
 
@@ -20,7 +20,7 @@ scoring makes). The group's score is the product over its consumers.
 outputs on the kept channels. The kernel keeps every input channel: the pruning of the
 layer's producers is ignored here (their effect is in the producers' group scores), so one
 table per (layer, own ratio) serves every combination of producer ratios. Ratio 0 is the
-:class:`~lrf_optuna.cache.SimilarityCache`'s own table.
+:class:`~lrf_optuna.scoring.cache.SimilarityCache`'s own table.
 
 Grid (the cost is ratios x methods x ranks per layer, so it is thinned): the ratios of
 :class:`PruneConfig` (default ``0, 1/8, ..., 6/8``), de-duplicated by the number of filters
@@ -28,8 +28,10 @@ they keep (a 6-filter layer keeps 6, 6, 5, 4, 3, 3, 2: five distinct prunings); 
 ratio above 0, every applicable method at :attr:`PruneConfig.points` (default 6)
 log-spaced saving ranks of the pruned layer, instead of the 16 of the unpruned one.
 
-On disk, beside the LRF cache (its directory, a ``prune-<fingerprint[:12]>/``
-subdirectory; safe formats only, each file written atomically, a killed build resumes)::
+Built by the scoring's resumable build (:mod:`lrf_optuna.scoring.build`): one unit per group,
+one per member layer. On disk, beside the LRF cache (its directory, a
+``prune-<fingerprint[:12]>/`` subdirectory; safe formats only, each file written
+atomically, a killed build resumes)::
 
     manifest.json                       format, fingerprint, config, groups, layers
     groups/<NNN>-<name>.json            a group: channel importance, consumer scores
@@ -64,27 +66,30 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
-from lrf_optuna.cache import (
-    GridConfig,
-    LayerTable,
-    SimilarityCache,
-    atomic_write,
-    batchnorm_view,
-    fingerprint,
-    library_versions,
-    progress_bar,
-    read_factors,
-    read_manifest,
-    run_batched,
-    run_parallel,
-    safe_file_name,
-    score_candidates,
-    score_outputs,
-    write_factors,
-)
 from lrf_optuna.plan import CompressionPlan
 from lrf_optuna.prune.costs import kept_count, pruned_layer_info
 from lrf_optuna.prune.importance import CRITERIA, Importance
+from lrf_optuna.scoring._store import (
+    factor_file,
+    read_factors,
+    read_manifest,
+    read_results,
+    safe_file_name,
+    write_factors,
+    write_json,
+)
+from lrf_optuna.scoring.build import ProgressBar, ResumableBuild, Unit, run_build
+from lrf_optuna.scoring.cache import (
+    GridConfig,
+    LayerTable,
+    SimilarityCache,
+    batchnorm_view,
+    fingerprint,
+    library_versions,
+    run_batched,
+    score_candidates,
+    score_outputs,
+)
 
 if TYPE_CHECKING:
     import keras
@@ -112,7 +117,7 @@ class PruneConfig:
         importance: Which filters go (:data:`lrf_optuna.prune.CRITERIA`): ``"l1"``
             (default), ``"l2"`` or ``"activation"``.
         points: Log-spaced saving ranks scored per (layer, method) at each ratio above 0
-            (the unpruned layer has the :class:`~lrf_optuna.cache.GridConfig`'s).
+            (the unpruned layer has the :class:`~lrf_optuna.scoring.cache.GridConfig`'s).
 
     Example:
         >>> PruneConfig().ratios
@@ -307,26 +312,17 @@ class PruneCache:
 
     def factors(self, path: str, kept: int, method: str, rank: int) -> list[np.ndarray] | None:
         """Cached factors of ``(path pruned to kept filters, method, rank)``, if stored."""
-        return read_factors(self._factor_file(path, kept, method), rank)
-
-    def _factor_file(self, path: str, kept: int, method: str) -> Path:
-        return self.directory / "factors" / f"{safe_file_name(path)}--k{kept}--{method}.npz"
+        return read_factors(factor_file(self.directory, path, method, kept=kept), rank)
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> PruneCache:
         """Open a built (or partially built) pruning cache directory."""
         directory = Path(directory)
         manifest = read_manifest(directory, PRUNE_CACHE_FORMAT, "pruning cache")
-        groups = {}
-        for f in sorted((directory / "groups").glob("*.json")):
-            g = GroupTable.from_json(json.loads(f.read_text()))
-            groups[g.name] = g
-        layers = {}
-        for f in sorted((directory / "layers").glob("*.json")):
-            d = json.loads(f.read_text())
-            layers[d["path"]] = {int(k): LayerTable.from_json(t)
-                                 for k, t in d["tables"].items()}
-        return cls(directory, manifest, groups, layers)
+        groups = [GroupTable.from_json(d) for d in read_results(directory / "groups")]
+        layers = {d["path"]: {int(k): LayerTable.from_json(t) for k, t in d["tables"].items()}
+                  for d in read_results(directory / "layers")}
+        return cls(directory, manifest, {g.name: g for g in groups}, layers)
 
     # -- building ------------------------------------------------------------------------
     @classmethod
@@ -348,7 +344,7 @@ class PruneCache:
         Args:
             model: The model ``base`` was built from (checked by fingerprint).
             calibration_x: The calibration inputs ``base`` was built on.
-            base: The model's :class:`~lrf_optuna.cache.SimilarityCache` (its metrics,
+            base: The model's :class:`~lrf_optuna.scoring.cache.SimilarityCache` (its metrics,
                 method restriction and directory are used).
             config: Ratios, importance criterion and rank points (:class:`PruneConfig`).
             layers: The searched layers (default: ``base``'s); a group is covered when
@@ -361,10 +357,7 @@ class PruneCache:
         Raises:
             ValueError: ``model`` / ``calibration_x`` are not those ``base`` was built on.
         """
-        from lrf_optuna.calibration import DEFAULT_MAX_BYTES_PER_LAYER, capture_activations
-        from lrf_optuna.decompose import methods_for
         from lrf_optuna.prune.pruner import PruneGraph
-        from lrf_optuna.rewrite import find_layers
 
         config = config or PruneConfig()
         x = np.asarray(calibration_x, dtype="float32")
@@ -376,103 +369,150 @@ class PruneCache:
         targets = list(dict.fromkeys(layers)) if layers is not None else base.layers
         graph = PruneGraph(model)
         groups = [g for g in graph.groups if all(p in targets for p in g)]
-        found = find_layers(model)
         h = hashlib.sha256()
         h.update(json.dumps({"base": base.fingerprint, "config": config.to_json(),
                              "layers": targets, "format": PRUNE_CACHE_FORMAT,
                              "versions": library_versions()}, sort_keys=True).encode())
         fp = h.hexdigest()
         directory = base.directory / f"prune-{fp[:12]}"
-        members = [p for g in groups for p in g]
         manifest = {
             "format": PRUNE_CACHE_FORMAT, "fingerprint": fp, "base": base.fingerprint,
             "model": model.name, "config": config.to_json(), "metrics": base.metrics,
             "groups": [{"name": g[0], "members": list(g), "channels":
                         graph.entry(g[0]).channels,
                         "consumers": list(graph.entry(g[0]).consumers)} for g in groups],
-            "layers": members, "calibration_samples": len(x), "versions": library_versions()}
+            "layers": [p for g in groups for p in g], "calibration_samples": len(x),
+            "versions": library_versions()}
         if not (directory / "manifest.json").exists():
-            atomic_write(directory / "manifest.json", json.dumps(manifest, indent=1).encode())
+            write_json(directory / "manifest.json", manifest, indent=1)
         cache = cls.load(directory)
-        todo_groups = [g for g in groups if g[0] not in cache.groups]
-        todo_layers = [p for p in members if p not in cache.layers]
-        if not todo_groups and not todo_layers:
+        build = _PruneBuild(cache, model, x, graph, groups, grid, batch_size=batch_size,
+                            max_bytes_per_layer=max_bytes_per_layer,
+                            batchnorm=bool(base.manifest.get("batchnorm")))
+        if not run_build(build, workers=workers, progress=progress):
             logger.info("pruning cache %s is complete (%d groups)", directory, len(groups))
-            return cache
-        consumers = {c for g in todo_groups for c in graph.entry(g[0]).consumers}
-        if config.importance == "activation":
-            consumers |= set(graph.activation_layers([g[0] for g in groups]))
+        return cache
+
+
+class _PruneBuild(ResumableBuild[Any]):
+    """The units of a pruning cache (:meth:`PruneCache.build`): one per group (its
+    consumers at every pruning of the config), one per member layer (its pruned LRF
+    tables, ``{kept: LayerTable}``)."""
+
+    desc = "scoring pruning candidates"
+
+    def __init__(self, cache: PruneCache, model: keras.Model, x: np.ndarray,
+                 graph: PruneGraph, groups: Sequence[tuple[str, ...]], grid: GridConfig, *,
+                 batch_size: int, max_bytes_per_layer: int | None, batchnorm: bool) -> None:
+        from lrf_optuna.rewrite import find_layers
+
+        self.cache, self.model, self.x, self.graph = cache, model, x, graph
+        self.groups = list(groups)
+        self.config = cache.config
+        self.batch_size, self.max_bytes_per_layer = batch_size, max_bytes_per_layer
+        self.batchnorm = batchnorm
+        self.members = [p for g in self.groups for p in g]
+        self.group_of = {p: g for g in self.groups for p in g}
+        found = find_layers(model)
+        self.plans = {p: self._layer_plan(found[p].info, grid) for p in self.members}
+        self.layer_objs = _layers_by_path(model)
+        self.acts: Mapping[str, Any] = {}
+        self.importance: dict[str, np.ndarray] = {}
+
+    def _layer_plan(self, info: LayerInfo | None, grid: GridConfig
+                    ) -> dict[int, tuple[LayerInfo, dict[str, list[int]]]]:
+        """``{kept filters: (the pruned layer, {method: ranks})}`` of one member."""
+        from lrf_optuna.decompose import methods_for
+
+        assert info is not None
+        plan = {}
+        for kept in _kept_counts(info.out_channels, self.config.ratios):
+            small = pruned_layer_info(info, out_channels=kept)
+            ranks = {}
+            for method in methods_for(small):
+                if grid.methods is not None and method.name not in grid.methods:
+                    continue
+                r = GridConfig(points=self.config.points).ranks(method, small)
+                if r:
+                    ranks[method.name] = r
+            plan[kept] = (small, ranks)
+        return plan
+
+    def units(self) -> list[Unit]:
+        d = self.cache.directory
+        return [
+            *(Unit("group", g[0], d / "groups" / f"{i:03d}-{safe_file_name(g[0])}.json",
+                   len(_kept_counts(self.graph.entry(g[0]).channels, self.config.ratios)))
+              for i, g in enumerate(self.groups)),
+            *(Unit("layer", p, d / "layers" / f"{i:03d}-{safe_file_name(p)}.json",
+                   sum(len(r) for _, ranks in self.plans[p].values() for r in ranks.values()))
+              for i, p in enumerate(self.members))]
+
+    def prepare(self, todo: Sequence[Unit]) -> None:
+        from lrf_optuna.scoring.calibration import (
+            DEFAULT_MAX_BYTES_PER_LAYER,
+            capture_activations,
+        )
+
+        todo_groups = [u.name for u in todo if u.kind == "group"]
+        todo_layers = [u.name for u in todo if u.kind == "layer"]
+        consumers = {c for g in todo_groups for c in self.graph.entry(g).consumers}
+        if self.config.importance == "activation":
+            consumers |= set(self.graph.activation_layers([g[0] for g in self.groups]))
         capture = sorted(consumers | set(todo_layers))
         logger.info("scoring %d pruned group(s) and %d pruned layer(s) into %s",
-                    len(todo_groups), len(todo_layers), directory)
-        acts = capture_activations(
-            model, x, capture, batch_size=batch_size,
-            max_bytes_per_layer=max_bytes_per_layer or DEFAULT_MAX_BYTES_PER_LAYER)
-        importance: dict[str, np.ndarray] = {
-            name: np.asarray(g.importance) for name, g in cache.groups.items()}
+                    len(todo_groups), len(todo_layers), self.cache.directory)
+        self.acts = capture_activations(
+            self.model, self.x, capture, batch_size=self.batch_size,
+            max_bytes_per_layer=self.max_bytes_per_layer or DEFAULT_MAX_BYTES_PER_LAYER)
+        self.importance = {name: np.asarray(g.importance)
+                           for name, g in self.cache.groups.items()}
         for g in todo_groups:
-            importance[g[0]] = graph.importance(g[0], importance=config.importance,
-                                                activations=acts)
-        group_of = {p: g for g in groups for p in g}
-        plans: dict[str, dict[int, tuple[LayerInfo, dict[str, list[int]]]]] = {}
-        for path in todo_layers:
-            info = found[path].info
-            assert info is not None
-            plans[path] = {}
-            for kept in _kept_counts(info.out_channels, config.ratios):
-                small = pruned_layer_info(info, out_channels=kept)
-                ranks = {}
-                for method in methods_for(small):
-                    if grid.methods is not None and method.name not in grid.methods:
-                        continue
-                    r = GridConfig(points=config.points).ranks(method, small)
-                    if r:
-                        ranks[method.name] = r
-                plans[path][kept] = (small, ranks)
-        total = (sum(len(r) for per in plans.values() for _, ranks in per.values()
-                     for r in ranks.values())
-                 + sum(len(_kept_counts(graph.entry(g[0]).channels, config.ratios))
-                       for g in todo_groups))
-        bar = progress_bar(total, progress, desc="scoring pruning candidates")
-        order = {p: i for i, p in enumerate(members)}
-        layer_objs = _layers_by_path(model)
+            self.importance[g] = self.graph.importance(g, importance=self.config.importance,
+                                                       activations=self.acts)
 
-        def score_group(g: tuple[str, ...]) -> None:
-            table = _score_group(graph, g, importance[g[0]], config, acts, layer_objs,
-                                 base.metrics, batch_size, bar)
-            name = f"{groups.index(g):03d}-{safe_file_name(g[0])}.json"
-            atomic_write(directory / "groups" / name, json.dumps(table.to_json()).encode())
-            cache.groups[g[0]] = table
+    def run(self, unit: Unit, bar: ProgressBar) -> Any:
+        if unit.kind == "group":
+            group = next(g for g in self.groups if g[0] == unit.name)
+            return _score_group(self.graph, group, self.importance[unit.name], self.config,
+                                self.acts, self.layer_objs, self.cache.manifest["metrics"],
+                                self.batch_size, bar)
+        return self._score_layer(unit.name, bar)
 
-        def score_layer(path: str) -> None:
-            layer = layer_objs[path]
-            view = batchnorm_view(model, path) if base.manifest.get("batchnorm") else None
-            keep_order = np.argsort(-importance[group_of[path][0]], kind="stable")
-            tables: dict[int, LayerTable] = {}
-            for kept, (small, ranks) in plans[path].items():
-                mask = np.zeros(graph.entry(path).channels, dtype=bool)
-                mask[keep_order[:kept]] = True
-                axis = 1 if small.data_format == "channels_first" and small.kind != "dense" \
-                    else -1
-                table, stored = score_candidates(
-                    path, small, output_sliced_weights(layer, mask), acts[path].inputs,
-                    np.compress(mask, acts[path].outputs, axis=axis), ranks, base.metrics,
-                    batch_size, bar,
-                    view=view.kept(mask) if view is not None and axis == -1 else None)
-                for method, arrays in stored.items():
-                    write_factors(cache._factor_file(path, kept, method), arrays)
-                tables[kept] = table
-            out = directory / "layers" / f"{order[path]:03d}-{safe_file_name(path)}.json"
-            atomic_write(out, json.dumps({"path": path, "tables": {
-                str(k): t.to_json() for k, t in tables.items()}}).encode())
-            cache.layers[path] = tables
+    def _score_layer(self, path: str, bar: ProgressBar
+                     ) -> dict[int, tuple[LayerTable, dict[str, dict[str, np.ndarray]]]]:
+        """``{kept: (table, factors)}``: the member ``path`` pruned at each ratio, its
+        LRF candidates scored on the kept outputs."""
+        layer = self.layer_objs[path]
+        view = batchnorm_view(self.model, path) if self.batchnorm else None
+        keep_order = np.argsort(-self.importance[self.group_of[path][0]], kind="stable")
+        acts = self.acts[path]
+        out = {}
+        for kept, (small, ranks) in self.plans[path].items():
+            mask = np.zeros(self.graph.entry(path).channels, dtype=bool)
+            mask[keep_order[:kept]] = True
+            axis = 1 if small.data_format == "channels_first" and small.kind != "dense" \
+                else -1
+            out[kept] = score_candidates(
+                path, small, output_sliced_weights(layer, mask), acts.inputs,
+                np.compress(mask, acts.outputs, axis=axis), ranks,
+                self.cache.manifest["metrics"], self.batch_size, bar,
+                view=view.kept(mask) if view is not None and axis == -1 else None)
+        return out
 
-        try:
-            run_parallel(score_group, todo_groups, workers)
-            run_parallel(score_layer, todo_layers, workers)
-        finally:
-            bar.close()
-        return cache
+    def write(self, unit: Unit, result: Any) -> None:
+        if unit.kind == "group":
+            write_json(unit.file, result.to_json())
+            self.cache.groups[unit.name] = result
+            return
+        d = self.cache.directory
+        for kept, (_, stored) in result.items():
+            for method, arrays in stored.items():
+                write_factors(factor_file(d, unit.name, method, kept=kept), arrays)
+        tables = {kept: table for kept, (table, _) in result.items()}
+        write_json(unit.file, {"path": unit.name,
+                               "tables": {str(k): t.to_json() for k, t in tables.items()}})
+        self.cache.layers[unit.name] = tables
 
 
 def _layers_by_path(model: keras.Model) -> dict[str, Any]:
@@ -496,7 +536,7 @@ def output_sliced_weights(layer: Any, out_mask: np.ndarray) -> dict[str, np.ndar
 
 def _score_group(graph: PruneGraph, group: tuple[str, ...], scores: np.ndarray,
                  config: PruneConfig, acts: Mapping[str, Any], layer_objs: Mapping[str, Any],
-                 metrics: Sequence[str], batch_size: int, bar: Any) -> GroupTable:
+                 metrics: Sequence[str], batch_size: int, bar: ProgressBar) -> GroupTable:
     t0 = time.perf_counter()
     name = group[0]
     entry = graph.entry(name)
@@ -527,7 +567,7 @@ def build_plan_model(model: keras.Model, plan: Mapping[str, Any], cache: Similar
     """The compressed model of any plan: pruned, then factorized
     (:func:`build_pruned_model`) when it prunes (a
     :class:`~lrf_optuna.plan.CompressionPlan` with ``ratios``), else factorized
-    from the similarity cache (:meth:`~lrf_optuna.cache.SimilarityCache.build_model`).
+    from the similarity cache (:meth:`~lrf_optuna.scoring.cache.SimilarityCache.build_model`).
 
     Example:
         >>> compressed = build_plan_model(model, objective.plan_of(trial),  # doctest: +SKIP

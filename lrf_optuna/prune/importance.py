@@ -16,7 +16,7 @@ Criteria (``importance=`` everywhere in :mod:`lrf_optuna.prune`):
     slices (the next convolutions or Dense layers, after any BatchNorm, activation, pooling
     or Flatten in between), averaged over all the places the channel appears. That is the
     signal the consumers lose when the channel is removed. Those inputs come from
-    :func:`lrf_optuna.calibration.capture_activations` on
+    :func:`lrf_optuna.scoring.calibration.capture_activations` on
     :meth:`lrf_optuna.prune.PruneGraph.activation_layers`.
 
 Groups (producers whose outputs meet at an ``Add``-like merge) keep the same channels:

@@ -39,9 +39,9 @@ from lrf_optuna.prune.costs import kept_count
 if TYPE_CHECKING:
     import keras
 
-    from lrf_optuna.cache import Candidate, LayerTable
     from lrf_optuna.costs import ModelCost
     from lrf_optuna.prune.cache import GroupTable, PruneCache, PruneConfig
+    from lrf_optuna.scoring.cache import Candidate, LayerTable
 
 __all__ = ["PRUNE_SUFFIX", "PruneSpace"]
 

@@ -17,9 +17,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lrf_optuna.cache import SimilarityCache
 from lrf_optuna.errors import UserError
 from lrf_optuna.plan import readable_plan
+from lrf_optuna.scoring.cache import SimilarityCache
 from lrf_optuna.study.finetune_records import (
     ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,

@@ -44,9 +44,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import optuna
 
-from lrf_optuna.cache import Candidate, GridConfig, LayerTable, SimilarityCache
 from lrf_optuna.errors import UserError, is_int
 from lrf_optuna.plan import KEEP, CompressionPlan, Plan, plan_attrs
+from lrf_optuna.scoring.cache import Candidate, GridConfig, LayerTable, SimilarityCache
+from lrf_optuna.scoring.similarity import DEFAULT_METRIC
 from lrf_optuna.search.settings import (
     AGGREGATIONS,
     DEFAULT_AGGREGATION,
@@ -59,7 +60,6 @@ from lrf_optuna.search.settings import (
     prune_config_of,
 )
 from lrf_optuna.search.space import Restrictions, candidate_grids, grid_from_json
-from lrf_optuna.similarity import DEFAULT_METRIC
 from lrf_optuna.study.records import (
     COMPRESSION_RATIO_ATTR,
     DEPLOYED_BYTES_ATTR,
@@ -149,7 +149,7 @@ class _LayerSpace:
 class LRFObjective:
     """Multi-objective Optuna objective over per-layer LRF method and rank.
 
-    Building it builds (or reopens) the :class:`~lrf_optuna.cache.SimilarityCache`; calling
+    Building it builds (or reopens) the :class:`~lrf_optuna.scoring.cache.SimilarityCache`; calling
     it on a trial only reads that cache.
 
     Args:

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
-from lrf_optuna.cache import GridConfig
 from lrf_optuna.errors import UserError
+from lrf_optuna.scoring.cache import GridConfig
+from lrf_optuna.scoring.similarity import DEFAULT_METRIC, METRICS
 from lrf_optuna.search.space import CandidateGrids, Restrictions, check_constraints
-from lrf_optuna.similarity import DEFAULT_METRIC, METRICS
 
 if TYPE_CHECKING:
     import keras

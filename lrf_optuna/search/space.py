@@ -32,8 +32,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from lrf_optuna.cache import GridConfig
 from lrf_optuna.errors import UserError, is_int
+from lrf_optuna.scoring.cache import GridConfig
 
 if TYPE_CHECKING:
     import keras
@@ -146,7 +146,7 @@ class Restrictions:
 
 
 def grid_from_json(raw: Mapping[str, Any]) -> GridConfig:
-    """The :class:`~lrf_optuna.cache.GridConfig` of ``GridConfig.to_json()`` (a cache's
+    """The :class:`~lrf_optuna.scoring.cache.GridConfig` of ``GridConfig.to_json()`` (a cache's
     manifest)."""
     methods = raw.get("methods")
     return GridConfig(points=int(raw.get("points", GridConfig.points)),
@@ -179,7 +179,7 @@ def candidate_grids(model: keras.Model, restrictions: Restrictions | None = None
         UserError: the model has no factorizable layer; a named layer is not one of its
             factorizable layers, or keeps no candidate; nothing at all is left.
     """
-    from lrf_optuna.cache import SimilarityCache
+    from lrf_optuna.scoring.cache import SimilarityCache
 
     r = restrictions or Restrictions()
     grid = grid or GridConfig()

@@ -49,9 +49,9 @@ from lrf_optuna.plan import CompressionPlan
 if TYPE_CHECKING:
     import keras
 
-    from lrf_optuna.cache import SimilarityCache
     from lrf_optuna.decompose import LayerInfo
     from lrf_optuna.prune.cache import PruneCache
+    from lrf_optuna.scoring.cache import SimilarityCache
 
 __all__ = ["EnergyThreshold", "NamedPlan", "PruningThreshold", "SimilarityThreshold",
            "Strategy", "UniformPruning", "UniformRatio", "VBMFRanks", "all_plans",

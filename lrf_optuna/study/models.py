@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from lrf_optuna.cache import SimilarityCache
 from lrf_optuna.errors import UserError
 from lrf_optuna.plan import decode_plan
 from lrf_optuna.problem import Problem
-from lrf_optuna.similarity import DEFAULT_METRIC
+from lrf_optuna.scoring.cache import SimilarityCache
+from lrf_optuna.scoring.similarity import DEFAULT_METRIC
 from lrf_optuna.study.binding import bound, load_study_problem
 from lrf_optuna.study.records import PRUNE_ATTR
 

@@ -1,5 +1,6 @@
 """BatchNorm re-estimation (lrf_optuna.finetune.batchnorm), in fine-tuning and in the
-similarity scoring (lrf_optuna.similarity.BatchNormView, lrf_optuna.cache.batchnorm_view)."""
+similarity scoring (lrf_optuna.scoring.similarity.BatchNormView,
+lrf_optuna.scoring.cache.batchnorm_view)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import numpy as np
 import pytest
 from conftest import quadrant_images
 
-from lrf_optuna.cache import SimilarityCache, batchnorm_view
 from lrf_optuna.data import from_arrays, prepare_splits
 from lrf_optuna.finetune import FinetuneConfig, finetune_model
 from lrf_optuna.finetune.batchnorm import (
@@ -16,7 +16,8 @@ from lrf_optuna.finetune.batchnorm import (
     train_mode_accuracy,
 )
 from lrf_optuna.models.training import evaluate
-from lrf_optuna.similarity import BatchNormView, similarity
+from lrf_optuna.scoring.cache import SimilarityCache, batchnorm_view
+from lrf_optuna.scoring.similarity import BatchNormView, similarity
 
 
 def _net(dropout: float = 0.0):
@@ -173,14 +174,15 @@ def test_cache_scores_through_the_only_batchnorm_consumer(trained, tmp_path) -> 
         scores_b = [c.score("cosine") for c in plain.layer(path).candidates]
         assert (scores_a != scores_b) == (path == "conv1")   # conv2 has no sole-BN view
     # through the view, the exact factorization (full rank) still scores 1
-    from lrf_optuna.cache import _NoBar, score_candidates
-    from lrf_optuna.calibration import capture_activations
     from lrf_optuna.decompose import layer_weights
     from lrf_optuna.rewrite import find_layers
+    from lrf_optuna.scoring.build import progress_bar
+    from lrf_optuna.scoring.cache import score_candidates
+    from lrf_optuna.scoring.calibration import capture_activations
 
     found = find_layers(model)["conv1"]
     acts = capture_activations(model, splits.x_cal, ["conv1"])["conv1"]
     table, _ = score_candidates("conv1", found.info, layer_weights(found.layer), acts.inputs,
-                                acts.outputs, {"channel_svd": [8]}, ["cosine"], 32, _NoBar(),
-                                view=view)
+                                acts.outputs, {"channel_svd": [8]}, ["cosine"], 32,
+                                progress_bar(0, False), view=view)
     assert table.candidates[0].score("cosine") == pytest.approx(1.0, abs=1e-6)

@@ -19,6 +19,7 @@ from lrf_optuna.finetune.select import (
     strategy_trials,
 )
 from lrf_optuna.report.tables import within_budget_text
+from lrf_optuna.study.records import ORIGINAL_ATTR
 
 STRATEGIES = ["bisect", "interpolate"]
 
@@ -199,12 +200,23 @@ def test_candidates_add_the_useful_strategy_plans_off_the_front() -> None:
     strategy(999, 2000, 0.99, "energy:0.999")   # saves 0.1 %: useless
     strategy(60, 500, 0.55, "vbmf", violation=1.0)  # infeasible
     on_front = [(20, 0.30), (40, 0.60), (500, 0.90)]
-    got = [(t.user_attrs["params"], t.user_attrs["proxy"]) for t in budget_candidates(study)]
+    got = [(t.user_attrs["params"], t.user_attrs["proxy"])
+           for t in budget_candidates(study, strategies=True)]
     assert got == [(20, 0.30), (40, 0.60), (45, 0.50), (500, 0.90)]
     assert [(t.user_attrs["params"], t.user_attrs["proxy"])
-            for t in budget_candidates(study, strategies=False)] == on_front
+            for t in budget_candidates(study)] == on_front  # the default: the front alone
     assert [t.user_attrs["strategy"] for t in strategy_trials(study)] == [
         "tau:0.7", "tau:0.5", "energy:0.999"]
+
+
+def test_candidates_leave_out_trials_that_compute_more_than_the_original() -> None:
+    study = _study([(20, 300, 0.30), (30, 5000, 0.70), (40, 300, 0.60), (500, 900, 0.90)])
+    # without the original's description the FLOPs are not known: nothing is left out
+    assert [t.user_attrs["params"] for t in budget_candidates(study)] == [20, 30, 500]
+    study.set_user_attr(ORIGINAL_ATTR, {"params": 1000, "flops": 2000})
+    assert [t.user_attrs["params"] for t in budget_candidates(study)] == [20, 40, 500]
+    assert [t.user_attrs["params"]
+            for t in budget_candidates(study, no_slower=False)] == [20, 30, 500]
 
 
 # -- on the tiny study ---------------------------------------------------------------------------

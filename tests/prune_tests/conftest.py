@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from lrf_optuna.cache import GridConfig, SimilarityCache
-from lrf_optuna.calibration import capture_activations
 from lrf_optuna.prune import PruneCache, PruneConfig
+from lrf_optuna.scoring.cache import GridConfig, SimilarityCache
+from lrf_optuna.scoring.calibration import capture_activations
 
 L = keras.layers
 CONFIG = PruneConfig(ratios=(0.0, 0.25, 0.5, 0.75), points=3)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from conftest import randomize_weights, rel_err
 
-from lrf_optuna.calibration import capture_activations
 from lrf_optuna.prune import PruneGraph, kept_channels, prune_and_factorize, prune_model
 from lrf_optuna.rewrite import iter_layers, rewrite_model
+from lrf_optuna.scoring.calibration import capture_activations
 
 from .graphs import CASES, Case, zero_channels
 

@@ -11,7 +11,6 @@ import pytest
 from threadpoolctl import threadpool_limits
 
 import lrf_optuna.prune.cache as prune_cache_mod
-from lrf_optuna.cache import batchnorm_view, run_batched, score_candidates
 from lrf_optuna.decompose import layer_weights
 from lrf_optuna.plan import CompressionPlan
 from lrf_optuna.prune import (
@@ -23,7 +22,9 @@ from lrf_optuna.prune import (
 )
 from lrf_optuna.prune.cache import output_sliced_weights
 from lrf_optuna.rewrite import find_layers
-from lrf_optuna.similarity import METRICS
+from lrf_optuna.scoring.build import progress_bar
+from lrf_optuna.scoring.cache import batchnorm_view, run_batched, score_candidates
+from lrf_optuna.scoring.similarity import METRICS
 
 from .conftest import CONFIG
 
@@ -86,7 +87,7 @@ def test_unpruned_kernel_scores_equal_the_lrf_cache_exactly(built) -> None:
         with threadpool_limits(limits=1, user_api="blas"):  # as the cache's workers
             again, _ = score_candidates(path, found[path].info, weights, acts[path].inputs,
                                         acts[path].outputs, ranks, ["cosine"], 64,
-                                        prune_cache_mod.progress_bar(0, False),
+                                        progress_bar(0, False),
                                         view=batchnorm_view(model, path))
         for a, b in zip(table.candidates, again.candidates, strict=True):
             assert (a.method, a.rank, a.params, a.macs) == (b.method, b.rank, b.params, b.macs)

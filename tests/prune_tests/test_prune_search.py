@@ -8,12 +8,12 @@ import numpy as np
 import optuna
 import pytest
 
-from lrf_optuna.cache import GridConfig
 from lrf_optuna.costs import model_costs
 from lrf_optuna.data import from_arrays
 from lrf_optuna.errors import UserError
 from lrf_optuna.plan import CompressionPlan, decode_plan
 from lrf_optuna.prune import kept_count
+from lrf_optuna.scoring.cache import GridConfig
 from lrf_optuna.search import LRFObjective, create_lrf_study
 from lrf_optuna.search.strategies import PruningThreshold, UniformPruning, all_plans
 from lrf_optuna.study.models import StudyModels
@@ -175,8 +175,8 @@ def test_ranks_fit_layers_whose_producers_are_pruned(tmp_path) -> None:
 def test_activation_importance_builds_the_filters_it_scored(built) -> None:
     """With ``importance="activation"`` the pruning cache stores each group's channel
     scores; the built model keeps exactly the filters those scores choose."""
-    from lrf_optuna.calibration import capture_activations
     from lrf_optuna.prune import PruneConfig, PruneGraph
+    from lrf_optuna.scoring.calibration import capture_activations
 
     model, x, cache, _, _ = built
     config = PruneConfig(ratios=(0.0, 0.5), importance="activation", points=2)

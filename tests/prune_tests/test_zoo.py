@@ -7,10 +7,10 @@ import pytest
 from conftest import randomize_weights
 from tf_flops import tf_macs
 
-from lrf_optuna.calibration import capture_activations
 from lrf_optuna.costs import model_costs
 from lrf_optuna.models.zoo import build_reference_model
 from lrf_optuna.prune import PruneGraph
+from lrf_optuna.scoring.calibration import capture_activations
 
 #: name -> (prunable layers, groups of several members, the layer that is not prunable)
 EXPECTED = {

@@ -8,10 +8,10 @@ import numpy as np
 import optuna
 import pytest
 
-from lrf_optuna.cache import GridConfig, SimilarityCache
 from lrf_optuna.costs import deployed_bytes
 from lrf_optuna.data import from_arrays
 from lrf_optuna.errors import UserError
+from lrf_optuna.scoring.cache import GridConfig, SimilarityCache
 from lrf_optuna.search import LRFObjective, create_lrf_study, memory_objectives
 
 L = keras.layers

@@ -7,12 +7,12 @@ import numpy as np
 import optuna
 import pytest
 
-import lrf_optuna.cache as cache_mod
 import lrf_optuna.rewrite as rewrite_mod
-from lrf_optuna.cache import GridConfig, SimilarityCache
+import lrf_optuna.scoring.cache as cache_mod
 from lrf_optuna.costs import model_costs
 from lrf_optuna.data import Dataset, from_arrays, prepare_splits
 from lrf_optuna.errors import UserError
+from lrf_optuna.scoring.cache import GridConfig, SimilarityCache
 from lrf_optuna.search import (
     AGGREGATIONS,
     LRFObjective,

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 import pytest
 
-from lrf_optuna.cache import GridConfig, SimilarityCache
 from lrf_optuna.costs import model_costs
 from lrf_optuna.decompose import get_method
 from lrf_optuna.rewrite import find_layers, rewrite_model
+from lrf_optuna.scoring.cache import GridConfig, SimilarityCache
 from lrf_optuna.search.strategies import (
     EnergyThreshold,
     SimilarityThreshold,

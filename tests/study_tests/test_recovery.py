@@ -18,8 +18,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from lrf_optuna.cache import SimilarityCache
 from lrf_optuna.problem import ProblemSpec
+from lrf_optuna.scoring.cache import SimilarityCache
 from lrf_optuna.search import LRFObjective, finished_trials, run_remaining
 from lrf_optuna.study import open_storage, original_info, recover_stale_trials
 from lrf_optuna.study.recovery import FAIL_REASON_ATTR, record_heartbeat, stale_trials

@@ -13,12 +13,12 @@ import pytest
 from conftest import randomize_weights
 from threadpoolctl import threadpool_limits
 
-import lrf_optuna.cache as cache_mod
-from lrf_optuna.cache import GridConfig, SimilarityCache, batchnorm_view, fingerprint
-from lrf_optuna.calibration import capture_activations, sample_index
+import lrf_optuna.scoring.cache as cache_mod
 from lrf_optuna.decompose import get_method
 from lrf_optuna.rewrite import find_layers, rewrite_model
-from lrf_optuna.similarity import similarity
+from lrf_optuna.scoring.cache import GridConfig, SimilarityCache, batchnorm_view, fingerprint
+from lrf_optuna.scoring.calibration import capture_activations, sample_index
+from lrf_optuna.scoring.similarity import similarity
 
 L = keras.layers
 
@@ -123,7 +123,7 @@ def test_fingerprint_tracks_inputs(data) -> None:
 
 def test_resume_after_interrupted_build(tmp_path, data, monkeypatch) -> None:
     model = _model()
-    real = cache_mod._score_layer
+    real = cache_mod.score_candidates
     calls: list[str] = []
 
     def flaky(path, *args, **kwargs):
@@ -132,7 +132,7 @@ def test_resume_after_interrupted_build(tmp_path, data, monkeypatch) -> None:
             raise KeyboardInterrupt
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(cache_mod, "_score_layer", flaky)
+    monkeypatch.setattr(cache_mod, "score_candidates", flaky)
     with pytest.raises(KeyboardInterrupt):
         SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(points=4),
                               workers=1, progress=False)
@@ -140,8 +140,8 @@ def test_resume_after_interrupted_build(tmp_path, data, monkeypatch) -> None:
     partial = SimilarityCache.load(next(tmp_path.iterdir()))
     assert set(partial.tables) == done and not partial.complete
     calls.clear()
-    monkeypatch.setattr(cache_mod, "_score_layer", real)
-    monkeypatch.setattr(cache_mod, "_score_layer",
+    monkeypatch.setattr(cache_mod, "score_candidates", real)
+    monkeypatch.setattr(cache_mod, "score_candidates",
                         lambda path, *a, **k: (calls.append(path), real(path, *a, **k))[1])
     full = SimilarityCache.build(model, data, cache_dir=tmp_path, grid=GridConfig(points=4),
                                  workers=1, progress=False)
@@ -164,7 +164,7 @@ def test_safe_files_and_fast_load_without_tensorflow(tmp_path, data) -> None:
         else:
             json.loads(p.read_text())
     code = ("import sys, time; t = time.perf_counter(); "
-            "from lrf_optuna.cache import SimilarityCache; "
+            "from lrf_optuna.scoring.cache import SimilarityCache; "
             f"c = SimilarityCache.load({str(cache.directory)!r}); "
             "print(time.perf_counter() - t, len(c.tables), 'tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -1,9 +1,9 @@
 """The similarity cache: every (layer, method, rank) candidate scored once, on disk.
 
-Building it runs the calibration pass (:mod:`lrf_optuna.calibration`), then for each
+Building it runs the calibration pass (:mod:`lrf_optuna.scoring.calibration`), then for each
 target layer and each applicable method: one :meth:`~LRFMethod.prepare` (an SVD, a QR ...),
 and for each rank of the grid a factorization, the replacement layer run alone on the
-cached inputs, and its outputs compared with the original's (:mod:`lrf_optuna.similarity`).
+cached inputs, and its outputs compared with the original's (:mod:`lrf_optuna.scoring.similarity`).
 Everything later (strategies, the Optuna objective, reports) only reads the cache.
 
 On disk (safe formats only, each file written atomically)::
@@ -35,10 +35,8 @@ import hashlib
 import json
 import logging
 import os
-import re
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,12 +44,23 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from lrf_optuna.plan import CompressionPlan
-from lrf_optuna.similarity import DEFAULT_METRIC, METRICS, BatchNormView
+from lrf_optuna.scoring._store import (
+    factor_file,
+    read_factors,
+    read_manifest,
+    read_results,
+    safe_file_name,
+    write_factors,
+    write_json,
+)
+from lrf_optuna.scoring.build import ProgressBar, ResumableBuild, Unit, run_build
+from lrf_optuna.scoring.similarity import DEFAULT_METRIC, METRICS, BatchNormView
 
 if TYPE_CHECKING:  # keep `load` free of TensorFlow imports
     import keras
 
     from lrf_optuna.decompose import LayerInfo, LRFMethod
+    from lrf_optuna.rewrite import LayerEntry
 
 __all__ = ["CACHE_FORMAT", "Candidate", "GridConfig", "LayerTable", "SimilarityCache",
            "batchnorm_view", "fingerprint"]
@@ -61,7 +70,7 @@ logger = logging.getLogger(__name__)
 #: 2: the fingerprint covers the registered methods (a cache built before the
 #: activation-aware methods existed would otherwise be reused without them).
 #: 3: a layer feeding a BatchNorm is scored through it, as re-estimated
-#: (:class:`~lrf_optuna.similarity.BatchNormView`).
+#: (:class:`~lrf_optuna.scoring.similarity.BatchNormView`).
 CACHE_FORMAT = 3
 #: CKA costs ``n^2 x features``; it is computed on at most this many samples.
 CKA_MAX_SAMPLES = 256
@@ -204,7 +213,7 @@ def fingerprint(model: keras.Model, x: np.ndarray, *, metrics: Sequence[str],
 
 
 def batchnorm_view(model: keras.Model, path: str) -> BatchNormView | None:
-    """The :class:`~lrf_optuna.similarity.BatchNormView` of the BatchNormalization layer
+    """The :class:`~lrf_optuna.scoring.similarity.BatchNormView` of the BatchNormalization layer
     that is the only consumer of the top-level layer ``path`` and normalizes its last
     axis, else ``None`` (nested layers, several consumers, another axis)."""
     import keras
@@ -227,67 +236,6 @@ def batchnorm_view(model: keras.Model, path: str) -> BatchNormView | None:
     beta = bn.beta.numpy() if bn.center else np.zeros(channels)
     return BatchNormView(np.asarray(gamma, np.float64), np.asarray(beta, np.float64),
                          float(bn.epsilon))
-
-
-def safe_file_name(path: str) -> str:
-    """A layer path as a file-name part (``"outer/inner"`` -> ``"outer_inner"``)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", path)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file (readers never see half)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def read_manifest(directory: Path, fmt: int, what: str) -> dict[str, Any]:
-    """The ``manifest.json`` of a cache directory, checked to be of format ``fmt``.
-
-    Raises:
-        FileNotFoundError: no manifest (not a cache directory).
-        ValueError: another format (the cache must be rebuilt).
-    """
-    manifest_path = directory / "manifest.json"
-    if not manifest_path.exists():
-        raise FileNotFoundError(f"no {what} at {directory} (no manifest.json)")
-    manifest: dict[str, Any] = json.loads(manifest_path.read_text())
-    if manifest.get("format") != fmt:
-        raise ValueError(f"{what} {directory} has format {manifest.get('format')!r}, this "
-                         f"lrf_optuna reads format {fmt}; rebuild it")
-    return manifest
-
-
-def factor_file(directory: Path, path: str, method: str) -> Path:
-    """Where a cache directory keeps the factors of (layer ``path``, ``method``)."""
-    return directory / "factors" / f"{safe_file_name(path)}--{method}.npz"
-
-
-def write_factors(file: Path, arrays: Mapping[str, np.ndarray]) -> None:
-    """Store one (layer, method)'s factors, ``{"r<rank>_<i>": array}``, atomically."""
-    file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = file.with_name(f".{file.stem}.tmp.npz")
-    np.savez(tmp, allow_pickle=False, **arrays)
-    os.replace(tmp, file)
-
-
-def read_factors(file: Path, rank: int) -> list[np.ndarray] | None:
-    """The factors of ``rank`` in a file written by :func:`write_factors` (``None``: none)."""
-    if not file.exists():
-        return None
-    with np.load(file, allow_pickle=False) as z:
-        keys = sorted((k for k in z.files if k.startswith(f"r{rank}_")),
-                      key=lambda k: int(k.split("_")[1]))
-        return [z[k] for k in keys] or None
 
 
 class SimilarityCache:
@@ -337,11 +285,8 @@ class SimilarityCache:
         """Open a built (or partially built) cache directory."""
         directory = Path(directory)
         manifest = read_manifest(directory, CACHE_FORMAT, "similarity cache")
-        tables = {}
-        for f in sorted((directory / "layers").glob("*.json")):
-            t = LayerTable.from_json(json.loads(f.read_text()))
-            tables[t.path] = t
-        return cls(directory, manifest, tables)
+        tables = [LayerTable.from_json(d) for d in read_results(directory / "layers")]
+        return cls(directory, manifest, {t.path: t for t in tables})
 
     def factors(self, path: str, method: str, rank: int) -> list[np.ndarray] | None:
         """Cached factors of ``(path, method, rank)``, when the method caches them."""
@@ -419,7 +364,6 @@ class SimilarityCache:
                 fine-tuning jobs re-estimate them before training; ``False`` compares
                 the layer's own outputs.
         """
-        from lrf_optuna.calibration import DEFAULT_MAX_BYTES_PER_LAYER, capture_activations
         from lrf_optuna.decompose import get_method
         from lrf_optuna.rewrite import find_layers
 
@@ -451,41 +395,13 @@ class SimilarityCache:
                     "batchnorm": batchnorm,
                     "versions": library_versions()}
         if not (directory / "manifest.json").exists():
-            atomic_write(directory / "manifest.json",
-                          json.dumps(manifest, indent=1).encode())
+            write_json(directory / "manifest.json", manifest, indent=1)
         cache = cls.load(directory)
-        todo = [p for p in targets if p not in cache.tables]
-        if not todo:
+        build = _SimilarityBuild(cache, model, x, found, grid, batch_size=batch_size,
+                                 max_bytes_per_layer=max_bytes_per_layer, batchnorm=batchnorm)
+        if not run_build(build, workers=workers, progress=progress):
             logger.info("similarity cache %s is complete (%d layers)", directory,
                         len(targets))
-            return cache
-        logger.info("scoring %d layer(s) (%d already cached) into %s", len(todo),
-                    len(targets) - len(todo), directory)
-        acts = capture_activations(
-            model, x, todo, batch_size=batch_size,
-            max_bytes_per_layer=max_bytes_per_layer or DEFAULT_MAX_BYTES_PER_LAYER)
-        infos = {p: found[p].info for p in todo}
-        plans = {p: cls._layer_grid(info, grid) for p, info in infos.items() if info}
-        total = sum(len(r) for per in plans.values() for r in per.values())
-        bar = progress_bar(total, progress)
-        order = {p: targets.index(p) for p in todo}
-
-        def score_layer(path: str) -> None:
-            info = found[path].info
-            assert info is not None
-            table, factor_store = _score_layer(
-                path, info, found[path].layer, acts[path], plans[path], metrics,
-                batch_size, bar, batchnorm_view(model, path) if batchnorm else None)
-            for method, arrays in factor_store.items():
-                write_factors(factor_file(directory, path, method), arrays)
-            out = directory / "layers" / f"{order[path]:03d}-{safe_file_name(path)}.json"
-            atomic_write(out, json.dumps(table.to_json()).encode())
-            cache.tables[path] = table
-
-        try:
-            run_parallel(score_layer, todo, workers)
-        finally:
-            bar.close()
         return cache
 
     @staticmethod
@@ -502,49 +418,72 @@ class SimilarityCache:
         return out
 
 
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        return None
-
-    def set_postfix_str(self, s: str) -> None:
-        return None
-
-    def close(self) -> None:
-        return None
+#: A layer's scored candidates and, per method flagged ``cache_factors``, its factors
+#: (``{method: {"r<rank>_<i>": array}}``).
+Scored = tuple[LayerTable, dict[str, dict[str, np.ndarray]]]
 
 
-def progress_bar(total: int, enabled: bool, desc: str = "scoring candidates") -> Any:
-    """A tqdm bar of ``total`` candidates (a do-nothing stand-in when not ``enabled``)."""
-    if not enabled:
-        return _NoBar()
-    from tqdm.auto import tqdm
+class _SimilarityBuild(ResumableBuild[Scored]):
+    """The units of a similarity cache: one per target layer, every (method, rank) of
+    its grid (:meth:`SimilarityCache.build`)."""
 
-    return tqdm(total=total, desc=desc, unit="cand")
+    def __init__(self, cache: SimilarityCache, model: keras.Model, x: np.ndarray,
+                 found: Mapping[str, LayerEntry], grid: GridConfig, *, batch_size: int,
+                 max_bytes_per_layer: int | None, batchnorm: bool) -> None:
+        self.cache, self.model, self.x, self.found = cache, model, x, found
+        self.batch_size, self.max_bytes_per_layer = batch_size, max_bytes_per_layer
+        self.batchnorm = batchnorm
+        self.ranks = {p: SimilarityCache._layer_grid(self._info(p), grid)
+                      for p in cache.layers}
+        self.acts: Mapping[str, Any] = {}
 
+    def _info(self, path: str) -> LayerInfo:
+        info = self.found[path].info
+        assert info is not None
+        return info
 
-def run_parallel(fn: Callable[[Any], None], items: Sequence[Any], workers: int | None
-                 ) -> None:
-    """``fn(item)`` for every item, on ``workers`` threads (default: CPU count, at most 4)
-    with one BLAS thread each (oversubscribed BLAS runs 10x slower here)."""
-    n_workers = workers or min(4, os.cpu_count() or 1)
-    if n_workers <= 1 or len(items) <= 1:
-        for item in items:
-            fn(item)
-        return
-    from concurrent.futures import ThreadPoolExecutor
+    def units(self) -> list[Unit]:
+        layers = self.cache.directory / "layers"
+        return [Unit("layer", p, layers / f"{i:03d}-{safe_file_name(p)}.json",
+                     sum(len(r) for r in self.ranks[p].values()))
+                for i, p in enumerate(self.cache.layers)]
 
-    from threadpoolctl import threadpool_limits
+    def prepare(self, todo: Sequence[Unit]) -> None:
+        from lrf_optuna.scoring.calibration import (
+            DEFAULT_MAX_BYTES_PER_LAYER,
+            capture_activations,
+        )
 
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(n_workers) as pool:
-        for fut in [pool.submit(fn, item) for item in items]:
-            fut.result()
+        paths = [u.name for u in todo]
+        logger.info("scoring %d layer(s) (%d already cached) into %s", len(paths),
+                    len(self.cache.layers) - len(paths), self.cache.directory)
+        self.acts = capture_activations(
+            self.model, self.x, paths, batch_size=self.batch_size,
+            max_bytes_per_layer=self.max_bytes_per_layer or DEFAULT_MAX_BYTES_PER_LAYER)
+
+    def run(self, unit: Unit, bar: ProgressBar) -> Scored:
+        from lrf_optuna.decompose import layer_weights
+
+        path = unit.name
+        view = batchnorm_view(self.model, path) if self.batchnorm else None
+        acts = self.acts[path]
+        return score_candidates(path, self._info(path), layer_weights(self.found[path].layer),
+                                acts.inputs, acts.outputs, self.ranks[path],
+                                self.cache.metrics, self.batch_size, bar, view=view)
+
+    def write(self, unit: Unit, result: Scored) -> None:
+        table, factor_store = result
+        for method, arrays in factor_store.items():
+            write_factors(factor_file(self.cache.directory, unit.name, method), arrays)
+        write_json(unit.file, table.to_json())
+        self.cache.tables[unit.name] = table
 
 
 def score_outputs(metrics: Sequence[str], y_ref: np.ndarray, y_hat: np.ndarray
                   ) -> dict[str, float]:
     """``{metric: similarity}`` of ``y_hat`` to ``y_ref`` (CKA on at most
     :data:`CKA_MAX_SAMPLES` evenly spaced samples)."""
-    from lrf_optuna.similarity import METRICS
+    from lrf_optuna.scoring.similarity import METRICS
 
     scores = {}
     for m in metrics:
@@ -564,21 +503,10 @@ def run_batched(layer: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
                            for i in range(0, len(x), batch_size)])
 
 
-def _score_layer(path: str, info: LayerInfo, layer: Any, acts: Any,
-                 ranks: Mapping[str, list[int]], metrics: Sequence[str], batch_size: int,
-                 bar: Any, view: BatchNormView | None = None
-                 ) -> tuple[LayerTable, dict[str, dict[str, np.ndarray]]]:
-    from lrf_optuna.decompose import layer_weights
-
-    return score_candidates(path, info, layer_weights(layer), acts.inputs, acts.outputs,
-                            ranks, metrics, batch_size, bar, view=view)
-
-
 def score_candidates(path: str, info: LayerInfo, weights: Mapping[str, np.ndarray],
                      x_in: np.ndarray, y_ref: np.ndarray, ranks: Mapping[str, list[int]],
-                     metrics: Sequence[str], batch_size: int, bar: Any, *,
-                     view: BatchNormView | None = None
-                     ) -> tuple[LayerTable, dict[str, dict[str, np.ndarray]]]:
+                     metrics: Sequence[str], batch_size: int, bar: ProgressBar, *,
+                     view: BatchNormView | None = None) -> Scored:
     """Factorize the layer ``info`` (``weights``) at every ``(method, rank)`` of ``ranks``,
     run each replacement alone on ``x_in`` and score its outputs against ``y_ref`` (both
     seen through ``view``, the re-estimated BatchNorm after the layer, when given).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lrf_optuna.similarity import DEFAULT_METRIC, METRICS, cka, cosine, nmse, similarity
+from lrf_optuna.scoring.similarity import DEFAULT_METRIC, METRICS, cka, cosine, nmse, similarity
 
 
 def test_identical_maps_score_one(rng) -> None:
