@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-from lrf_optuna.report import tables as report_table
+from lrf_optuna import formatting
 
 __all__ = ["RESULTS_PATH", "add_output_arguments", "markdown_table", "median_time", "pct", "pp",
            "replace_section", "resolve_outputs", "write_section"]
@@ -135,13 +135,13 @@ def write_section(heading: str, body: str, path: str | os.PathLike[str] = RESULT
 
 
 def markdown_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
-    """:func:`lrf_optuna.report.tables.markdown_table` with ``align=True``: columns padded,
+    """:func:`lrf_optuna.formatting.markdown_table` with ``align=True``: columns padded,
     all-number columns (``-`` counts as missing) right-aligned.
 
     Raises:
         ValueError: if a row has a different number of cells than ``headers``.
     """
-    return report_table.markdown_table(headers, rows, align=True)
+    return formatting.markdown_table(headers, rows, align=True)
 
 
 def median_time(fn: Callable[[], Any], repeats: int) -> float:

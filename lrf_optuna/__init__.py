@@ -1,18 +1,22 @@
 """lrf_optuna: per-layer low-rank factorization of Keras CNNs, searched with Optuna.
 
 The pipeline, one module each (leaves: :mod:`~lrf_optuna.plan`, the per-layer plan and its
-codec; :mod:`~lrf_optuna.paired`, paired accuracy drops): :mod:`~lrf_optuna.data` ->
+codec; :mod:`~lrf_optuna.paired`, paired accuracy drops; :mod:`~lrf_optuna.formatting`,
+numbers and tables as text): :mod:`~lrf_optuna.data` ->
 :mod:`~lrf_optuna.models` ->
 :mod:`~lrf_optuna.decompose` (the LRF methods) -> :mod:`~lrf_optuna.rewrite` /
 :mod:`~lrf_optuna.costs` -> :mod:`~lrf_optuna.scoring` (calibration activations,
 feature-map similarity, the similarity cache) -> :mod:`~lrf_optuna.prune` (structured
 pruning and its candidates) -> :mod:`~lrf_optuna.problem` (model and data of a study) ->
 :mod:`~lrf_optuna.study` (storages, what studies and fine-tuning jobs record, a study's
-models rebuilt) -> :mod:`~lrf_optuna.search` (space, settings, rank-selection strategies,
-the Optuna objective, sampler, worker loop, the one search entry point) ->
-:mod:`~lrf_optuna.export` / :mod:`~lrf_optuna.report` /
-:mod:`~lrf_optuna.dashboard` -> :mod:`~lrf_optuna.finetune`; :mod:`~lrf_optuna.cli` and
-:mod:`~lrf_optuna.demo` on top.
+models rebuilt, a job's files measured and stored, the dashboard notes) ->
+:mod:`~lrf_optuna.search` (space, settings, rank-selection strategies, the Optuna
+objective, sampler, worker loop, the one search entry point) ->
+:mod:`~lrf_optuna.finetune` -> :mod:`~lrf_optuna.export` / :mod:`~lrf_optuna.report` /
+:mod:`~lrf_optuna.dashboard`; :mod:`~lrf_optuna.cli` and :mod:`~lrf_optuna.demo` on top.
+:mod:`~lrf_optuna.deploy` (``.keras`` / ``.tflite`` files, quantized, checked and timed)
+stands low, beside :mod:`~lrf_optuna.costs`: the search, the study layer and everything
+above it convert and measure through it.
 
 Attributes are imported lazily, so ``import lrf_optuna.scoring`` does not load TensorFlow.
 
@@ -57,14 +61,14 @@ _EXPORTS = {
     "FinetuneConfig": "lrf_optuna.finetune",
     "select_trials": "lrf_optuna.finetune",
     "export_trial": "lrf_optuna.export",
-    "load_model": "lrf_optuna.export",
-    "to_tflite": "lrf_optuna.export",
+    "load_model": "lrf_optuna.deploy",
+    "to_tflite": "lrf_optuna.deploy",
     "write_report": "lrf_optuna.report",
 }
 _SUBMODULES = {"data", "models", "decompose", "prune", "rewrite", "costs", "scoring", "search",
                "vbmf", "cli", "finetune", "export",
                "report", "dashboard", "problem", "study", "errors",
-               "compression", "plan", "paired", "deploy"}
+               "compression", "plan", "paired", "deploy", "formatting"}
 
 __all__ = ["__version__", *sorted(_EXPORTS), *sorted(_SUBMODULES)]
 

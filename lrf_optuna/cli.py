@@ -183,10 +183,9 @@ def _finetune_config(args: argparse.Namespace) -> FinetuneConfig:
 
 
 def _cmd_finetune(args: argparse.Namespace) -> int:
-    from optuna.trial import TrialState
+    from optuna.trial import FrozenTrial, TrialState
 
-    from lrf_optuna.finetune import enqueue_finetune, requeue_running_jobs, run_finetune_jobs
-    from lrf_optuna.finetune.select import choose_trials
+    from lrf_optuna.finetune import finetune_study, requeue_running_jobs
     from lrf_optuna.report.tables import results_text
     from lrf_optuna.study.finetune_records import SOURCE_TRIAL
     from lrf_optuna.study.lookup import finetune_study_name, load_study
@@ -199,30 +198,36 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
         print(f"re-enqueued {requeue_running_jobs(study)} RUNNING job(s)")
     if args.max_drop is not None:
         return _finetune_within(args, study, config)
-    # the steps of lrf_optuna.finetune_study, reported as they happen
-    selected = choose_trials(study, args.k, strategy=args.strategy, trials=args.trials or None,
-                             max_params=args.max_params, max_flops=args.max_flops,
-                             min_proxy=args.min_proxy)
-    how = "chosen with --trials" if args.trials else args.strategy
-    if not selected:
-        front = [t for t in study.best_trials if t.user_attrs.get(LRF_PLAN_ATTR)]
-        raise UserError(f"no Pareto-optimal compressed trial of study {study.study_name!r} "
-                        f"is within the budget (front: {len(front)} compressed trial(s)); "
-                        "relax --max-params/--max-flops/--min-proxy")
-    added = enqueue_finetune(study, selected, config=config)
-    numbers = ", ".join(str(t.number) for t in selected)
-    print(f"study {study.study_name!r}: selected trial(s) {numbers} ({how}); "
-          f"{added} job(s) enqueued in {finetune_study_name(study)!r}")
+
+    def enqueued(selected: list[FrozenTrial], added: int) -> None:
+        if not selected:
+            front = [t for t in study.best_trials if t.user_attrs.get(LRF_PLAN_ATTR)]
+            raise UserError(f"no Pareto-optimal compressed trial of study "
+                            f"{study.study_name!r} is within the budget (front: {len(front)} "
+                            "compressed trial(s)); relax --max-params/--max-flops/--min-proxy")
+        how = "chosen with --trials" if args.trials else args.strategy
+        numbers = ", ".join(str(t.number) for t in selected)
+        print(f"study {study.study_name!r}: selected trial(s) {numbers} ({how}); "
+              f"{added} job(s) enqueued in {finetune_study_name(study)!r}")
+
+    failed: list[FrozenTrial] = []
+
+    def note_failure(_: optuna.Study, job: FrozenTrial) -> None:
+        if job.state == TrialState.FAIL and SKIPPED_ATTR not in job.user_attrs:
+            failed.append(job)
+
     try:
-        ran = run_finetune_jobs(study, config=config, artifact_dir=args.artifact_dir,
-                                max_jobs=args.max_jobs)
+        finetune_study(study, args.k, strategy=args.strategy, trials=args.trials or None,
+                       max_params=args.max_params, max_flops=args.max_flops,
+                       min_proxy=args.min_proxy, config=config,
+                       artifact_dir=args.artifact_dir, max_jobs=args.max_jobs,
+                       on_enqueued=enqueued, callbacks=[note_failure])
     except KeyboardInterrupt:
         print("\ninterrupted: the running job is marked FAIL and re-enqueued by the next "
               "`lrf-optuna finetune`; finished jobs are stored.", file=sys.stderr)
         return 130
     print()
     print(results_text(study))
-    failed = [j for j in ran if j.state == TrialState.FAIL and SKIPPED_ATTR not in j.user_attrs]
     for j in failed:
         print(f"job {j.number} (trial {j.user_attrs.get(SOURCE_TRIAL)}) failed: "
               f"{j.user_attrs.get(ERROR_ATTR, '?')}")
@@ -440,7 +445,8 @@ def _add_compress_parser(sub: argparse._SubParsersAction) -> None:
 # -- export / report -------------------------------------------------------------------------
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from lrf_optuna.export import ExportError, export_trial
+    from lrf_optuna.deploy.files import ExportError
+    from lrf_optuna.export import export_trial
     from lrf_optuna.study.lookup import load_study
 
     _check_int8_io(args)
@@ -499,8 +505,9 @@ def _url(host: str, port: int, path: str = "/dashboard") -> str:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import optuna
 
-    from lrf_optuna.dashboard import add_study_notes, check_can_serve, run_dashboard
+    from lrf_optuna.dashboard import check_can_serve, run_dashboard
     from lrf_optuna.study.lookup import load_study, resolve_storage, search_study_names
+    from lrf_optuna.study.notes import add_study_notes
     from lrf_optuna.study.records import ORIGINAL_ATTR
     from lrf_optuna.study.storage import artifact_dir_for, check_storage
 

@@ -145,7 +145,8 @@ def compress_detailed(
         UserError: bad arguments, or no compressed trial within ``max_drop``.
     """
     from lrf_optuna.deploy.convert import check_quantize
-    from lrf_optuna.export import export_trial, load_model
+    from lrf_optuna.deploy.files import load_model
+    from lrf_optuna.export import export_trial
     from lrf_optuna.finetune import FinetuneConfig, finetune_within
     from lrf_optuna.search import load_problem, prepare_lrf_study
 
@@ -186,7 +187,7 @@ def compress_detailed(
                                            recipe=answer.job.recipe if answer.job else None)
     quantized = None
     if quantize != "none":
-        from lrf_optuna.export import quantized_file
+        from lrf_optuna.deploy.files import quantized_file
 
         model_ = load_model(keras_path)
         quantized = quantized_file(model_, tflite_path.with_name(

@@ -11,8 +11,9 @@ import lrf_optuna
 from lrf_optuna import cli
 from lrf_optuna.compression import compress_detailed
 from lrf_optuna.data import from_arrays
+from lrf_optuna.deploy.files import load_model
+from lrf_optuna.deploy.measure import tflite_predict
 from lrf_optuna.errors import UserError
-from lrf_optuna.export import load_model, tflite_predict
 from lrf_optuna.finetune import FinetuneConfig, budget_candidates
 
 FAST = FinetuneConfig(epochs=1, batch_size=32, latency_repeats=2, latency_warmup=0,

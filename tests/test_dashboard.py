@@ -12,9 +12,9 @@ from optuna_dashboard import get_note, save_note
 from report_tests.test_report import copy_study, fake_finetune_study
 
 from lrf_optuna.cli import build_parser, main
-from lrf_optuna.dashboard import add_study_notes
 from lrf_optuna.errors import UserError
 from lrf_optuna.study import artifact_dir_for, load_study, resolve_storage
+from lrf_optuna.study.notes import add_study_notes
 
 
 @pytest.mark.parametrize(("url", "expected"), [

@@ -11,15 +11,9 @@ import pytest
 
 from lrf_optuna.cli import main
 from lrf_optuna.decompose import FactorizedLayer
-from lrf_optuna.export import (
-    export_trial,
-    keras_latency_ms,
-    load_model,
-    save_keras,
-    tflite_latency_ms,
-    tflite_predict,
-    to_tflite,
-)
+from lrf_optuna.deploy.files import load_model, save_keras, to_tflite
+from lrf_optuna.deploy.measure import keras_latency_ms, tflite_latency_ms, tflite_predict
+from lrf_optuna.export import export_trial
 from lrf_optuna.rewrite import rewrite_model
 
 L = keras.layers
@@ -186,7 +180,7 @@ def test_export_trial_and_cli_write_quantized_files(tiny_study, tmp_path, capsys
 def test_measure_model_records_the_runtime(factorized, tmp_path) -> None:
     from lrf_optuna.data import from_arrays, prepare_splits
     from lrf_optuna.deploy import read_tflite
-    from lrf_optuna.export import measure_model
+    from lrf_optuna.study.artifacts import measure_model
 
     x = np.random.default_rng(0).random((240, 12, 12, 3)).astype("float32")
     y = np.arange(240) % 10

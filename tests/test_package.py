@@ -15,7 +15,8 @@ def test_every_name_in_all_resolves() -> None:
 
 
 def test_leaf_modules_and_the_cli_do_not_load_tensorflow() -> None:
-    code = ("import sys, lrf_optuna.plan, lrf_optuna.paired, lrf_optuna.study.finetune_records,"
+    code = ("import sys, lrf_optuna.plan, lrf_optuna.paired, lrf_optuna.formatting,"
+            " lrf_optuna.study.finetune_records,"
             " lrf_optuna.search.settings, lrf_optuna.cli;"
             " print('tensorflow' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -86,8 +86,8 @@ def latency(ctx: Context, cand: BenchCandidate | None) -> dict[str, float]:
     """Batch-1 latencies (ms) of a candidate's architecture (weights do not matter),
     measured once and cached beside its fine-tuning results (a rerun reports the same
     numbers instead of a new sample of the machine's noise)."""
-    from lrf_optuna.export import measure_model
     from lrf_optuna.models.zoo import build_reference_model
+    from lrf_optuna.study.artifacts import measure_model
 
     key = ("original" if cand is None else f"narrow{cand.width:g}" if cand.width is not None
            else plan_digest(cand.plan or {}))

@@ -13,12 +13,21 @@ What a device build needs from a compressed model, one module each:
                 lifetimes (greedy by size, first fit)
 ``runtime``     run and time files with LiteRT (``ai_edge_litert``; ``tf.lite`` only
                 where it cannot be imported), the runtime named beside every latency
+``files``       a model's deployable files: ``.keras`` without optimizer state
+                (``save_keras``, ``load_model``), a ``.tflite`` checked against Keras,
+                with the dynamic-batch fallbacks (``to_tflite``, ``quantized_file``,
+                ``ExportError``)
+``measure``     batch-1 latencies of a Keras model and of a file, a file's predictions,
+                as plain numbers (``keras_latency_ms``, ``tflite_latency_ms``,
+                ``tflite_predict``)
 ``evaluate``    :func:`deploy_model`: one model at one mode -> file bytes, accuracy of
                 the file on given images (and per image), op report, arena, latency
 =============== ==========================================================================
 
 The bytes a plan's weights take in such a file, without converting anything, are
-:func:`lrf_optuna.costs.deployed_bytes` (the search's ``memory="bytes"`` objective).
+:func:`lrf_optuna.costs.deployed_bytes` (the search's ``memory="bytes"`` objective); a
+fine-tuning job's model measured the way studies record it (a ``Measured``):
+:func:`lrf_optuna.study.artifacts.measure_model`.
 
 Example:
     >>> from lrf_optuna.deploy import deploy_model
@@ -39,6 +48,15 @@ from lrf_optuna.deploy.convert import (
     representative_images,
 )
 from lrf_optuna.deploy.evaluate import DeployedFile, deploy_model, file_accuracy
+from lrf_optuna.deploy.files import (
+    TFLITE_CHECK_RTOL,
+    ExportError,
+    load_model,
+    quantized_file,
+    save_keras,
+    to_tflite,
+)
+from lrf_optuna.deploy.measure import keras_latency_ms, tflite_latency_ms, tflite_predict
 from lrf_optuna.deploy.micro import (
     TFLM_OPS,
     TFLM_SOURCE,
@@ -66,11 +84,13 @@ __all__ = [
     "LITERT",
     "QUANTIZE_MODES",
     "SHAPE_OPS",
+    "TFLITE_CHECK_RTOL",
     "TFLM_OPS",
     "TFLM_SOURCE",
     "TF_LITE",
     "Arena",
     "DeployedFile",
+    "ExportError",
     "Latency",
     "OpInfo",
     "QuantizeMode",
@@ -81,15 +101,22 @@ __all__ = [
     "convert",
     "deploy_model",
     "file_accuracy",
+    "keras_latency_ms",
     "latency",
+    "load_model",
     "median_ms",
     "micro_unsupported",
     "open_interpreter",
     "plan_offsets",
     "planned_arena_bytes",
     "predict",
+    "quantized_file",
     "read_tflite",
     "representative_images",
     "runtime_name",
+    "save_keras",
+    "tflite_latency_ms",
+    "tflite_predict",
     "tflm_arena",
+    "to_tflite",
 ]

@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from lrf_optuna.data import Splits
 
 __all__ = ["DEFAULT_REPRESENTATIVE", "QUANTIZE_MODES", "QuantizeMode", "check_quantize",
-           "convert", "representative_images"]
+           "convert", "model_input_shape", "quiet_converter", "representative_images"]
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,20 @@ def model_input_shape(model: keras.Model, *, hint: str = "a static batch-1 file 
     return tuple(int(d) for d in shape)
 
 
+@contextlib.contextmanager
+def quiet_converter() -> Iterator[None]:
+    """Silence the converter: it prints the traced signature (and the calibrator its
+    settings) on stdout and "Assets written to" on TensorFlow's logger."""
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    try:
+        tf_logger.setLevel(max(level, logging.WARNING))
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tf_logger.setLevel(level)
+
+
 def _batches(images: np.ndarray) -> Iterator[list[np.ndarray]]:
     for i in range(len(images)):
         yield [images[i:i + 1]]
@@ -164,12 +178,6 @@ def convert(model: keras.Model, *, quantize: str = "none",
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
-    tf_logger = logging.getLogger("tensorflow")
-    level = tf_logger.level
-    try:
-        tf_logger.setLevel(max(level, logging.WARNING))
-        # the calibrator prints "fully_quantize: 0, inference_type: 6 ..." on stdout
-        with contextlib.redirect_stdout(io.StringIO()):
-            return bytes(converter.convert())
-    finally:
-        tf_logger.setLevel(level)
+    # the calibrator prints "fully_quantize: 0, inference_type: 6 ..." on stdout
+    with quiet_converter():
+        return bytes(converter.convert())

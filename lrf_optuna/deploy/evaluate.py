@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 
 from lrf_optuna.deploy.convert import DEFAULT_REPRESENTATIVE, check_quantize, representative_images
+from lrf_optuna.deploy.files import to_tflite
 from lrf_optuna.deploy.micro import Arena, arena_bytes, micro_unsupported
 from lrf_optuna.deploy.runtime import Latency, latency, predict
 from lrf_optuna.deploy.tflite_file import read_tflite
@@ -122,15 +123,14 @@ def deploy_model(model: keras.Model, splits: Splits, quantize: str = "int8", *,
             installed (else it is planned from the file).
 
     Raises:
-        UserError: bad arguments; ExportError: the model does not convert.
+        UserError: bad arguments; :class:`~lrf_optuna.deploy.files.ExportError`: the model
+            does not convert.
 
     Example:
         >>> d = deploy_model(model, splits, "int8")  # doctest: +SKIP
         >>> d.correct.shape == splits.y_val.shape  # doctest: +SKIP
         True
     """
-    from lrf_optuna.export import to_tflite
-
     mode = check_quantize(quantize)
     if images is not None:
         x, y, which = images[0], images[1], "given"

@@ -6,7 +6,8 @@
 * :mod:`~lrf_optuna.finetune.recipe`: training one model (``finetune_model``);
 * :mod:`~lrf_optuna.finetune.batchnorm`: BatchNorm statistics recomputed for a changed
   net (``reestimate_batchnorm``), before scoring a plan and before training it;
-* :mod:`~lrf_optuna.finetune.jobs`: the job queue and its workers (``finetune_study``);
+* :mod:`~lrf_optuna.finetune.jobs`: the job queue and its workers (``finetune_study``: choose,
+  enqueue, run, reporting through its ``on_enqueued`` and ``callbacks`` hooks);
 * :mod:`~lrf_optuna.finetune.config`: the settings (``FinetuneConfig``).
 
 Example:

@@ -15,8 +15,8 @@ trials is one *job*:
   ``from_logits``, ``keras_artifact_id``, ``tflite_artifact_id``, ``artifact_dir``,
   ``worker`` (read back with :class:`lrf_optuna.study.finetune_records.FinetuneRecord`);
 * Optuna artifacts: the fine-tuned ``.keras`` (no optimizer state) and float32 ``.tflite``
-  (:func:`lrf_optuna.export.upload_model_files`);
-* an optuna-dashboard Markdown note (:func:`lrf_optuna.dashboard.job_note`).
+  (:func:`lrf_optuna.study.artifacts.upload_model_files`);
+* an optuna-dashboard Markdown note (:func:`lrf_optuna.study.notes.job_note`).
 
 The fine-tuning study also holds user attribute ``original`` (the untouched original model
 measured the same way, once) with a study note, ``artifact_dir`` and ``source_study``. The
@@ -80,7 +80,7 @@ import socket
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,8 +88,6 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lrf_optuna import dashboard
-from lrf_optuna.export import measure_model, upload_model_files
 from lrf_optuna.finetune.batchnorm import batchnorm_layers, train_mode_accuracy
 from lrf_optuna.finetune.config import FinetuneConfig
 from lrf_optuna.finetune.recipe import (
@@ -99,8 +97,10 @@ from lrf_optuna.finetune.recipe import (
     teacher_outputs,
 )
 from lrf_optuna.finetune.select import Selection, choose_trials
+from lrf_optuna.formatting import kib
 from lrf_optuna.paired import pack_correct
 from lrf_optuna.plan import LRF_PLAN_ATTR, PLAN_ATTR
+from lrf_optuna.study.artifacts import measure_model, upload_model_files
 from lrf_optuna.study.finetune_records import (
     ARTIFACT_DIR_ATTR,
     BASELINE_ATTR,
@@ -148,25 +148,28 @@ from lrf_optuna.study.lookup import (
     open_finetune_study,
 )
 from lrf_optuna.study.models import StudyModels
+from lrf_optuna.study.notes import job_note, original_note, save_note_quietly
 from lrf_optuna.study.records import (
     COMPRESSION_RATIO_ATTR,
     FLOPS_ATTR,
     PARAMS_ATTR,
     get_search_trial,
 )
-from lrf_optuna.study.recovery import fail_stale_trial, stale_trials
+from lrf_optuna.study.recovery import HeartbeatThread, fail_stale_trial, stale_trials
 from lrf_optuna.study.storage import heartbeat_storage, safe_name, study_lock
 
 if TYPE_CHECKING:
     from lrf_optuna.problem import Problem
 
-__all__ = ["JOB_DISTRIBUTION", "enqueue_finetune", "finetune_study", "original_trial",
-           "requeue_running_jobs", "run_finetune_jobs"]
+__all__ = ["JOB_DISTRIBUTION", "JobCallback", "enqueue_finetune", "finetune_study",
+           "original_trial", "requeue_running_jobs", "run_finetune_jobs"]
 
 logger = logging.getLogger(__name__)
 
 #: Any trial number fits (enqueued jobs never sample it).
 JOB_DISTRIBUTION = optuna.distributions.IntDistribution(0, 10**9)
+#: Called with the fine-tuning study and a job a worker finished (COMPLETE or FAIL).
+JobCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
 # -- the queue -----------------------------------------------------------------------------
@@ -361,44 +364,10 @@ def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
         return trial, source
 
 
-class _Heartbeat:
-    """Records a trial's heartbeat every ``interval`` seconds in a daemon thread."""
-
-    def __init__(self, storage: optuna.storages.RDBStorage | None, trial_id: int) -> None:
-        self.storage, self.trial_id = storage, trial_id
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _Heartbeat:
-        if self.storage is not None:
-            self._thread = threading.Thread(target=self._beat, daemon=True,
-                                            name=f"lrf-heartbeat-{self.trial_id}")
-            self._thread.start()
-        return self
-
-    def _beat(self) -> None:
-        assert self.storage is not None
-        interval = self.storage.heartbeat_interval or 10
-        while not self._stop.wait(interval):
-            try:
-                self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # a missed beat is not fatal; the next one retries
-                logger.debug("heartbeat of trial id %d failed", self.trial_id, exc_info=True)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-
 # -- the worker ----------------------------------------------------------------------------
 
 def _worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-
-
-def _kb(n: float) -> str:
-    return f"{n / 1024:,.1f}"
 
 
 def _correctness(val: np.ndarray, test: np.ndarray) -> dict[str, Any]:
@@ -489,12 +458,11 @@ class _Worker:
                                 if batchnorm_layers(problem.model) else None))
         original = {**dataclasses.asdict(measured), NAME_ATTR: problem.name}
         self.ft.set_user_attr(BASELINE_ATTR, original)
-        dashboard.save_note_quietly(self.ft, dashboard.original_note(self.study.study_name,
-                                                                     original))
+        save_note_quietly(self.ft, original_note(self.study.study_name, original))
         logger.info("original model: test acc %.4f, %s params, .keras %s KiB, .tflite %s "
                     "KiB, latency %.3f / %.3f ms", original[TEST_ACC_ATTR],
-                    f"{original[PARAMS_ATTR]:,}", _kb(original[KERAS_BYTES_ATTR]),
-                    _kb(original[TFLITE_BYTES_ATTR]), original[LATENCY_MS_KERAS_ATTR],
+                    f"{original[PARAMS_ATTR]:,}", kib(original[KERAS_BYTES_ATTR]),
+                    kib(original[TFLITE_BYTES_ATTR]), original[LATENCY_MS_KERAS_ATTR],
                     original[LATENCY_MS_TFLITE_ATTR])
         return original
 
@@ -552,7 +520,7 @@ class _Worker:
         for key, value in ua.items():
             trial.set_user_attr(key, value)
         reference = None if is_reference else fair_reference(self.ft, recipe)
-        dashboard.save_note_quietly(trial, dashboard.job_note(
+        save_note_quietly(trial, job_note(
             source, self.study.study_name, ua, original,
             reference=FinetuneRecord.of(reference) if reference is not None else None))
         frozen = self.ft.tell(trial, [float(m.params), float(m.test_acc)])
@@ -562,7 +530,7 @@ class _Worker:
                     "%d epoch(s), %.1f s", trial.number, what, config.describe(),
                     ua[VAL_ACC_BEFORE_ATTR], ua[VAL_ACC_AFTER_ATTR], ua[TEST_ACC_BEFORE_ATTR],
                     ua[TEST_ACC_ATTR], f"{ua[PARAMS_ATTR]:,}", ua[COMPRESSION_RATIO_ATTR],
-                    _kb(ua[KERAS_BYTES_ATTR]), _kb(ua[TFLITE_BYTES_ATTR]),
+                    kib(ua[KERAS_BYTES_ATTR]), kib(ua[TFLITE_BYTES_ATTR]),
                     ua[LATENCY_MS_KERAS_ATTR], ua[LATENCY_MS_TFLITE_ATTR], ua[EPOCHS_RUN_ATTR],
                     ua[FINETUNE_SECONDS_ATTR])
         return frozen
@@ -580,8 +548,8 @@ def _store_dir(ft: optuna.Study, study: optuna.Study,
 
 def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = None,
                       artifact_dir: str | os.PathLike[str] | None = None,
-                      max_jobs: int | None = None,
-                      problem: Problem | None = None) -> list[FrozenTrial]:
+                      max_jobs: int | None = None, problem: Problem | None = None,
+                      callbacks: Sequence[JobCallback] = ()) -> list[FrozenTrial]:
     """Worker loop: run WAITING jobs of ``"<study>:finetune"`` one at a time until none is
     left (or ``max_jobs`` ran). Safe to run in several processes at once (module
     docstring).
@@ -590,7 +558,7 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
     similarity cache), measure val and test accuracy, fine-tune once
     (:func:`~lrf_optuna.finetune.recipe.finetune_model`), measure test accuracy, params,
     FLOPs, ``.keras`` / ``.tflite`` sizes and batch-1 latencies
-    (:func:`lrf_optuna.export.measure_model`), upload both files as Optuna artifacts to
+    (:func:`lrf_optuna.study.artifacts.measure_model`), upload both files as Optuna artifacts to
     ``artifact_dir`` (default: :func:`lrf_optuna.study.lookup.artifact_store_dir`), save a
     dashboard note, tell COMPLETE with ``(params, test_accuracy)``. The original model is
     measured once per fine-tuning study (user attribute ``original``).
@@ -605,6 +573,8 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
         max_jobs: Stop after this many jobs (``None``: until the queue is empty).
         problem: The already loaded :class:`~lrf_optuna.problem.Problem` (default: loaded
             from the study's recorded problem, once).
+        callbacks: Each is called as ``callback(finetune_study, job)`` after every job
+            this worker finished (COMPLETE or FAIL), like ``Study.optimize``'s callbacks.
 
     Returns:
         The jobs this worker ran, finished (COMPLETE or FAIL), in order.
@@ -630,7 +600,8 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
         if claimed is None:
             break
         trial, source = claimed
-        with _Heartbeat(rdb, trial._trial_id):
+        before = len(ran)
+        with HeartbeatThread(rdb, trial._trial_id):
             try:
                 ran.append(worker.run(trial, source))
             except optuna.exceptions.UpdateFinishedTrialError:
@@ -644,6 +615,9 @@ def run_finetune_jobs(study: optuna.Study, *, config: FinetuneConfig | None = No
                     raise
                 logger.exception("job %d (trial %d of study %r) failed", trial.number,
                                  source, study.study_name)
+        for job in ran[before:]:
+            for callback in callbacks:
+                callback(ft, job)
     running = ft.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if running:
         hint = (f"once its heartbeat is older than {config.grace_period} s a job is "
@@ -660,10 +634,12 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
                    max_flops: float | None = None, min_proxy: float | None = None,
                    config: FinetuneConfig | None = None,
                    artifact_dir: str | os.PathLike[str] | None = None,
-                   max_jobs: int | None = None,
-                   problem: Problem | None = None) -> list[FrozenTrial]:
+                   max_jobs: int | None = None, problem: Problem | None = None,
+                   on_enqueued: Callable[[list[FrozenTrial], int], None] | None = None,
+                   callbacks: Sequence[JobCallback] = ()) -> list[FrozenTrial]:
     """Choose trials, enqueue their jobs and run them: ``choose_trials`` +
-    :func:`enqueue_finetune` + :func:`run_finetune_jobs`.
+    :func:`enqueue_finetune` + :func:`run_finetune_jobs` (what ``lrf-optuna finetune``
+    runs, reporting through ``on_enqueued`` and ``callbacks``).
 
     Args:
         study: The search study (made by ``create_lrf_study`` or ``lrf-optuna search``:
@@ -678,6 +654,9 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
         artifact_dir: Artifact store of the fine-tuned files.
         max_jobs: Run at most this many jobs in this call.
         problem: The loaded problem, to skip loading it from the study.
+        on_enqueued: Called as ``on_enqueued(chosen_trials, jobs_added)`` before any job
+            runs (nothing is enqueued when no trial was chosen); it may raise to stop.
+        callbacks: Called after each job that runs (:func:`run_finetune_jobs`).
 
     Returns:
         The latest COMPLETE job of each chosen trial with this recipe (jobs run now or
@@ -688,9 +667,11 @@ def finetune_study(study: optuna.Study, k: int = 3, *, strategy: Selection = "sp
     config = config or FinetuneConfig()
     selected = choose_trials(study, k, strategy=strategy, trials=trials,
                              max_params=max_params, max_flops=max_flops, min_proxy=min_proxy)
-    enqueue_finetune(study, selected, config=config)
+    added = enqueue_finetune(study, selected, config=config) if selected else 0
+    if on_enqueued is not None:
+        on_enqueued(selected, added)
     run_finetune_jobs(study, config=config, artifact_dir=artifact_dir, max_jobs=max_jobs,
-                      problem=problem)
+                      problem=problem, callbacks=callbacks)
     done = latest_jobs(find_finetune_study(study), recipe=config.recipe_key())
     numbers = [t if isinstance(t, int) else t.number for t in selected]
     return [done[n] for n in numbers if n in done]

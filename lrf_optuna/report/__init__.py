@@ -2,7 +2,7 @@
 
 * :mod:`~lrf_optuna.report.data`: a study (and its fine-tuning study) read once;
 * :mod:`~lrf_optuna.report.tables`: every table (front, results, plans, cache, baselines)
-  as terminal text, Markdown or HTML;
+  as terminal text, Markdown or HTML (rendered by :mod:`lrf_optuna.formatting`);
 * :mod:`~lrf_optuna.report.figures`: the interactive plotly figures;
 * :mod:`~lrf_optuna.report.page`: the self-contained HTML page and the Markdown summary.
 

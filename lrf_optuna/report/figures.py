@@ -8,9 +8,9 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from lrf_optuna.formatting import as_float, fmt
 from lrf_optuna.plan import parse_choice, readable_plan
 from lrf_optuna.report.data import ReportData
-from lrf_optuna.report.tables import as_float, fmt
 from lrf_optuna.study.finetune_records import TEST_ACC_ATTR
 from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, PROXY_ATTR, STRATEGY_ATTR
 

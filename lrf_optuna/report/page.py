@@ -36,14 +36,13 @@ from pathlib import Path
 
 import optuna
 
+from lrf_optuna.formatting import fmt, markdown_table
 from lrf_optuna.plan import readable_plan
 from lrf_optuna.report.data import ReportData, collect
 from lrf_optuna.report.figures import accuracy_figure, pareto_figure, similarity_figure
 from lrf_optuna.report.tables import (
     cache_table,
-    fmt,
     front_table,
-    markdown_table,
     plan_table,
     results_table,
     spread,

@@ -7,16 +7,21 @@
   :mod:`lrf_optuna.plan`);
 * :mod:`~lrf_optuna.study.finetune_records`: what a fine-tuning job records (its
   user-attribute keys, :class:`~lrf_optuna.study.finetune_records.FinetuneRecord`) and the
-  budget search's answer types; a leaf that the jobs write through and the report, the
-  dashboard and the export read through;
+  budget search's answer types; a leaf that the jobs write through and the notes, the
+  report and the export read through;
 * :mod:`~lrf_optuna.study.lookup`: a search study by name (one error type,
   :class:`~lrf_optuna.errors.UserError`), its fine-tuning study and jobs;
 * :mod:`~lrf_optuna.study.binding`: the fingerprints that bind a study to its model, data
   and search settings (resuming with others is refused);
 * :mod:`~lrf_optuna.study.recovery`: RUNNING trials of killed search workers, failed with
-  the reason;
+  the reason; the heartbeat thread of a long trial (a fine-tuning job);
 * :mod:`~lrf_optuna.study.models`: the compressed models of a stored study's trials,
-  rebuilt from the study alone (:class:`~lrf_optuna.study.models.StudyModels`).
+  rebuilt from the study alone (:class:`~lrf_optuna.study.models.StudyModels`);
+* :mod:`~lrf_optuna.study.artifacts`: a fine-tuning job's files: the model measured and
+  written (:func:`~lrf_optuna.study.artifacts.measure_model`), stored as Optuna artifacts
+  of the job and fetched back;
+* :mod:`~lrf_optuna.study.notes`: the Markdown notes optuna-dashboard shows on a search
+  study, a fine-tuning study and each job.
 
 Studies are shared files (or rows on a server): nothing here trusts a path a study
 records (:func:`~lrf_optuna.study.records.problem_spec`,

@@ -16,12 +16,13 @@ fine-tuned the original model (the search trial with the empty plan) with that r
 (:data:`REFERENCE_ATTR`); drops are reported against it and against the untouched original
 (study attribute :data:`BASELINE_ATTR`, :class:`Measured`).
 
-The module sits in the study layer, not in :mod:`lrf_optuna.finetune`, because its readers
-(:mod:`~lrf_optuna.study.lookup`, :mod:`lrf_optuna.report`, :mod:`lrf_optuna.dashboard`,
-:mod:`lrf_optuna.export`) stand below the fine-tuning package, and importing anything from
-``lrf_optuna.finetune`` loads the whole package (its jobs import the dashboard and the
-export): it is a leaf that imports only :mod:`lrf_optuna.plan`, :mod:`lrf_optuna.paired`
-and :mod:`lrf_optuna.study.records`.
+The module sits in the study layer, not in :mod:`lrf_optuna.finetune`, because some of its
+readers (:mod:`~lrf_optuna.study.lookup`, :mod:`~lrf_optuna.study.notes`,
+:mod:`~lrf_optuna.study.artifacts`) stand below the fine-tuning package and the others
+(:mod:`lrf_optuna.report`, :mod:`lrf_optuna.export`) need none of it, while importing
+anything from ``lrf_optuna.finetune`` loads the whole package: it is a leaf that imports
+only :mod:`lrf_optuna.plan`, :mod:`lrf_optuna.paired`, :mod:`lrf_optuna.formatting` and
+:mod:`lrf_optuna.study.records`.
 """
 
 from __future__ import annotations
@@ -35,9 +36,10 @@ from typing import Any
 import numpy as np
 from optuna.trial import FrozenTrial
 
+from lrf_optuna.formatting import as_float
 from lrf_optuna.paired import PairedDrop, paired_drop, unpack_correct
 from lrf_optuna.plan import readable_plan
-from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, as_float, as_int, as_str
+from lrf_optuna.study.records import FLOPS_ATTR, PARAMS_ATTR, as_int, as_str
 
 __all__ = [
     "ARTIFACT_DIR_ATTR",

@@ -24,7 +24,6 @@ the costs and proxy :class:`SearchRecord` reads (:data:`PARAMS_ATTR`, :data:`FLO
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.errors import UserError
+from lrf_optuna.formatting import as_float
 from lrf_optuna.plan import LRF_PLAN_ATTR, readable_plan
 
 if TYPE_CHECKING:
@@ -55,7 +55,6 @@ __all__ = [
     "STRATEGY_ATTR",
     "OriginalInfo",
     "SearchRecord",
-    "as_float",
     "as_int",
     "as_str",
     "get_search_trial",
@@ -87,20 +86,6 @@ DEPLOYED_BYTES_ATTR = "deployed_bytes"
 
 
 # -- typed readers ----------------------------------------------------------------------------
-
-def as_float(value: Any) -> float | None:
-    """``float(value)``, or ``None`` for missing, non-numeric or NaN values.
-
-    Example:
-        >>> as_float("0.5"), as_float(None), as_float(float("nan"))
-        (0.5, None, None)
-    """
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return None if math.isnan(out) else out
-
 
 def as_str(value: Any) -> str | None:
     """``value`` when it is text, else ``None``."""

@@ -5,7 +5,8 @@ A search worker killed mid-trial (SIGKILL, power loss, a lost machine) leaves it
 RUNNING for ever: Optuna only fails trials of heartbeat-enabled storages, and only those
 that recorded a heartbeat. Search trials last milliseconds, so a per-trial heartbeat thread
 would cost more than the trial; instead a search worker records one heartbeat when its
-objective starts (:func:`record_heartbeat`), and a trial is **stale** when it is RUNNING
+objective starts (:func:`record_heartbeat`; a fine-tuning job, which lasts minutes, beats
+from a thread, :class:`HeartbeatThread`), and a trial is **stale** when it is RUNNING
 and
 
 * its heartbeat is older than the grace period (measured on the database's clock), or
@@ -40,6 +41,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,8 +50,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.study.storage import rdb_of, storage_of, study_lock
 
-__all__ = ["DEFAULT_GRACE_PERIOD", "FAIL_REASON_ATTR", "StaleTrial", "fail_stale_trial",
-           "record_heartbeat", "recover_stale_trials", "stale_trials"]
+__all__ = ["DEFAULT_GRACE_PERIOD", "FAIL_REASON_ATTR", "HeartbeatThread", "StaleTrial",
+           "fail_stale_trial", "record_heartbeat", "recover_stale_trials", "stale_trials"]
 
 logger = logging.getLogger(__name__)
 
@@ -160,3 +162,34 @@ def recover_stale_trials(study: optuna.Study, *, grace_period: float = DEFAULT_G
                            "its worker (grace period %g s): marked FAIL", stale.trial.number,
                            study.study_name, stale.silent_seconds, grace_period)
     return failed
+
+
+class HeartbeatThread:
+    """Records a trial's heartbeat every ``interval`` seconds in a daemon thread while the
+    ``with`` block runs (a long trial: a fine-tuning job); no-op without a storage."""
+
+    def __init__(self, storage: optuna.storages.RDBStorage | None, trial_id: int) -> None:
+        self.storage, self.trial_id = storage, trial_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> HeartbeatThread:
+        if self.storage is not None:
+            self._thread = threading.Thread(target=self._beat, daemon=True,
+                                            name=f"lrf-heartbeat-{self.trial_id}")
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        assert self.storage is not None
+        interval = self.storage.heartbeat_interval or 10
+        while not self._stop.wait(interval):
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # a missed beat is not fatal; the next one retries
+                logger.debug("heartbeat of trial id %d failed", self.trial_id, exc_info=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()

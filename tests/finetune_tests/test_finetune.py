@@ -22,11 +22,14 @@ from optuna.trial import TrialState
 from lrf_optuna import cli
 from lrf_optuna import finetune as F
 from lrf_optuna.costs import model_costs
+from lrf_optuna.deploy.files import load_model
+from lrf_optuna.deploy.measure import tflite_predict
 from lrf_optuna.errors import UserError
-from lrf_optuna.export import download_job_files, export_trial, load_model, tflite_predict
+from lrf_optuna.export import export_trial
 from lrf_optuna.finetune import jobs
 from lrf_optuna.finetune.jobs import _claim, _fail
 from lrf_optuna.study import open_finetune_study, study_lock
+from lrf_optuna.study.artifacts import download_job_files
 from lrf_optuna.study.lookup import job_source
 from lrf_optuna.study.models import StudyModels
 from lrf_optuna.study.storage import heartbeat_storage

@@ -9,7 +9,8 @@ import pytest
 from conftest import randomize_weights, rel_err
 
 from lrf_optuna.decompose import get_method
-from lrf_optuna.export import ExportError, tflite_predict, to_tflite
+from lrf_optuna.deploy.files import ExportError, to_tflite
+from lrf_optuna.deploy.measure import tflite_predict
 from lrf_optuna.prune import PruneGraph, prune_and_factorize
 from lrf_optuna.rewrite import find_layers, iter_layers
 
