@@ -6,8 +6,10 @@ a search study: its candidates are the useful trials on the front of (params, pr
 (:func:`~lrf_optuna.finetune.select.budget_candidates`), smallest first; a candidate
 *passes* when its validation accuracy after fine-tuning is at least the **fair
 reference**'s (the original model fine-tuned with the same recipe) minus ``max_drop``.
-Every probe is a normal fine-tuning job of the study (resumable: a rerun reuses the
-finished probes), and the test split decides nothing (it is only reported).
+Below the front's answer the study's balanced plans (the similarity-threshold plans,
+:func:`~lrf_optuna.finetune.select.balanced_candidates`) are searched the same way as a
+second family. Every probe is a normal fine-tuning job of the study (resumable: a rerun
+reuses the finished probes), and the test split decides nothing (it is only reported).
 
 The search itself, :func:`smallest_passing`, is a pure function of the candidates'
 positions and an evaluator, shared with the benchmark (``benchmarks/compression/``):
