@@ -261,9 +261,9 @@ def test_finetune_within_on_a_study_and_its_rerun(tiny_study, tmp_path, monkeypa
     assert answer.reference.is_reference and answer.reference.recipe == FAST.recipe_key()
     assert answer.escalation is None and list(answer.references) == [FAST.recipe_key()]
     target = (answer.reference.val_acc_after or 0) - 0.05
-    balanced = answer.balanced.n_evaluated if answer.balanced is not None else 0
-    assert len(answer.probes) == answer.search.n_evaluated + balanced
-    assert answer.search.n_evaluated >= 1
+    balanced = answer.balanced.probes if answer.balanced is not None else []
+    assert len(answer.probes) == answer.search.n_evaluated + len(balanced)
+    assert answer.search.n_evaluated == len(answer.search.probes) >= 1  # a fresh study
     # the balanced plans searched are the study's tau plans smaller than the front's answer
     front_answer = (candidates[answer.search.chosen].user_attrs["params"]
                     if answer.search.chosen is not None else math.inf)
