@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.compression.config import TAUS
 from lrf_optuna.models.training import correct
 from lrf_optuna.paired import DEFAULT_CONFIDENCE, pack_correct, paired_drop, unpack_correct
+from lrf_optuna.search.strategies import SimilarityThreshold
 
 logger = logging.getLogger("benchmarks.user_nets")
 
@@ -154,7 +154,9 @@ class Mode:
     ratios: tuple[float, ...]
     epochs: int | None = None
     n_trials: int | None = None
-    taus: tuple[float, ...] = TAUS
+    #: The tau baseline's sweep: the library's own (the plans ``compress`` also searches),
+    #: so the baseline is not weaker for a coarser sweep.
+    taus: tuple[float, ...] = tuple(SimilarityThreshold.taus)
 
 
 MODES: dict[str, Mode] = {

@@ -6,8 +6,10 @@ a search study: its candidates are the useful trials on the front of (params, pr
 (:func:`~lrf_optuna.finetune.select.budget_candidates`), smallest first; a candidate
 *passes* when its validation accuracy after fine-tuning is at least the **fair
 reference**'s (the original model fine-tuned with the same recipe) minus ``max_drop``.
-Every probe is a normal fine-tuning job of the study (resumable: a rerun reuses the
-finished probes), and the test split decides nothing (it is only reported).
+Below the front's answer the study's balanced plans (the similarity-threshold plans,
+:func:`~lrf_optuna.finetune.select.balanced_candidates`) are searched the same way as a
+second family. Every probe is a normal fine-tuning job of the study (resumable: a rerun
+reuses the finished probes), and the test split decides nothing (it is only reported).
 
 The search itself, :func:`smallest_passing`, is a pure function of the candidates'
 positions and an evaluator, shared with the benchmark (``benchmarks/compression/``):
@@ -56,7 +58,12 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.errors import UserError
 from lrf_optuna.finetune.config import FinetuneConfig
-from lrf_optuna.finetune.select import MIN_REDUCTION, PROXY_FLOOR, budget_candidates
+from lrf_optuna.finetune.select import (
+    MIN_REDUCTION,
+    PROXY_FLOOR,
+    balanced_candidates,
+    budget_candidates,
+)
 from lrf_optuna.paired import DEFAULT_CONFIDENCE, expected_standard_error
 from lrf_optuna.study.finetune_records import (
     BASELINE_ATTR,
@@ -230,10 +237,12 @@ class _RecipeSearch:
         return _paired_score(job, self.reference, self.ref_val, self.confidence)
 
     def run(self, max_drop: float, indices: Sequence[int], strategy: ProbeStrategy,
-            max_probes: int | None) -> tuple[BudgetSearch, dict[int, FinetuneRecord]]:
-        """:func:`smallest_passing` over ``candidates[i] for i in indices``; returns the
-        search (indices into ``indices``) and the finished jobs by trial number."""
-        cands = [self.candidates[i] for i in indices]
+            max_probes: int | None, pool: Sequence[FrozenTrial] | None = None
+            ) -> tuple[BudgetSearch, dict[int, FinetuneRecord]]:
+        """:func:`smallest_passing` over ``pool[i] for i in indices`` (``pool``: the
+        candidates by default); returns the search (indices into ``indices``) and the
+        finished jobs by trial number."""
+        cands = [(self.candidates if pool is None else pool)[i] for i in indices]
         target = self.ref_val - max_drop / 100.0
         has_proxy = all(PROXY_ATTR in t.user_attrs for t in cands)
         positions = [float(t.user_attrs[PROXY_ATTR]) if has_proxy
@@ -276,6 +285,7 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
                     confidence: float = DEFAULT_CONFIDENCE,
                     escalate: bool | FinetuneConfig = True,
                     escalate_probes: int | None = 3,
+                    balanced: bool = True,
                     proxy_floor: float = PROXY_FLOOR, min_reduction: float = MIN_REDUCTION,
                     artifact_dir: str | os.PathLike[str] | None = None,
                     problem: Problem | None = None, poll_seconds: float = 5.0
@@ -293,8 +303,13 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
        results, so a rerun probes nothing twice). A probe passes when its drop against
        the fair reference, measured paired on the same validation images, is within
        ``max_drop`` at ``confidence`` (:mod:`lrf_optuna.paired`).
-    4. **Escalation** (``escalate``): the candidates smaller than that answer (all of
-       them when none passed) are searched again with a longer recipe
+    4. **Balanced plans** (``balanced``): the study's similarity-threshold plans smaller
+       than that answer (:func:`~lrf_optuna.finetune.select.balanced_candidates`, every
+       layer cut to one similarity) are searched as a second family with the same recipe
+       (bisection along ``tau``); a smaller passing plan becomes the answer. The front is
+       ordered by a proxy that ranks even cuts low, while fine-tuning recovers them best.
+    5. **Escalation** (``escalate``): the front's candidates smaller than that answer (all
+       of them when none passed) are searched again with a longer recipe
        (:meth:`FinetuneConfig.longer`, or the config given), at most ``escalate_probes``
        fine-tunings, against the fair reference of that recipe; a smaller passing
        candidate becomes the answer.
@@ -315,6 +330,7 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
         escalate: ``True``: escalate with ``config.longer()``; a config: with that recipe;
             ``False``: no escalation.
         escalate_probes: At most this many candidates fine-tuned with the longer recipe.
+        balanced: Search the balanced plans too (step 4), at most ``max_probes`` of them.
         proxy_floor: Candidates need at least this proxy.
         min_reduction: Candidates save at least this fraction of the parameters.
         artifact_dir: Artifact store of the fine-tuned files.
@@ -374,15 +390,33 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
     search, finished = first.run(max_drop, range(len(candidates)), strategy, max_probes)
     probes = [(candidates[p.index], finished[candidates[p.index].number], p)
               for p in search.probes]
-    chosen_index, chosen_stage = search.chosen, first
+    chosen = candidates[search.chosen] if search.chosen is not None else None
+    chosen_stage = first
+    balanced_search: BudgetSearch | None = None
+    family: list[FrozenTrial] = []
+    if balanced:
+        limit = chosen.user_attrs[PARAMS_ATTR] if chosen is not None else math.inf
+        family = [t for t in balanced_candidates(study, min_reduction=min_reduction)
+                  if t.user_attrs[PARAMS_ATTR] < limit]
+    if family:
+        logger.info("balanced plans: the %d similarity-threshold plan(s) smaller than %s",
+                    len(family), "the answer" if chosen is not None else "every candidate")
+        balanced_search, more = first.run(max_drop, range(len(family)), strategy,
+                                          max_probes, pool=family)
+        probes += [(family[p.index], more[family[p.index].number], p)
+                   for p in balanced_search.probes]
+        if balanced_search.chosen is not None:
+            chosen = family[balanced_search.chosen]
     stages = {first.recipe: first}
     escalation: BudgetSearch | None = None
     longer = (None if escalate is False
               else config.longer() if escalate is True else escalate)
-    below = search.chosen if search.chosen is not None else len(candidates)
+    below = (len(candidates) if chosen is None
+             else sum(t.user_attrs[PARAMS_ATTR] < chosen.user_attrs[PARAMS_ATTR]
+                      for t in candidates))
     if longer is not None and below > 0 and longer.recipe_key() != first.recipe:
         logger.info("escalation: the %d candidate(s) smaller than %s again with %s", below,
-                    "the answer" if search.chosen is not None else "the largest one",
+                    "the answer" if chosen is not None else "the largest one",
                     longer.describe())
         second = _RecipeSearch(study, candidates, original, longer, run(longer),
                                poll_seconds, confidence)
@@ -392,8 +426,7 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
         probes += [(candidates[indices[p.index]], more[candidates[indices[p.index]].number],
                     p) for p in escalation.probes]
         if escalation.chosen is not None:
-            chosen_index, chosen_stage = indices[escalation.chosen], second
-    chosen = candidates[chosen_index] if chosen_index is not None else None
+            chosen, chosen_stage = candidates[indices[escalation.chosen]], second
     job = None
     if chosen is not None:
         job = latest_jobs(find_finetune_study(study), recipe=chosen_stage.recipe)[chosen.number]
@@ -409,4 +442,5 @@ def finetune_within(study: optuna.Study, max_drop: float = 1.0, *,
         escalation=escalation,
         escalated_recipe=(longer.describe() if escalation is not None and longer
                           else None),
-        resolution=resolution, original_check=check)
+        resolution=resolution, original_check=check, balanced=balanced_search,
+        balanced_candidates=[t.number for t in family])

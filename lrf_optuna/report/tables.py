@@ -218,8 +218,11 @@ def within_budget_table(answer: WithinBudget) -> Table:
     longer = (f"; longer recipe: {answer.escalated_recipe}, "
                  f"{answer.escalation.n_evaluated} fine-tuned now"
                  if answer.escalation is not None else "")
+    balanced = (f"; {len(answer.balanced_candidates)} balanced plan(s) (tau) smaller than "
+                f"the front's answer, {answer.balanced.n_evaluated} fine-tuned now"
+                if answer.balanced is not None else "")
     title = (f"Max-drop search: {len(answer.candidates)} candidate(s) on the (params, proxy) "
-             f"front, {answer.search.n_evaluated} fine-tuned now; first recipe: "
+             f"front, {answer.search.n_evaluated} fine-tuned now{balanced}; first recipe: "
              f"{answer.recipe}{longer}; drops paired on the same images, ± one standard "
              f"error; decided on {fmt(n_val, ',')} validation images at confidence "
              f"{answer.confidence:g}")
@@ -248,7 +251,7 @@ def within_budget_text(answer: WithinBudget) -> str:
     m = answer.job.measured
     d = answer.drops_pp()
     p = answer.paired_drops()
-    searches = [answer.search] + ([answer.escalation] if answer.escalation else [])
+    searches = [s for s in (answer.search, answer.balanced, answer.escalation) if s is not None]
     note = ("" if all(s.converged for s in searches)
             else " (probe budget exhausted: a smaller one may pass)")
     recipe = (f", with the longer recipe ({answer.escalated_recipe})"

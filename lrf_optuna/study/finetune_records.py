@@ -450,6 +450,9 @@ class WithinBudget:
         recipe: The first recipe in words.
         confidence: The confidence of every decision (:mod:`lrf_optuna.paired`).
         references: The fair reference of every recipe used, by recipe key.
+        balanced: The first recipe's search among the study's balanced plans smaller than
+            the front's answer (indices into ``balanced_candidates``; ``None``: none).
+        balanced_candidates: Those plans' trial numbers, smallest first.
         escalation: The longer recipe's search among the candidates smaller than the
             first recipe's answer (``None``: not escalated).
         escalated_recipe: That recipe in words.
@@ -473,6 +476,8 @@ class WithinBudget:
     escalation: BudgetSearch | None = None
     escalated_recipe: str | None = None
     resolution: Resolution | None = None
+    balanced: BudgetSearch | None = None
+    balanced_candidates: list[int] = dataclasses.field(default_factory=list)
     original_check: OriginalCheck | None = None
 
     @property

@@ -15,6 +15,7 @@ from lrf_optuna.finetune.budget import smallest_passing
 from lrf_optuna.finetune.select import (
     MIN_REDUCTION,
     PROXY_FLOOR,
+    balanced_candidates,
     budget_candidates,
     strategy_trials,
 )
@@ -209,6 +210,25 @@ def test_candidates_add_the_useful_strategy_plans_off_the_front() -> None:
         "tau:0.7", "tau:0.5", "energy:0.999"]
 
 
+def test_balanced_candidates_are_the_tau_plans_without_a_proxy_floor() -> None:
+    study = _study([(20, 300, 0.30), (500, 900, 0.90)])
+    study.set_user_attr(ORIGINAL_ATTR, {"params": 1000, "flops": 2000})
+    for i, (p, f, q, label) in enumerate([
+            (30, 300, 0.0001, "tau:0.5"),     # below the front's proxy floor: still balanced
+            (25, 200, 0.014, "tau:0.7"),
+            (60, 2500, 0.5, "tau:0.8"),       # more FLOPs than the original
+            (40, 300, 0.6, "energy:0.9"),     # not a similarity-threshold plan
+            (999, 1999, 0.99, "tau:0.999")]):  # saves 0.1 %
+        study.add_trial(optuna.create_trial(
+            values=[p, f, q], params={}, distributions={},
+            user_attrs={"params": p, "flops": f, "proxy": q, "strategy": label,
+                        "lrf_plan": {"fc": ["tucker2", 100 + i]}}))
+    assert [t.user_attrs["strategy"] for t in balanced_candidates(study)] == [
+        "tau:0.7", "tau:0.5"]
+    assert [t.user_attrs["strategy"] for t in balanced_candidates(study, no_slower=False)] == [
+        "tau:0.7", "tau:0.5", "tau:0.8"]
+
+
 def test_candidates_leave_out_trials_that_compute_more_than_the_original() -> None:
     study = _study([(20, 300, 0.30), (30, 5000, 0.70), (40, 300, 0.60), (500, 900, 0.90)])
     # without the original's description the FLOPs are not known: nothing is left out
@@ -241,7 +261,17 @@ def test_finetune_within_on_a_study_and_its_rerun(tiny_study, tmp_path, monkeypa
     assert answer.reference.is_reference and answer.reference.recipe == FAST.recipe_key()
     assert answer.escalation is None and list(answer.references) == [FAST.recipe_key()]
     target = (answer.reference.val_acc_after or 0) - 0.05
-    assert len(answer.probes) == answer.search.n_evaluated >= 1
+    balanced = answer.balanced.probes if answer.balanced is not None else []
+    assert len(answer.probes) == answer.search.n_evaluated + len(balanced)
+    assert answer.search.n_evaluated == len(answer.search.probes) >= 1  # a fresh study
+    # the balanced plans searched are the study's tau plans smaller than the front's answer
+    front_answer = (candidates[answer.search.chosen].user_attrs["params"]
+                    if answer.search.chosen is not None else math.inf)
+    assert answer.balanced_candidates == [
+        t.number for t in balanced_candidates(study) if t.user_attrs["params"] < front_answer]
+    for trial, _, _ in answer.probes[answer.search.n_evaluated:]:
+        assert trial.number in answer.balanced_candidates
+        assert trial.user_attrs["strategy"].startswith("tau:")
     for trial, job, probe in answer.probes:
         assert job.source == trial.number and job.recipe == FAST.recipe_key()
         # every decision is paired on the same validation images as the reference
@@ -261,6 +291,7 @@ def test_finetune_within_on_a_study_and_its_rerun(tiny_study, tmp_path, monkeypa
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError("retrained")))
     again = F.finetune_within(study, max_drop=5.0, config=FAST, escalate=False)
     assert again.search.n_evaluated == 0
+    assert again.balanced is None or again.balanced.n_evaluated == 0
     assert (again.chosen.number if again.chosen else None) == (
         answer.chosen.number if answer.chosen else None)
     # the CLI prints the same answer from the stored jobs
