@@ -211,8 +211,8 @@ def test_resume_from_sqlite_continues_without_rework(setup, tmp_path, monkeypatc
     first = {t.number: t.values for t in study.trials if t.state == done}
 
     calls: list[str] = []
-    real = cache_mod._score_layer
-    monkeypatch.setattr(cache_mod, "_score_layer",
+    real = cache_mod.score_candidates
+    monkeypatch.setattr(cache_mod, "score_candidates",
                         lambda p, *a, **k: (calls.append(p), real(p, *a, **k))[1])
     study2, _ = create_lrf_study(model, x, n_trials=40, **kwargs)
     assert calls == []  # the cache was reused
