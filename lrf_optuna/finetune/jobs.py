@@ -76,10 +76,7 @@ import dataclasses
 import datetime
 import logging
 import os
-import socket
 import tempfile
-import threading
-import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +85,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from lrf_optuna.device import on_compute_device
 from lrf_optuna.finetune.batchnorm import batchnorm_layers, train_mode_accuracy
 from lrf_optuna.finetune.config import FinetuneConfig
 from lrf_optuna.finetune.recipe import (
@@ -106,6 +104,7 @@ from lrf_optuna.study.finetune_records import (
     BASELINE_ATTR,
     BN_REESTIMATED_ATTR,
     DEPLOYED_ATTR,
+    DEVICE_ATTR,
     EPOCHS_RUN_ATTR,
     ERROR_ATTR,
     FINETUNE_SECONDS_ATTR,
@@ -149,13 +148,14 @@ from lrf_optuna.study.lookup import (
 )
 from lrf_optuna.study.models import StudyModels
 from lrf_optuna.study.notes import job_note, original_note, save_note_quietly
+from lrf_optuna.study.queue import claim_next, fail_trial, worker_id
 from lrf_optuna.study.records import (
     COMPRESSION_RATIO_ATTR,
     FLOPS_ATTR,
     PARAMS_ATTR,
     get_search_trial,
 )
-from lrf_optuna.study.recovery import HeartbeatThread, fail_stale_trial, stale_trials
+from lrf_optuna.study.recovery import HeartbeatThread
 from lrf_optuna.study.storage import heartbeat_storage, safe_name, study_lock
 
 if TYPE_CHECKING:
@@ -290,36 +290,11 @@ def _job(ft: optuna.Study, number: int) -> FrozenTrial:
 
 
 def _fail(ft: optuna.Study, trial: optuna.Trial, **attrs: Any) -> None:
-    with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        ft.tell(trial, state=TrialState.FAIL)
+    fail_trial(ft, trial, **attrs)
 
 
 def _started(job: FrozenTrial) -> tuple[datetime.datetime, int]:
     return (job.datetime_start or datetime.datetime.min, job.number)
-
-
-def _fail_silent_jobs(ft: optuna.Study, rdb: optuna.storages.RDBStorage) -> None:
-    """Fail (and re-enqueue through the retry callback) RUNNING jobs that never recorded a
-    heartbeat and started more than the grace period ago: their worker was killed between
-    popping the job and its first heartbeat, which Optuna's ``fail_stale_trials`` never
-    sees. Called under the fine-tuning lock."""
-    interval = rdb.get_heartbeat_interval()
-    if not interval:
-        return
-    grace = rdb.grace_period or 2 * interval  # Optuna's own default
-    callback = rdb.get_heartbeat_stale_trial_callback()
-    for stale in stale_trials(ft, grace_period=grace):
-        if stale.had_heartbeat:
-            continue  # Optuna's own check owns these
-        if not fail_stale_trial(rdb, stale, reason_attr=ERROR_ATTR):
-            continue  # its worker finished it after all
-        logger.warning("job %d never recorded a heartbeat and started %.0f s ago: its "
-                       "worker was lost; marked FAIL and re-enqueued", stale.trial.number,
-                       stale.silent_seconds)
-        if callback is not None:
-            callback(ft, rdb.get_trial(stale.trial._trial_id))
 
 
 def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
@@ -331,18 +306,10 @@ def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
     duplicate jobs of a source trial that is done or being done by another worker.
     """
     while True:
-        with lock(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.filterwarnings("ignore", message="Heartbeat of storage")
-            if rdb is not None:
-                optuna.storages.fail_stale_trials(ft)
-                _fail_silent_jobs(ft, rdb)
-            if not ft.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
-                return None
-            trial = ft.ask()
-            if rdb is not None:  # beat now: a job without heartbeat never becomes stale
-                rdb.record_heartbeat(trial._trial_id)
-            jobs = ft.get_trials(deepcopy=False)
+        claimed = claim_next(ft, rdb, lock, error_attr=ERROR_ATTR)
+        if claimed is None:
+            return None
+        trial, jobs = claimed
         mine = next(j for j in jobs if j.number == trial.number)
         source = job_source(mine)
         if source is None:
@@ -365,10 +332,6 @@ def _claim(ft: optuna.Study, rdb: optuna.storages.RDBStorage | None,
 
 
 # -- the worker ----------------------------------------------------------------------------
-
-def _worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
-
 
 def _correctness(val: np.ndarray, test: np.ndarray) -> dict[str, Any]:
     """The per-image results a job (or the original) records, for paired drops
@@ -477,7 +440,7 @@ class _Worker:
         ua: dict[str, Any] = {SOURCE_TRIAL: source, PLAN_ATTR: src.user_attrs.get(PLAN_ATTR, {}),
                               LRF_PLAN_ATTR: src.user_attrs[LRF_PLAN_ATTR],
                               RECIPE_ATTR: recipe, RECIPE_CONFIG_ATTR: config.recipe(),
-                              RECIPE_TEXT_ATTR: config.describe(), WORKER_ATTR: _worker_id()}
+                              RECIPE_TEXT_ATTR: config.describe(), WORKER_ATTR: worker_id()}
         if is_reference:
             ua[REFERENCE_ATTR] = True
         for key, value in ua.items():
@@ -486,9 +449,11 @@ class _Worker:
         splits = self.models.problem.splits
         model = self.models.build(src)
         test_before = evaluate(model, splits.x_test, splits.y_test)
-        outcome = finetune_model(model, splits, config, from_logits=self.from_logits,
-                                 seed=config.seed + source,
-                                 teacher=self.teacher if config.distill > 0 else None)
+        with on_compute_device() as device:
+            trial.set_user_attr(DEVICE_ATTR, device)
+            outcome = finetune_model(model, splits, config, from_logits=self.from_logits,
+                                     seed=config.seed + source,
+                                     teacher=self.teacher if config.distill > 0 else None)
         with tempfile.TemporaryDirectory(prefix="lrf_finetune_") as tmp:
             files = self._measure(model, tmp,
                                   safe_name(f"{self.study.study_name}_trial{source}"))

@@ -9,13 +9,18 @@ enumerated, checked, run and stored by whoever holds it:
 2. :meth:`~ResumableBuild.done` -- a unit is done exactly when its result file exists
    (results are written atomically, :func:`lrf_optuna.scoring._store.atomic_write`, so a
    build killed halfway keeps what it finished and a resumed one continues from there);
-3. :meth:`~ResumableBuild.prepare` does the set-up the remaining units share (one
-   calibration pass capturing the activations they read), then
+3. :meth:`~ResumableBuild.passes` splits the remaining units into passes whose shared
+   set-up fits in memory; :meth:`~ResumableBuild.prepare` does a pass's set-up (one
+   calibration pass capturing the activations its units read, released by the next), then
    :meth:`~ResumableBuild.run` computes one unit's result without writing anything;
 4. :meth:`~ResumableBuild.write` stores it (its result file last).
 
-:func:`run_build` drives them on one machine: the units not done, on ``workers`` threads
-(:func:`run_parallel`), with one progress bar over their candidates (:func:`progress_bar`).
+:func:`run_build` drives them on one machine: the units not done, pass by pass, on
+``workers`` threads (:func:`run_parallel`), with one progress bar over their candidates
+(:func:`progress_bar`). :func:`lrf_optuna.search.scoring_queue.score_on_storage` drives
+the same steps one unit at a time for any number of workers sharing a study's storage
+(:attr:`~ResumableBuild.key` and :meth:`~ResumableBuild.settings` say which build a unit
+belongs to and how a worker rebuilds it).
 
 Example:
     >>> import tempfile
@@ -45,6 +50,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
+
+from lrf_optuna.device import on_compute_device
 
 __all__ = ["ProgressBar", "ResumableBuild", "Unit", "progress_bar", "run_build",
            "run_parallel"]
@@ -86,16 +93,38 @@ class ResumableBuild(abc.ABC, Generic[ResultT]):
     #: The progress bar's label.
     desc: str = "scoring candidates"
 
+    @property
+    def key(self) -> str:
+        """What identifies this build across workers (a cache's fingerprint)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be shared between workers")
+
+    def settings(self) -> dict[str, Any]:
+        """What another worker needs, besides the model and calibration data, to make
+        the same build (JSON)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot be shared between workers")
+
     @abc.abstractmethod
     def units(self) -> list[Unit]:
         """Every unit of the cache, in a fixed order."""
+
+    def passes(self, todo: Sequence[Unit]) -> list[list[Unit]]:
+        """``todo`` split into passes, each prepared once (default: one pass)."""
+        return [list(todo)]
 
     def done(self, unit: Unit) -> bool:
         """Whether ``unit``'s result is stored."""
         return unit.file.exists()
 
     def prepare(self, todo: Sequence[Unit]) -> None:
-        """Set up what the units ``todo`` share (called once, before any :meth:`run`)."""
+        """Set up what the units ``todo`` (one pass) share, releasing the previous pass's
+        set-up (called once per pass, before its units :meth:`run`)."""
+
+    def prepared(self, unit: Unit) -> bool:
+        """Whether the last :meth:`prepare` covered ``unit`` (default: never)."""
+        return False
+
+    def release(self) -> None:
+        """Drop the last :meth:`prepare`'s set-up (called when a build stops)."""
 
     @abc.abstractmethod
     def run(self, unit: Unit, bar: ProgressBar) -> ResultT:
@@ -118,16 +147,20 @@ def run_build(build: ResumableBuild[Any], *, workers: int | None = None,
     todo = [u for u in build.units() if not build.done(u)]
     if not todo:
         return 0
-    build.prepare(todo)
     bar = progress_bar(sum(u.steps for u in todo), progress, desc=build.desc)
 
     def one(unit: Unit) -> None:
-        build.write(unit, build.run(unit, bar))
+        with on_compute_device():  # thread-local: entered by each worker thread
+            build.write(unit, build.run(unit, bar))
 
     try:
-        run_parallel(one, todo, workers)
+        for units in build.passes(todo):
+            with on_compute_device():
+                build.prepare(units)
+            run_parallel(one, units, workers)
     finally:
         bar.close()
+        build.release()
     return len(todo)
 
 

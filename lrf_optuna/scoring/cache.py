@@ -34,6 +34,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -62,8 +63,8 @@ if TYPE_CHECKING:  # keep `load` free of TensorFlow imports
     from lrf_optuna.decompose import LayerInfo, LRFMethod
     from lrf_optuna.rewrite import LayerEntry
 
-__all__ = ["CACHE_FORMAT", "Candidate", "GridConfig", "LayerTable", "SimilarityCache",
-           "batchnorm_view", "fingerprint"]
+__all__ = ["CACHE_FORMAT", "DEFAULT_MAX_PASS_BYTES", "Candidate", "GridConfig", "LayerTable",
+           "SimilarityBuild", "SimilarityCache", "batchnorm_view", "fingerprint"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +73,10 @@ logger = logging.getLogger(__name__)
 #: 3: a layer feeding a BatchNorm is scored through it, as re-estimated
 #: (:class:`~lrf_optuna.scoring.similarity.BatchNormView`).
 CACHE_FORMAT = 3
+#: Activation memory of one calibration pass (:meth:`SimilarityCache.build`'s
+#: ``max_pass_bytes``): a net whose layers' activations exceed it together is captured and
+#: scored in several passes (ResNet50 at 224x224 on 128 images: about 12 GiB in one).
+DEFAULT_MAX_PASS_BYTES = 2 * 2**30
 #: CKA costs ``n^2 x features``; it is computed on at most this many samples.
 CKA_MAX_SAMPLES = 256
 
@@ -123,6 +128,13 @@ class GridConfig:
     def to_json(self) -> dict[str, Any]:
         return {"points": self.points,
                 "methods": None if self.methods is None else list(self.methods)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> GridConfig:
+        """The grid of :meth:`to_json` (a cache's manifest)."""
+        methods = raw.get("methods")
+        return cls(points=int(raw.get("points", cls.points)),
+                   methods=None if methods is None else tuple(methods))
 
 
 @dataclass(frozen=True)
@@ -341,6 +353,7 @@ class SimilarityCache:
         layers: Iterable[str] | None = None,
         batch_size: int = 64,
         max_bytes_per_layer: int | None = None,
+        max_pass_bytes: int | None = None,
         workers: int | None = None,
         progress: bool = True,
         batchnorm: bool = True,
@@ -357,12 +370,46 @@ class SimilarityCache:
             layers: Restrict to these layer paths (default: every decomposable layer).
             batch_size: Batch size of the calibration pass and candidate evaluation.
             max_bytes_per_layer: Activation memory budget per layer.
+            max_pass_bytes: Activation memory of one calibration pass (default
+                :data:`DEFAULT_MAX_PASS_BYTES`): layers whose activations do not fit
+                together are captured and scored in several passes.
             workers: Threads scoring layers in parallel (default: CPU count, at most 4).
             progress: Show a progress bar.
             batchnorm: Score a layer whose only consumer is a BatchNorm through that
                 BatchNorm with re-estimated statistics (:func:`batchnorm_view`), as the
                 fine-tuning jobs re-estimate them before training; ``False`` compares
                 the layer's own outputs.
+        """
+        build = cls.builder(model, calibration_x, cache_dir=cache_dir, metric=metric,
+                            extra_metrics=extra_metrics, grid=grid, layers=layers,
+                            batch_size=batch_size, max_bytes_per_layer=max_bytes_per_layer,
+                            max_pass_bytes=max_pass_bytes, batchnorm=batchnorm)
+        if not run_build(build, workers=workers, progress=progress):
+            logger.info("similarity cache %s is complete (%d layers)", build.cache.directory,
+                        len(build.cache.layers))
+        return build.cache
+
+    @classmethod
+    def builder(
+        cls,
+        model: keras.Model,
+        calibration_x: np.ndarray,
+        *,
+        cache_dir: str | os.PathLike[str] = ".lrf_cache",
+        metric: str = DEFAULT_METRIC,
+        extra_metrics: Iterable[str] = (),
+        grid: GridConfig | None = None,
+        layers: Iterable[str] | None = None,
+        batch_size: int = 64,
+        max_bytes_per_layer: int | None = None,
+        max_pass_bytes: int | None = None,
+        batchnorm: bool = True,
+    ) -> SimilarityBuild:
+        """The build of the cache :meth:`build` makes, not run: its manifest is written
+        and its units are ready to be run here (:func:`~lrf_optuna.scoring.build.run_build`)
+        or by workers sharing a study's storage
+        (:func:`lrf_optuna.search.scoring_queue.score_on_storage`). Same arguments as
+        :meth:`build`.
         """
         from lrf_optuna.decompose import get_method
         from lrf_optuna.rewrite import find_layers
@@ -396,13 +443,33 @@ class SimilarityCache:
                     "versions": library_versions()}
         if not (directory / "manifest.json").exists():
             write_json(directory / "manifest.json", manifest, indent=1)
-        cache = cls.load(directory)
-        build = _SimilarityBuild(cache, model, x, found, grid, batch_size=batch_size,
-                                 max_bytes_per_layer=max_bytes_per_layer, batchnorm=batchnorm)
-        if not run_build(build, workers=workers, progress=progress):
-            logger.info("similarity cache %s is complete (%d layers)", directory,
-                        len(targets))
-        return cache
+        return SimilarityBuild(cls.load(directory), model, x, found, grid,
+                               batch_size=batch_size, max_bytes_per_layer=max_bytes_per_layer,
+                               max_pass_bytes=max_pass_bytes, batchnorm=batchnorm)
+
+    @classmethod
+    def builder_of(cls, model: keras.Model, calibration_x: np.ndarray,
+                   settings: Mapping[str, Any]) -> SimilarityBuild:
+        """The build another worker made, from its :meth:`SimilarityBuild.settings` and
+        the same model and calibration data.
+
+        Raises:
+            ValueError: ``model`` or ``calibration_x`` are not the ones of that build
+                (its fingerprint differs), when ``settings`` records a ``key``.
+        """
+        build = cls.builder(
+            model, calibration_x, cache_dir=settings["cache_dir"], metric=settings["metric"],
+            extra_metrics=settings.get("extra_metrics", ()),
+            grid=GridConfig.from_json(settings.get("grid", {})), layers=settings["layers"],
+            batch_size=int(settings.get("batch_size", 64)),
+            max_bytes_per_layer=settings.get("max_bytes_per_layer"),
+            max_pass_bytes=settings.get("max_pass_bytes"),
+            batchnorm=bool(settings.get("batchnorm", True)))
+        key = settings.get("key")
+        if key is not None and build.key != key:
+            raise ValueError(f"this worker's model or calibration data differ from the "
+                             f"shared build's (fingerprint {build.key[:16]}, not {key[:16]})")
+        return build
 
     @staticmethod
     def _layer_grid(info: LayerInfo, grid: GridConfig) -> dict[str, list[int]]:
@@ -423,19 +490,37 @@ class SimilarityCache:
 Scored = tuple[LayerTable, dict[str, dict[str, np.ndarray]]]
 
 
-class _SimilarityBuild(ResumableBuild[Scored]):
+class SimilarityBuild(ResumableBuild[Scored]):
     """The units of a similarity cache: one per target layer, every (method, rank) of
-    its grid (:meth:`SimilarityCache.build`)."""
+    its grid (made by :meth:`SimilarityCache.builder`; :attr:`cache` is the cache it
+    fills).
+
+    Layers whose activations do not fit in one calibration pass together
+    (``max_pass_bytes``) are captured and scored pass by pass (:meth:`passes`)."""
 
     def __init__(self, cache: SimilarityCache, model: keras.Model, x: np.ndarray,
                  found: Mapping[str, LayerEntry], grid: GridConfig, *, batch_size: int,
-                 max_bytes_per_layer: int | None, batchnorm: bool) -> None:
+                 max_bytes_per_layer: int | None, max_pass_bytes: int | None = None,
+                 batchnorm: bool) -> None:
         self.cache, self.model, self.x, self.found = cache, model, x, found
+        self.grid = grid
         self.batch_size, self.max_bytes_per_layer = batch_size, max_bytes_per_layer
+        self.max_pass_bytes = max_pass_bytes
         self.batchnorm = batchnorm
         self.ranks = {p: SimilarityCache._layer_grid(self._info(p), grid)
                       for p in cache.layers}
         self.acts: Mapping[str, Any] = {}
+
+    @property
+    def key(self) -> str:
+        return self.cache.fingerprint
+
+    def settings(self) -> dict[str, Any]:
+        return {"key": self.key, "cache_dir": str(self.cache.directory.parent.resolve()),
+                "metric": self.cache.metric, "extra_metrics": self.cache.metrics[1:],
+                "grid": self.grid.to_json(), "layers": self.cache.layers,
+                "batch_size": self.batch_size, "max_bytes_per_layer": self.max_bytes_per_layer,
+                "max_pass_bytes": self.max_pass_bytes, "batchnorm": self.batchnorm}
 
     def _info(self, path: str) -> LayerInfo:
         info = self.found[path].info
@@ -448,6 +533,35 @@ class _SimilarityBuild(ResumableBuild[Scored]):
                      sum(len(r) for r in self.ranks[p].values()))
                 for i, p in enumerate(self.cache.layers)]
 
+    def pass_bytes(self, paths: Sequence[str]) -> int:
+        """Estimated peak activation memory of one calibration pass over ``paths``: the
+        activations kept (:func:`~lrf_optuna.scoring.calibration.capture_activations`'
+        per-layer budget) plus two copies of one forward batch of their full maps."""
+        from lrf_optuna.scoring.calibration import DEFAULT_MAX_BYTES_PER_LAYER, kept_samples
+
+        budget = self.max_bytes_per_layer or DEFAULT_MAX_BYTES_PER_LAYER
+        total = 0
+        for path in paths:
+            layer = self.found[path].layer
+            per_sample = 4 * sum(math.prod(int(d) for d in t.shape[1:])
+                                 for t in (layer.input, layer.output))
+            keep = len(kept_samples(len(self.x), per_sample, budget))
+            total += keep * per_sample + 2 * min(self.batch_size, len(self.x)) * per_sample
+        return total
+
+    def passes(self, todo: Sequence[Unit]) -> list[list[Unit]]:
+        limit = self.max_pass_bytes or DEFAULT_MAX_PASS_BYTES
+        out: list[list[Unit]] = []
+        for unit in todo:
+            if out and self.pass_bytes([u.name for u in [*out[-1], unit]]) <= limit:
+                out[-1].append(unit)
+            else:
+                out.append([unit])
+        if len(out) > 1:
+            logger.info("%d layers' activations exceed %.1f GiB together: captured and "
+                        "scored in %d passes", len(todo), limit / 2**30, len(out))
+        return out
+
     def prepare(self, todo: Sequence[Unit]) -> None:
         from lrf_optuna.scoring.calibration import (
             DEFAULT_MAX_BYTES_PER_LAYER,
@@ -457,9 +571,16 @@ class _SimilarityBuild(ResumableBuild[Scored]):
         paths = [u.name for u in todo]
         logger.info("scoring %d layer(s) (%d already cached) into %s", len(paths),
                     len(self.cache.layers) - len(paths), self.cache.directory)
+        self.acts = {}  # the previous pass's activations go first
         self.acts = capture_activations(
             self.model, self.x, paths, batch_size=self.batch_size,
             max_bytes_per_layer=self.max_bytes_per_layer or DEFAULT_MAX_BYTES_PER_LAYER)
+
+    def prepared(self, unit: Unit) -> bool:
+        return unit.name in self.acts
+
+    def release(self) -> None:
+        self.acts = {}
 
     def run(self, unit: Unit, bar: ProgressBar) -> Scored:
         from lrf_optuna.decompose import layer_weights

@@ -22,7 +22,7 @@ import numpy as np
 
 from lrf_optuna.rewrite import check_supported_model
 
-__all__ = ["LayerActivations", "capture_activations", "sample_index"]
+__all__ = ["LayerActivations", "capture_activations", "kept_samples", "sample_index"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,13 @@ def sample_index(n: int, keep: int) -> np.ndarray:
     if keep >= n:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, keep).round().astype(np.int64))
+
+
+def kept_samples(n: int, bytes_per_sample: int, max_bytes_per_layer: int,
+                 min_samples: int = 32) -> np.ndarray:
+    """The samples a layer of ``bytes_per_sample`` (input plus output) keeps out of ``n``
+    under ``max_bytes_per_layer`` (at least ``min_samples``)."""
+    return sample_index(n, max(min_samples, max_bytes_per_layer // max(bytes_per_sample, 1)))
 
 
 def _single(inputs: list[Any]) -> Any:
@@ -131,7 +138,7 @@ def capture_activations(
         path = k.split("\0")[0]
         size = 4 * math.prod(int(d) for d in t.shape[1:])
         bytes_per_sample[path] = bytes_per_sample.get(path, 0) + size
-    index = {p: sample_index(n, max(min_samples, max_bytes_per_layer // b))
+    index = {p: kept_samples(n, b, max_bytes_per_layer, min_samples)
              for p, b in bytes_per_sample.items()}
     chunks: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for start in range(0, n, batch_size):

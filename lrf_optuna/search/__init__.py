@@ -9,6 +9,8 @@ One module each, in the order a search uses them:
 ``settings``                    objectives and directions, the memory count, the proxy's
                                 aggregation, pruning: each checked once; the settings a
                                 study is bound to
+``scoring_queue``               the similarity cache scored by any number of workers on
+                                the study's storage (:func:`score_on_storage`)
 ``strategies``                  rank-selection strategies, each turning a model (and its
                                 cache) into plans that seed the study
 ``objective``                   the Optuna objective (:class:`LRFObjective`): a trial is a

@@ -148,9 +148,7 @@ class Restrictions:
 def grid_from_json(raw: Mapping[str, Any]) -> GridConfig:
     """The :class:`~lrf_optuna.scoring.cache.GridConfig` of ``GridConfig.to_json()`` (a cache's
     manifest)."""
-    methods = raw.get("methods")
-    return GridConfig(points=int(raw.get("points", GridConfig.points)),
-                      methods=None if methods is None else tuple(methods))
+    return GridConfig.from_json(raw)
 
 
 def _factorizable(model: keras.Model) -> dict[str, Any]:

@@ -19,9 +19,12 @@ import optuna
 
 from lrf_optuna.errors import UserError, is_int
 from lrf_optuna.problem import Problem, ProblemSpec
+from lrf_optuna.scoring.cache import SimilarityCache
+from lrf_optuna.scoring.similarity import DEFAULT_METRIC
 from lrf_optuna.search.objective import LRFObjective
 from lrf_optuna.search.run import run_remaining
 from lrf_optuna.search.sampler import SeededNSGAIISampler
+from lrf_optuna.search.scoring_queue import score_on_storage
 from lrf_optuna.search.settings import (
     DEFAULT_N_TRIALS,
     check_search_constraints,
@@ -111,6 +114,7 @@ def prepare_lrf_study(
     objectives: Sequence[str] = ("params", "flops", "proxy"),
     cache_dir: str | os.PathLike[str] | None = None,
     grace_period: float = DEFAULT_GRACE_PERIOD,
+    shared_scoring: bool = False,
     **objective_kwargs: Any,
 ) -> LRFSearch:
     """Open (or resume) the study of ``problem`` and make it ready: the one place that
@@ -135,7 +139,9 @@ def prepare_lrf_study(
     (:func:`~lrf_optuna.study.recovery.recover_stale_trials`); record the problem (a model
     or data that only exist in memory are saved first, in
     ``<artifact dir>/problems/<study_name>/``) and its binding; build (or reopen) the
-    similarity cache and the :class:`LRFObjective`; describe the study
+    similarity cache (here, or with ``shared_scoring`` together with every other worker
+    of the study, :func:`~lrf_optuna.search.scoring_queue.score_on_storage`) and the
+    :class:`LRFObjective`; describe the study
     (:meth:`LRFObjective.describe_study`) and seed it with the rank-selection strategies'
     plans (:meth:`LRFObjective.seed_study`). Nothing is optimised: call
     :meth:`LRFSearch.optimize`.
@@ -151,6 +157,10 @@ def prepare_lrf_study(
         cache_dir: Similarity cache directory (default: the problem's, ``.lrf_cache``).
         grace_period: Seconds after which a RUNNING trial without a sign of its worker is
             failed (:mod:`lrf_optuna.study.recovery`).
+        shared_scoring: Score the similarity cache as claimable units on the study's
+            storage, with every worker that does the same, into a ``cache_dir`` they all
+            see (:mod:`lrf_optuna.search.scoring_queue`); the search starts once every
+            unit is scored. Default: this process scores what is missing by itself.
         **objective_kwargs: More :class:`LRFObjective` arguments (``methods``,
             ``layers``, ``metric``, constraints ...).
 
@@ -204,13 +214,28 @@ def prepare_lrf_study(
         record_problem(study, spec, store=store)
     record_binding(study, binding)
     settings = problem.spec or problem.settings or ProblemSpec(model="")
-    objective = LRFObjective(problem.model, problem.splits.x_cal,
-                             cache_dir=cache_dir or settings.cache_dir,
+    cache_dir = cache_dir or settings.cache_dir
+    if shared_scoring:
+        objective_kwargs["cache"] = _shared_cache(study, problem, cache_dir, grace_period,
+                                                  objective_kwargs)
+    objective = LRFObjective(problem.model, problem.splits.x_cal, cache_dir=cache_dir,
                              objectives=objectives, **objective_kwargs)
     record_binding(study, dataclasses.replace(binding, cache=objective.cache.fingerprint))
     objective.describe_study(study)
     enqueued = objective.seed_study(study)
     return LRFSearch(study, objective, problem, url_text, enqueued, grace_period)
+
+
+def _shared_cache(study: optuna.Study, problem: Problem, cache_dir: str | os.PathLike[str],
+                  grace_period: float, objective_kwargs: dict[str, Any]) -> SimilarityCache:
+    """The cache :class:`LRFObjective` would build, scored with the study's other workers."""
+    build = SimilarityCache.builder(problem.model, problem.splits.x_cal, cache_dir=cache_dir,
+                                    metric=objective_kwargs.get("metric", DEFAULT_METRIC),
+                                    grid=objective_kwargs.get("grid"))
+    grace = max(int(grace_period), 3)
+    return score_on_storage(study, build, grace_period=grace,
+                            heartbeat_interval=max(1, min(10, grace // 3)),
+                            progress=bool(objective_kwargs.get("progress", True))).cache
 
 
 def load_problem(model: keras.Model | str | os.PathLike[str],
@@ -264,6 +289,7 @@ def create_lrf_study(
     val_fraction: float | None = None,
     cache_dir: str | os.PathLike[str] = ".lrf_cache",
     show_progress_bar: bool = True,
+    shared_scoring: bool = False,
     **objective_kwargs: Any,
 ) -> tuple[optuna.Study, LRFObjective]:
     """Everything in one call: problem, resumable NSGA-II study, description, seeding,
@@ -291,6 +317,8 @@ def create_lrf_study(
         val_fraction: Validation fraction of the training data.
         cache_dir: Similarity cache directory.
         show_progress_bar: Optuna's progress bar.
+        shared_scoring: Score the similarity cache with the study's other workers
+            (see :func:`prepare_lrf_study`).
         **objective_kwargs: More :class:`LRFObjective` arguments.
 
     Example:
@@ -304,7 +332,8 @@ def create_lrf_study(
     if isinstance(problem, ProblemSpec):
         objective_kwargs.setdefault("progress", show_progress_bar)
     search = prepare_lrf_study(problem, study_name=study_name, storage=storage, seed=seed,
-                               population_size=population_size, **objective_kwargs)
+                               population_size=population_size,
+                               shared_scoring=shared_scoring, **objective_kwargs)
     if n_trials is not None:
         search.optimize(n_trials, show_progress_bar=show_progress_bar)
     return search.study, search.objective

@@ -15,6 +15,8 @@
   and search settings (resuming with others is refused);
 * :mod:`~lrf_optuna.study.recovery`: RUNNING trials of killed search workers, failed with
   the reason; the heartbeat thread of a long trial (a fine-tuning job);
+* :mod:`~lrf_optuna.study.queue`: work queues of enqueued trials claimed once by any worker
+  (the fine-tuning jobs, the shared scoring units), killed workers' trials retried;
 * :mod:`~lrf_optuna.study.models`: the compressed models of a stored study's trials,
   rebuilt from the study alone (:class:`~lrf_optuna.study.models.StudyModels`);
 * :mod:`~lrf_optuna.study.artifacts`: a fine-tuning job's files: the model measured and

@@ -46,6 +46,7 @@ __all__ = [
     "BASELINE_ATTR",
     "BN_REESTIMATED_ATTR",
     "DEPLOYED_ATTR",
+    "DEVICE_ATTR",
     "EPOCHS_RUN_ATTR",
     "ERROR_ATTR",
     "FINETUNE_SECONDS_ATTR",
@@ -132,6 +133,8 @@ FINETUNE_SECONDS_ATTR = "finetune_seconds"
 REVERTED_ATTR = "reverted"
 FROM_LOGITS_ATTR = "from_logits"
 WORKER_ATTR = "worker"
+#: Where the job trained (``lrf_optuna.device.compute_device``: ``"GPU:0"``, ``"CPU:0"``).
+DEVICE_ATTR = "device"
 # a failed or dropped job
 ERROR_ATTR = "error"
 SKIPPED_ATTR = "skipped"

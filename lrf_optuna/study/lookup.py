@@ -42,6 +42,7 @@ from lrf_optuna.study.storage import (
 
 __all__ = [
     "FINETUNE_SUFFIX",
+    "SCORING_SUFFIX",
     "artifact_store_dir",
     "fair_reference",
     "fair_references",
@@ -61,6 +62,9 @@ __all__ = [
 ]
 
 FINETUNE_SUFFIX = ":finetune"
+#: ``"<study_name>:scoring"``: a study's shared scoring units
+#: (:mod:`lrf_optuna.search.scoring_queue`).
+SCORING_SUFFIX = ":scoring"
 #: The fine-tuning study's objectives: the dashboard plots the fine-tuned front.
 FINETUNE_METRICS = ["params", "test_accuracy"]
 FINETUNE_DIRECTIONS: list[Literal["minimize", "maximize"]] = ["minimize", "maximize"]
@@ -86,8 +90,10 @@ def resolve_storage(study_name: str | None, storage: str | None) -> str:
 
 
 def search_study_names(storage: str | optuna.storages.BaseStorage) -> list[str]:
-    """Names of the search studies in a storage (fine-tuning studies left out)."""
-    return [n for n in optuna.get_all_study_names(storage) if not n.endswith(FINETUNE_SUFFIX)]
+    """Names of the search studies in a storage (fine-tuning studies and scoring queues
+    left out)."""
+    return [n for n in optuna.get_all_study_names(storage)
+            if not n.endswith((FINETUNE_SUFFIX, SCORING_SUFFIX))]
 
 
 def load_study(study_name: str | None, storage: str | None = None, *,

@@ -397,11 +397,11 @@ def test_config_defaults_validation_and_cli_overrides() -> None:
         F.FinetuneConfig(heartbeat_interval=60, grace_period=60)
     args = cli.build_parser().parse_args(["finetune", "--study-name", "s", "--epochs", "5",
                                           "--learning-rate", "0.01", "--batch-size", "64"])
-    c = cli._finetune_config(args)
+    c = cli.finetune_config(args)
     assert (c.epochs, c.learning_rate, c.batch_size, c.latency_repeats) == (5, 0.01, 64, 50)
     args = cli.build_parser().parse_args(["finetune", "--study-name", "s", "--epochs", "0"])
     with pytest.raises(UserError, match="epochs"):
-        cli._finetune_config(args)
+        cli.finetune_config(args)
 
 
 def test_cli_errors_name_the_study(tiny_study, tmp_path, capsys) -> None:

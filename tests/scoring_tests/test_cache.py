@@ -294,3 +294,41 @@ def test_fingerprints_survive_a_save_and_reload(tmp_path) -> None:
     assert fingerprint(model, x, metrics=["cosine"], grid=GridConfig(), layers=["c"]) == \
         fingerprint(again, x, metrics=["cosine"], grid=GridConfig(), layers=["c"])
     assert model_digest(model) == model_digest(again)
+
+
+def test_layers_beyond_the_pass_budget_are_scored_in_several_passes(tmp_path, data,
+                                                                    monkeypatch) -> None:
+    """Activations too large for one calibration pass (``max_pass_bytes``) are captured
+    and scored pass by pass, one pass's activations released before the next, with the
+    scores of one pass."""
+    model = _model()
+    grid = GridConfig(points=4)
+    one = SimilarityCache.build(model, data, cache_dir=tmp_path / "one", grid=grid,
+                                progress=False, workers=1)
+    build = SimilarityCache.builder(model, data, cache_dir=tmp_path / "many", grid=grid,
+                                    max_pass_bytes=1)
+    sizes = {u.name: build.pass_bytes([u.name]) for u in build.units()}
+    # c1: in 8x8x3, out 6x6x8 floats, 48 samples kept + 2 batches of 48
+    assert sizes["c1"] == 4 * (8 * 8 * 3 + 6 * 6 * 8) * (48 + 2 * 48)
+    assert [len(p) for p in build.passes(build.units())] == [1, 1, 1, 1]
+    budget = sizes["c1"] + sizes["inner/ic"]
+    grouped = SimilarityCache.builder(model, data, cache_dir=tmp_path / "many", grid=grid,
+                                      max_pass_bytes=budget)
+    assert [[u.name for u in p] for p in grouped.passes(grouped.units())] == [
+        ["c1", "inner/ic"], ["fc1", "fc2"]]
+    held: list[int] = []
+    real = capture_activations
+
+    def capture(m, x, paths, **kwargs):
+        held.append(len(build.acts))  # the previous pass's activations are gone
+        return real(m, x, paths, **kwargs)
+
+    monkeypatch.setattr("lrf_optuna.scoring.calibration.capture_activations", capture)
+    from lrf_optuna.scoring.build import run_build
+
+    assert run_build(build, workers=1, progress=False) == 4
+    assert held == [0, 0, 0, 0]
+    many = SimilarityCache.load(build.cache.directory)
+    for path, table in one.tables.items():
+        assert [(c.method, c.rank, c.scores) for c in many.tables[path].candidates] == \
+            [(c.method, c.rank, c.scores) for c in table.candidates]

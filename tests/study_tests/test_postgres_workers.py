@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 from finetune_tests.test_finetune import WORKER  # the same worker script, on another storage
@@ -83,3 +84,24 @@ def test_two_worker_processes_on_postgres(tiny_study, postgres_url, tmp_path) ->
     assert len(ft.get_trials()) == 5
     # non-SQLite storage: artifacts default to studies/artifacts (of the worker's cwd)
     assert Path(ft.user_attrs["artifact_dir"]) == (tmp_path / "studies" / "artifacts")
+
+
+def test_shared_scoring_on_postgres(postgres_url, tmp_path_factory) -> None:
+    """Two scoring workers on PostgreSQL score every unit once, with the scores of one
+    process; a SIGKILLed worker's unit is redone by the next worker (issue 20)."""
+    from search_tests import test_scoring_queue as T
+
+    from lrf_optuna.scoring.cache import SimilarityCache
+
+    root = tmp_path_factory.mktemp("pg_queue")
+    model = T._model()
+    model.save(root / "model.keras")
+    x = np.random.default_rng(0).uniform(0, 1, (48, 10, 10, 2)).astype("float32")
+    np.save(root / "x.npy", x)
+    import keras
+
+    local = SimilarityCache.build(keras.models.load_model(root / "model.keras"), x,
+                                  cache_dir=root / "local", grid=T.GRID, progress=False)
+    T.check_two_workers(postgres_url, root, x, local, root / "two")
+    optuna.delete_study(study_name="q:scoring", storage=postgres_url)
+    T.check_killed_worker(postgres_url, root, x, local, root / "killed")
