@@ -510,6 +510,7 @@ class SimilarityBuild(ResumableBuild[Scored]):
         self.ranks = {p: SimilarityCache._layer_grid(self._info(p), grid)
                       for p in cache.layers}
         self.acts: Mapping[str, Any] = {}
+        self._forward_batch: int | None = None
 
     @property
     def key(self) -> str:
@@ -534,19 +535,26 @@ class SimilarityBuild(ResumableBuild[Scored]):
                 for i, p in enumerate(self.cache.layers)]
 
     def pass_bytes(self, paths: Sequence[str]) -> int:
-        """Estimated peak activation memory of one calibration pass over ``paths``: the
+        """Estimated activation memory of one calibration pass over ``paths``: the
         activations kept (:func:`~lrf_optuna.scoring.calibration.capture_activations`'
-        per-layer budget) plus two copies of one forward batch of their full maps."""
-        from lrf_optuna.scoring.calibration import DEFAULT_MAX_BYTES_PER_LAYER, kept_samples
+        per-layer budget) plus two copies of one forward batch of their full maps (the
+        forward's other maps are bounded apart, by its ``max_forward_bytes``)."""
+        from lrf_optuna.scoring.calibration import (
+            DEFAULT_MAX_BYTES_PER_LAYER,
+            forward_batch,
+            kept_samples,
+        )
 
         budget = self.max_bytes_per_layer or DEFAULT_MAX_BYTES_PER_LAYER
+        if self._forward_batch is None:
+            self._forward_batch = min(forward_batch(self.model, self.batch_size), len(self.x))
         total = 0
         for path in paths:
             layer = self.found[path].layer
             per_sample = 4 * sum(math.prod(int(d) for d in t.shape[1:])
                                  for t in (layer.input, layer.output))
             keep = len(kept_samples(len(self.x), per_sample, budget))
-            total += keep * per_sample + 2 * min(self.batch_size, len(self.x)) * per_sample
+            total += keep * per_sample + 2 * self._forward_batch * per_sample
         return total
 
     def passes(self, todo: Sequence[Unit]) -> list[list[Unit]]:

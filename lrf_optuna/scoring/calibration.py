@@ -22,11 +22,29 @@ import numpy as np
 
 from lrf_optuna.rewrite import check_supported_model
 
-__all__ = ["LayerActivations", "capture_activations", "kept_samples", "sample_index"]
+__all__ = ["DEFAULT_MAX_FORWARD_BYTES", "LayerActivations", "capture_activations",
+           "forward_batch", "forward_bytes_per_sample", "kept_samples", "sample_index"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES_PER_LAYER = 96 * 2**20
+#: Memory of one forward batch of the calibration pass: a Keras functional call keeps every
+#: intermediate map of the batch until it returns (ResNet50 at 224x224: ~100 MB per image),
+#: so the batch is cut to fit (small nets keep the full batch).
+DEFAULT_MAX_FORWARD_BYTES = 2**30
+
+
+def forward_bytes_per_sample(model: keras.Model) -> int:
+    """Float32 bytes of every layer output of ``model`` for one sample (nested models
+    counted through their layers)."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            total += forward_bytes_per_sample(layer)
+            continue
+        outputs = layer.output if isinstance(layer.output, (list, tuple)) else [layer.output]
+        total += sum(4 * math.prod(int(d or 1) for d in t.shape[1:]) for t in outputs)
+    return total
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,13 @@ def sample_index(n: int, keep: int) -> np.ndarray:
     if keep >= n:
         return np.arange(n)
     return np.unique(np.linspace(0, n - 1, keep).round().astype(np.int64))
+
+
+def forward_batch(model: keras.Model, batch_size: int,
+                  max_forward_bytes: int = DEFAULT_MAX_FORWARD_BYTES) -> int:
+    """``batch_size``, lowered until one forward batch of ``model`` fits
+    ``max_forward_bytes`` (:func:`forward_bytes_per_sample`)."""
+    return max(1, min(batch_size, max_forward_bytes // max(forward_bytes_per_sample(model), 1)))
 
 
 def kept_samples(n: int, bytes_per_sample: int, max_bytes_per_layer: int,
@@ -108,6 +133,7 @@ def capture_activations(
     batch_size: int = 64,
     max_bytes_per_layer: int = DEFAULT_MAX_BYTES_PER_LAYER,
     min_samples: int = 32,
+    max_forward_bytes: int = DEFAULT_MAX_FORWARD_BYTES,
 ) -> dict[str, LayerActivations]:
     """Run ``model`` once over ``x`` and keep each listed layer's input and output.
 
@@ -118,6 +144,8 @@ def capture_activations(
         batch_size: Forward-pass batch size.
         max_bytes_per_layer: Activation budget per layer (see the module docstring).
         min_samples: Lower bound on the samples a layer keeps, whatever the budget.
+        max_forward_bytes: Memory of one forward batch (:data:`DEFAULT_MAX_FORWARD_BYTES`):
+            ``batch_size`` is lowered until every map of a batch fits.
 
     Returns:
         ``{path: LayerActivations}``; outputs are after the layer's activation.
@@ -133,6 +161,7 @@ def capture_activations(
     if missing:
         raise KeyError(f"model {model.name!r} has no layers {missing}")
     taps = keras.Model(_single(model.inputs), tensors, name=f"{model.name}_calibration")
+    batch_size = forward_batch(model, batch_size, max_forward_bytes)
     bytes_per_sample: dict[str, int] = {}
     for k, t in zip(keys, tensors):
         path = k.split("\0")[0]

@@ -332,3 +332,22 @@ def test_layers_beyond_the_pass_budget_are_scored_in_several_passes(tmp_path, da
     for path, table in one.tables.items():
         assert [(c.method, c.rank, c.scores) for c in many.tables[path].candidates] == \
             [(c.method, c.rank, c.scores) for c in table.candidates]
+
+
+def test_a_forward_batch_too_large_for_memory_is_cut(data) -> None:
+    """The calibration pass lowers its batch until every map of a batch fits
+    ``max_forward_bytes``, with the same activations."""
+    from lrf_optuna.scoring.calibration import forward_batch, forward_bytes_per_sample
+
+    model = _model()
+    per_sample = forward_bytes_per_sample(model)
+    # outputs: c1 6x6x8, inner (its ic 6x6x8), flatten 288, fc1 24, fc2 5 (input layer 8x8x3)
+    assert per_sample == 4 * (8 * 8 * 3 + 288 + 288 + 288 + 24 + 5)
+    assert forward_batch(model, 64) == 64
+    assert forward_batch(model, 64, max_forward_bytes=5 * per_sample) == 5
+    assert forward_batch(model, 64, max_forward_bytes=1) == 1
+    full = capture_activations(model, data, ["c1", "fc1"])
+    cut = capture_activations(model, data, ["c1", "fc1"], max_forward_bytes=5 * per_sample)
+    for path in full:
+        np.testing.assert_allclose(cut[path].outputs, full[path].outputs, rtol=1e-5,
+                                   atol=1e-6)
