@@ -502,6 +502,8 @@ class SimilarityBuild(ResumableBuild[Scored]):
                  found: Mapping[str, LayerEntry], grid: GridConfig, *, batch_size: int,
                  max_bytes_per_layer: int | None, max_pass_bytes: int | None = None,
                  batchnorm: bool) -> None:
+        from lrf_optuna.scoring.calibration import forward_batch
+
         self.cache, self.model, self.x, self.found = cache, model, x, found
         self.grid = grid
         self.batch_size, self.max_bytes_per_layer = batch_size, max_bytes_per_layer
@@ -510,7 +512,8 @@ class SimilarityBuild(ResumableBuild[Scored]):
         self.ranks = {p: SimilarityCache._layer_grid(self._info(p), grid)
                       for p in cache.layers}
         self.acts: Mapping[str, Any] = {}
-        self._forward_batch: int | None = None
+        #: The calibration pass's forward batch (``calibration.forward_batch``).
+        self._forward_batch = min(forward_batch(model, batch_size), len(x))
 
     @property
     def key(self) -> str:
@@ -539,15 +542,9 @@ class SimilarityBuild(ResumableBuild[Scored]):
         activations kept (:func:`~lrf_optuna.scoring.calibration.capture_activations`'
         per-layer budget) plus two copies of one forward batch of their full maps (the
         forward's other maps are bounded apart, by its ``max_forward_bytes``)."""
-        from lrf_optuna.scoring.calibration import (
-            DEFAULT_MAX_BYTES_PER_LAYER,
-            forward_batch,
-            kept_samples,
-        )
+        from lrf_optuna.scoring.calibration import DEFAULT_MAX_BYTES_PER_LAYER, kept_samples
 
         budget = self.max_bytes_per_layer or DEFAULT_MAX_BYTES_PER_LAYER
-        if self._forward_batch is None:
-            self._forward_batch = min(forward_batch(self.model, self.batch_size), len(self.x))
         total = 0
         for path in paths:
             layer = self.found[path].layer

@@ -57,7 +57,7 @@ from lrf_optuna.errors import UserError
 from lrf_optuna.scoring.build import Unit, progress_bar
 from lrf_optuna.scoring.cache import SimilarityBuild, SimilarityCache
 from lrf_optuna.study.lookup import SCORING_SUFFIX
-from lrf_optuna.study.queue import claim_next, fail_trial, worker_id
+from lrf_optuna.study.queue import claim_next, fail_trial, quiet, worker_id
 from lrf_optuna.study.recovery import HeartbeatThread
 from lrf_optuna.study.storage import heartbeat_storage, storage_of, study_lock
 
@@ -84,7 +84,7 @@ def open_scoring_queue(study: optuna.Study, *,
                        storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """Create or load the scoring queue of ``study`` (in ``storage``, default the study's:
     a worker passes its heartbeat connection)."""
-    with _quiet():
+    with quiet():
         return optuna.create_study(study_name=scoring_queue_name(study),
                                    storage=storage or storage_of(study), load_if_exists=True,
                                    direction="minimize",
@@ -96,16 +96,6 @@ def find_scoring_queue(study: optuna.Study) -> optuna.Study | None:
     if scoring_queue_name(study) not in optuna.get_all_study_names(storage_of(study)):
         return None
     return optuna.load_study(study_name=scoring_queue_name(study), storage=storage_of(study))
-
-
-@contextlib.contextmanager
-def _quiet() -> Any:
-    import warnings
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")
-        yield
 
 
 @dataclass
@@ -290,7 +280,7 @@ def score_on_storage(study: optuna.Study, build: SimilarityBuild, *, wait: bool 
         for k, v in {WORKER_ATTR: worker_id(), DEVICE_ATTR: device}.items():
             trial.set_user_attr(k, v)
         try:
-            with _quiet():
+            with quiet():
                 queue.tell(trial, seconds)
         except optuna.exceptions.UpdateFinishedTrialError:
             logger.warning("unit %r was declared stale and retried meanwhile; its result "

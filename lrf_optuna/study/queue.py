@@ -28,7 +28,7 @@ import os
 import socket
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import optuna
@@ -36,11 +36,21 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lrf_optuna.study.recovery import fail_stale_trial, stale_trials
 
-__all__ = ["claim_next", "fail_trial", "worker_id"]
+__all__ = ["claim_next", "fail_trial", "quiet", "worker_id"]
 
 logger = logging.getLogger(__name__)
 
 Lock = Callable[[], contextlib.AbstractContextManager[None]]
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """Silence Optuna's warnings about what a queue does on purpose: heartbeats outside
+    ``Study.optimize``, and the experimental heartbeat API."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+        yield
 
 
 def worker_id() -> str:
@@ -91,9 +101,7 @@ def claim_next(queue: optuna.Study, rdb: optuna.storages.RDBStorage | None, lock
         ``(trial, trials)``: the claimed trial and every trial of the queue as read under
         the lock (for the caller's own duplicate checks).
     """
-    with lock(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        warnings.filterwarnings("ignore", message="Heartbeat of storage")
+    with lock(), quiet():
         if rdb is not None:
             optuna.storages.fail_stale_trials(queue)
             _fail_silent(queue, rdb, error_attr)
