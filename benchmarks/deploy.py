@@ -42,7 +42,7 @@ from typing import Any
 from benchmarks._results import RESULTS_PATH, markdown_table, write_section
 
 SECTION = "Deployed files"
-MODES = ("none", "float16", "dynamic", "int8")
+MODES = ("none", "float16", "dynamic", "int8", "int8_fc_per_tensor")
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ def render(rows: Sequence[Row], sweep: Sequence[Sequence[Any]], config: DeployCo
            argv: Sequence[str]) -> str:
     """The RESULTS.md section body."""
     label = {"none": "float32", "float16": "float16", "dynamic": "dynamic range",
-             "int8": "int8 (full integer)"}
+             "int8": "int8 (full integer)", "int8_fc_per_tensor": "int8, FC per tensor"}
     float_bytes = {r.model: r.file_bytes for r in rows if r.mode == "none"}
     float_acc = {r.model: r.accuracy for r in rows if r.mode == "none"}
     table = []

@@ -144,15 +144,16 @@ def compress_detailed(
     Raises:
         UserError: bad arguments, or no compressed trial within ``max_drop``.
     """
-    from lrf_optuna.deploy.convert import check_quantize
+    from lrf_optuna.deploy.convert import INTEGER_MODES, check_quantize, is_integer
     from lrf_optuna.deploy.files import load_model
     from lrf_optuna.export import export_trial
     from lrf_optuna.finetune import FinetuneConfig, finetune_within
     from lrf_optuna.search import load_problem, prepare_lrf_study
 
     check_quantize(quantize)
-    if int8_io and quantize != "int8":
-        raise UserError("int8_io needs quantize='int8'")
+    if int8_io and not is_integer(quantize):
+        raise UserError(f"int8_io needs a full-integer quantize mode "
+                        f"({' or '.join(INTEGER_MODES)}), got {quantize!r}")
     if not max_drop >= 0:
         raise UserError(f"max_drop must be >= 0 percentage points, but got {max_drop}")
     if n_trials < 1:

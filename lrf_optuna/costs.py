@@ -203,7 +203,7 @@ def model_costs(model: keras.Model) -> ModelCost:
 
 #: Export precisions of :func:`deployed_bytes`: the ``quantize`` modes of
 #: :mod:`lrf_optuna.deploy.convert` (``"none"`` is float32).
-PRECISIONS = ("none", "dynamic", "float16", "int8")
+PRECISIONS = ("none", "dynamic", "float16", "int8", "int8_fc_per_tensor")
 #: The converter's dynamic-range quantization leaves weight tensors smaller than this
 #: (number of values) in float32.
 DYNAMIC_MIN_ELEMENTS = 1024
@@ -236,10 +236,15 @@ def kernel_bytes(kernel: DeployedKernel, precision: str) -> int:
       with its own per-channel scale and zero point. The converter gives every int8
       CONV_2D / DEPTHWISE_CONV_2D a bias (zeros when the layer had none); a
       FULLY_CONNECTED without bias stays without.
+    * ``int8_fc_per_tensor``: as ``int8``, but a ``"dense"`` kernel (FULLY_CONNECTED)
+      and its bias carry one scale and zero point each.
 
     Example:
         >>> kernel_bytes(DeployedKernel(288, 32, "conv", True), "int8")  # 288 + 12*32 + 16*32
         1184
+        >>> dense = DeployedKernel(12 * 512, 512, "dense", True)
+        >>> kernel_bytes(dense, "int8"), kernel_bytes(dense, "int8_fc_per_tensor")
+        (20480, 8216)
     """
     n, c = kernel.values, kernel.channels
     bias = kernel.bias
@@ -250,10 +255,11 @@ def kernel_bytes(kernel: DeployedKernel, precision: str) -> int:
     if precision == "dynamic":
         weights = n + QUANT_CHANNEL_BYTES * c if n >= DYNAMIC_MIN_ELEMENTS else 4 * n
         return weights + (4 * c if bias else 0)
-    if precision == "int8":
+    if precision in ("int8", "int8_fc_per_tensor"):
         with_bias = bias or kernel.kind == "conv"
-        return n + QUANT_CHANNEL_BYTES * c + ((4 + QUANT_CHANNEL_BYTES) * c
-                                              if with_bias else 0)
+        scales = 1 if precision == "int8_fc_per_tensor" and kernel.kind == "dense" else c
+        return n + QUANT_CHANNEL_BYTES * scales + ((4 * c + QUANT_CHANNEL_BYTES * scales)
+                                                   if with_bias else 0)
     raise ValueError(f"unknown precision {precision!r}; choose from {list(PRECISIONS)}")
 
 
@@ -327,8 +333,8 @@ def standalone_batchnorm_bytes(channels: int, precision: str) -> int:
         (128, 56)
     """
     _check_precision(precision)
-    item = {"none": 4, "dynamic": 4, "float16": 2, "int8": 1}[precision]
-    return 2 * channels * item + (2 * QUANT_CHANNEL_BYTES if precision == "int8" else 0)
+    item = {"none": 4, "dynamic": 4, "float16": 2}.get(precision, 1)
+    return 2 * channels * item + (2 * QUANT_CHANNEL_BYTES if item == 1 else 0)
 
 
 def batchnorm_folding(model: keras.Model) -> tuple[set[int], set[int]]:

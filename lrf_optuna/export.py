@@ -22,7 +22,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lrf_optuna.deploy.convert import check_quantize
+from lrf_optuna.deploy.convert import check_quantize, is_integer
 from lrf_optuna.deploy.files import load_model, quantized_file, save_keras, to_tflite
 from lrf_optuna.errors import UserError
 from lrf_optuna.study.artifacts import download_job_files
@@ -83,8 +83,9 @@ def export_trial(study: optuna.Study, trial_number: int, out_dir: str | os.PathL
     from lrf_optuna.study.models import StudyModels
 
     mode = check_quantize(quantize)
-    if int8_io and mode != "int8":
-        raise UserError("int8 inputs and outputs (--int8-io) need --quantize int8")
+    if int8_io and not is_integer(mode):
+        raise UserError("int8 inputs and outputs (--int8-io) need --quantize int8 or "
+                        "int8_fc_per_tensor")
     trial = get_search_trial(study, trial_number)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

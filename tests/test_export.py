@@ -175,6 +175,14 @@ def test_export_trial_and_cli_write_quantized_files(tiny_study, tmp_path, capsys
     assert main(["export", "--study-name", "tiny", "--storage", storage, "--trial",
                  str(number), "--out", str(tmp_path / "cli"), "--int8-io"]) == 2
     assert "--int8-io needs --quantize int8" in capsys.readouterr().err
+    # int8 with per-tensor FULLY_CONNECTED weights, integer ends: accepted by the CLI
+    assert main(["export", "--study-name", "tiny", "--storage", storage, "--trial",
+                 str(number), "--out", str(tmp_path / "cli"), "--quantize",
+                 "int8_fc_per_tensor", "--int8-io"]) == 0
+    pt = read_tflite(tmp_path / "cli" / f"tiny_trial{number}_int8_fc_per_tensor.tflite")
+    assert pt.float_ops() == [] and pt.tensors[pt.inputs[0]].type == "INT8"
+    fc_weights = [pt.tensors[op.inputs[1]] for op in pt.ops if op.name == "FULLY_CONNECTED"]
+    assert fc_weights and {t.n_scales for t in fc_weights} == {1}
 
 
 def test_measure_model_records_the_runtime(factorized, tmp_path) -> None:

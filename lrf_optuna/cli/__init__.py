@@ -228,6 +228,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``lrf-optuna`` parser with every subcommand."""
+    from lrf_optuna.deploy.convert import QUANTIZE_MODES
     from lrf_optuna.scoring.similarity import DEFAULT_METRIC, METRICS
     from lrf_optuna.search import AGGREGATIONS, DEFAULT_AGGREGATION
     from lrf_optuna.study.recovery import DEFAULT_GRACE_PERIOD
@@ -270,8 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "group, combined with LRF (prune, then factorize the pruned layer)")
     p.add_argument("--prune-importance", default=None, choices=["l1", "l2", "activation"],
                    help="with --prune: which filters go (default: l1)")
-    p.add_argument("--quantize", choices=["none", "dynamic", "float16", "int8"],
-                   default="none",
+    p.add_argument("--quantize", choices=list(QUANTIZE_MODES), default="none",
                    help="with --memory bytes: the precision the files will be exported at "
                         "(default: %(default)s, float32)")
     p.add_argument("--cache-dir", default=".lrf_cache",

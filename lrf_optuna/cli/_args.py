@@ -45,9 +45,13 @@ def add_quantize_args(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--quantize", choices=list(QUANTIZE_MODES), default="none",
                    help=f"{what}: none (float32), dynamic (int8 weights, float "
                         "activations), float16, int8 (full integer, calibrated on "
-                        f"{DEFAULT_REPRESENTATIVE} training images) (default: %(default)s)")
+                        f"{DEFAULT_REPRESENTATIVE} training images), int8_fc_per_tensor "
+                        "(int8 with one scale per FULLY_CONNECTED weight tensor instead of "
+                        "one per output channel: smaller files of low-rank models) "
+                        "(default: %(default)s)")
     p.add_argument("--int8-io", action="store_true",
-                   help="with --quantize int8: int8 input and output tensors (default: "
+                   help="with a full-integer --quantize: int8 input and output tensors "
+                        "(default: "
                         "float32 input and output around the integer graph)")
 
 
@@ -60,8 +64,10 @@ def add_memory_args(p: argparse.ArgumentParser) -> None:
 
 
 def check_int8_io(args: argparse.Namespace) -> None:
-    if getattr(args, "int8_io", False) and args.quantize != "int8":
-        raise UserError("--int8-io needs --quantize int8")
+    from lrf_optuna.deploy.convert import is_integer
+
+    if getattr(args, "int8_io", False) and not is_integer(args.quantize):
+        raise UserError("--int8-io needs --quantize int8 or int8_fc_per_tensor")
 
 
 # -- search / show ---------------------------------------------------------------------------

@@ -187,6 +187,7 @@ def _add_decision_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
+    from lrf_optuna.deploy.convert import QUANTIZE_MODES
     from lrf_optuna.finetune import FinetuneConfig
 
     d = FinetuneConfig()
@@ -219,7 +220,7 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
                         "%(default)s)")
     _add_decision_args(p)
     _add_recipe_args(p)
-    p.add_argument("--quantize", choices=["none", "dynamic", "float16", "int8"], default=None,
+    p.add_argument("--quantize", choices=list(QUANTIZE_MODES), default=None,
                    help="also convert every job's model to a LiteRT file quantized this way "
                         "and record its bytes, arena, latency and accuracy; --max-drop then "
                         "decides on these files (default: none)")

@@ -26,6 +26,19 @@ Quantization modes (:data:`QUANTIZE_MODES`, the converter's post-training option
              (:func:`representative_images`, :data:`DEFAULT_REPRESENTATIVE` of them);
              float32 input and output (QUANTIZE / DEQUANTIZE at the ends) unless
              ``int8_io``, then int8 input and output
+``int8_fc_per_tensor``
+             ``int8`` with the FULLY_CONNECTED weights (a factor of an SVD / QR /
+             Tensor-Train layer, the 1x1 factors the converter writes as
+             FULLY_CONNECTED, the classifier) quantized per tensor: one scale and
+             zero point per weight and bias tensor instead of one per output
+             channel. A scale and a zero point take 12 bytes, so a rank-12 factor
+             with 512 outputs carries as many bytes of scales as of weights: on a
+             97 %-factorized VGG-style net the file is 28 % smaller
+             (benchmarks/RESULTS.md, "Deployed files"). Convolutions stay per
+             channel (depthwise ones lose accuracy per tensor). Per-tensor
+             FULLY_CONNECTED is also what older TFLite Micro and CMSIS-NN kernels
+             expect. Decide on its accuracy: the max-drop search does
+             (``compress(quantize=...)``).
 ============ ========================================================================
 
 Example:
@@ -52,14 +65,17 @@ if TYPE_CHECKING:
 
     from lrf_optuna.data import Splits
 
-__all__ = ["DEFAULT_REPRESENTATIVE", "QUANTIZE_MODES", "QuantizeMode", "check_quantize",
-           "convert", "model_input_shape", "quiet_converter", "representative_images"]
+__all__ = ["DEFAULT_REPRESENTATIVE", "INTEGER_MODES", "QUANTIZE_MODES", "QuantizeMode",
+           "check_quantize", "convert", "is_integer", "model_input_shape", "quiet_converter",
+           "representative_images"]
 
 logger = logging.getLogger(__name__)
 
-QuantizeMode = Literal["none", "dynamic", "float16", "int8"]
+QuantizeMode = Literal["none", "dynamic", "float16", "int8", "int8_fc_per_tensor"]
 #: The ``quantize=`` values (CLI ``--quantize``).
 QUANTIZE_MODES: tuple[str, ...] = get_args(QuantizeMode)
+#: The full-integer modes: calibrated on representative images, int8 I/O possible.
+INTEGER_MODES: tuple[str, ...] = ("int8", "int8_fc_per_tensor")
 
 #: Training images the int8 converter calibrates activation ranges on. Chosen by
 #: measurement (``python -m benchmarks.deploy --representative-sweep 32 100 300 1000``,
@@ -82,6 +98,17 @@ def check_quantize(quantize: str) -> QuantizeMode:
         raise UserError(f"unknown quantize mode {quantize!r}; choose from "
                         f"{list(QUANTIZE_MODES)}")
     return quantize  # type: ignore[return-value]
+
+
+def is_integer(quantize: str) -> bool:
+    """Whether ``quantize`` is a full-integer mode (:data:`INTEGER_MODES`): it needs
+    representative images and allows int8 inputs and outputs.
+
+    Example:
+        >>> is_integer("int8"), is_integer("int8_fc_per_tensor"), is_integer("dynamic")
+        (True, True, False)
+    """
+    return quantize in INTEGER_MODES
 
 
 def representative_images(splits: Splits, n: int = DEFAULT_REPRESENTATIVE, *,
@@ -156,10 +183,11 @@ def convert(model: keras.Model, *, quantize: str = "none",
     import tensorflow as tf
 
     mode = check_quantize(quantize)
-    if int8_io and mode != "int8":
-        raise UserError("int8 inputs and outputs need quantize='int8'")
-    if mode == "int8" and (representative is None or len(representative) == 0):
-        raise UserError("quantize='int8' needs representative images from the training "
+    if int8_io and not is_integer(mode):
+        raise UserError(f"int8 inputs and outputs need a full-integer quantize mode "
+                        f"({' or '.join(INTEGER_MODES)}), got {mode!r}")
+    if is_integer(mode) and (representative is None or len(representative) == 0):
+        raise UserError(f"quantize={mode!r} needs representative images from the training "
                         "split (representative_images(splits))")
     shape = model_input_shape(model)
     fn = tf.function(lambda x: model(x, training=False),
@@ -171,13 +199,15 @@ def convert(model: keras.Model, *, quantize: str = "none",
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if mode == "float16":
         converter.target_spec.supported_types = [tf.float16]
-    if mode == "int8":
+    if is_integer(mode):
         images = np.asarray(representative, np.float32)
         converter.representative_dataset = lambda: _batches(images)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         if int8_io:
             converter.inference_input_type = tf.int8
             converter.inference_output_type = tf.int8
+        if mode == "int8_fc_per_tensor":
+            converter._experimental_disable_per_channel_quantization_for_dense_layers = True
     # the calibrator prints "fully_quantize: 0, inference_type: 6 ..." on stdout
     with quiet_converter():
         return bytes(converter.convert())

@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from lrf_optuna.deploy.convert import DEFAULT_REPRESENTATIVE, check_quantize, representative_images
+from lrf_optuna.deploy.convert import (
+    DEFAULT_REPRESENTATIVE,
+    check_quantize,
+    is_integer,
+    representative_images,
+)
 from lrf_optuna.deploy.files import to_tflite
 from lrf_optuna.deploy.micro import Arena, arena_bytes, micro_unsupported
 from lrf_optuna.deploy.runtime import Latency, latency, predict
@@ -140,7 +145,7 @@ def deploy_model(model: keras.Model, splits: Splits, quantize: str = "int8", *,
         which = split
     else:
         raise UserError(f"split must be 'val' or 'test', but got {split!r}")
-    rep = representative_images(splits, representative) if mode == "int8" else None
+    rep = representative_images(splits, representative) if is_integer(mode) else None
     with tempfile.TemporaryDirectory(prefix="lrf_deploy_") as tmp:
         directory = Path(out_dir) if out_dir is not None else Path(tmp)
         path = to_tflite(model, directory / f"{stem}_{mode}.tflite", quantize=mode,

@@ -43,6 +43,7 @@ from lrf_optuna.deploy.convert import (
     DEFAULT_REPRESENTATIVE,
     check_quantize,
     convert,
+    is_integer,
     model_input_shape,
     quiet_converter,
     representative_images,
@@ -223,10 +224,10 @@ def _check_file(model: keras.Model, path: Path, mode: str) -> str | None:
         err_rel = _check_conversion(model, path)
         return (None if err_rel <= TFLITE_CHECK_RTOL
                 else f"outputs differ from Keras (relative error {err_rel:.3g})")
-    if mode == "int8":
+    if is_integer(mode):
         floats = read_tflite(path).float_ops()
         if floats:
-            return f"ops computing in float in an int8 file: {', '.join(floats[:10])}"
+            return f"ops computing in float in an {mode} file: {', '.join(floats[:10])}"
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, *_input_shape(model))).astype("float32")
     got = predict(path, x)
@@ -239,9 +240,10 @@ def _check_file(model: keras.Model, path: Path, mode: str) -> str | None:
 def quantized_file(model: keras.Model, path: str | os.PathLike[str], quantize: str,
                    splits: Splits, *, int8_io: bool = False,
                    representative: int | None = None) -> Path:
-    """Write ``model`` quantized as ``quantize`` to ``path``; ``"int8"`` calibrates on
+    """Write ``model`` quantized as ``quantize`` to ``path``; a full-integer mode
+    (``"int8"``, ``"int8_fc_per_tensor"``) calibrates on
     ``representative`` training images of ``splits`` (default
     :data:`lrf_optuna.deploy.DEFAULT_REPRESENTATIVE`)."""
     images = (representative_images(splits, representative or DEFAULT_REPRESENTATIVE)
-              if quantize == "int8" else None)
+              if is_integer(quantize) else None)
     return to_tflite(model, path, quantize=quantize, representative=images, int8_io=int8_io)

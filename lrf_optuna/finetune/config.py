@@ -167,8 +167,10 @@ class FinetuneConfig:
         if self.monitor not in ("val_loss", "val_accuracy"):
             raise ValueError(f"monitor must be 'val_loss' or 'val_accuracy', got "
                              f"{self.monitor!r}")
-        if self.quantize not in ("none", "dynamic", "float16", "int8"):
-            raise ValueError(f"quantize must be 'none', 'dynamic', 'float16' or 'int8', got "
+        from lrf_optuna.deploy.convert import QUANTIZE_MODES
+
+        if self.quantize not in QUANTIZE_MODES:
+            raise ValueError(f"quantize must be one of {list(QUANTIZE_MODES)}, got "
                              f"{self.quantize!r}")
         if self.bn_images < 0:
             raise ValueError(f"bn_images must be >= 0, got {self.bn_images}")

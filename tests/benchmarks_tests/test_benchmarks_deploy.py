@@ -38,10 +38,11 @@ def test_deploy_benchmark_tiny_mode(tmp_path, capsys) -> None:
     text = results.read_text()
     assert "## Deployed files" in text and "### Representative images for int8" in text
     body = text.split("## Deployed files")[1]
-    for label in ("float32", "float16", "dynamic range", "int8 (full integer)"):
+    for label in ("float32", "float16", "dynamic range", "int8 (full integer)",
+                  "int8, FC per tensor"):
         assert f"| tiny  | {label}" in body or f"| tiny | {label}" in body, label
     assert "(litert)" in body and "TFLM" in body
     assert "Ops of the int8 files: tiny:" in body and "CONV_2D" in body
     rows = [line for line in body.splitlines() if line.startswith("| tiny")]
-    assert len(rows) == 4 + 2   # 4 modes + 2 sweep rows
+    assert len(rows) == 5 + 2   # 5 modes + 2 sweep rows
     assert "wrote" in capsys.readouterr().out

@@ -50,7 +50,8 @@ PLANS = {
     "tt": {"c4": ("tt", 4), "d1": ("tt", 4)},
 }
 METHODS = sorted(PLANS)
-PRECISIONS = ("none", "dynamic", "float16", "int8")
+PRECISIONS = ("none", "dynamic", "float16", "int8", "int8_fc_per_tensor")
+INTEGER = ("int8", "int8_fc_per_tensor")
 #: The deployed-bytes model counts weights, biases and their quantization parameters;
 #: a file's constant tensors also hold the int32 shapes of RESHAPE / TRANSPOSE (a few
 #: dozen bytes per factorized layer). Measured: 8-40 bytes over on every method but TT
@@ -117,13 +118,15 @@ def _file(variants, base, name: str, precision: str) -> bytes:
     if (name, precision) not in _FILES:
         _FILES[name, precision] = convert(
             variants[name], quantize=precision,
-            representative=base[1] if precision == "int8" else None)
+            representative=base[1] if precision in INTEGER else None)
     return _FILES[name, precision]
 
 
+@pytest.mark.parametrize("mode", INTEGER)
 @pytest.mark.parametrize("name", [*METHODS, "pruned"])
-def test_every_method_and_a_pruned_plan_convert_to_integer_builtins(variants, base, name):
-    f = read_tflite(_file(variants, base, name, "int8"))
+def test_every_method_and_a_pruned_plan_convert_to_integer_builtins(variants, base, name,
+                                                                    mode):
+    f = read_tflite(_file(variants, base, name, mode))
     assert not [op.name for op in f.ops if op.name.startswith(("FLEX:", "CUSTOM:"))]
     assert f.float_ops() == [], name            # only the boundary QUANTIZE / DEQUANTIZE
     assert f.ops[0].name == "QUANTIZE" and f.ops[-1].name == "DEQUANTIZE"
@@ -136,8 +139,30 @@ def test_every_method_and_a_pruned_plan_convert_to_integer_builtins(variants, ba
     # and it still computes the model: int8 logits follow the float ones
     x = base[1][:8]
     want = np.asarray(variants[name](x, training=False))
-    got = predict(_file(variants, base, name, "int8"), x)
+    got = predict(_file(variants, base, name, mode), x)
     assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.98, name
+
+
+@pytest.mark.parametrize("name", ["svd", "channel_svd", "tt"])
+def test_fc_per_tensor_mode_gives_fully_connected_weights_one_scale(variants, base, name):
+    """Only FULLY_CONNECTED weights and biases lose their per-channel scales; convolutions
+    keep them; the file shrinks by those scales."""
+    def scales(mode):
+        f = read_tflite(_file(variants, base, name, mode))
+        out = {}
+        for op in f.ops:
+            if op.name in ("FULLY_CONNECTED", "CONV_2D"):
+                for i in op.inputs[1:]:
+                    if i >= 0 and f.tensors[i].constant:
+                        out.setdefault(op.name, []).append(f.tensors[i].n_scales)
+        return f, out
+
+    per_channel, pc = scales("int8")
+    per_tensor, pt = scales("int8_fc_per_tensor")
+    assert pt["FULLY_CONNECTED"] and set(pt["FULLY_CONNECTED"]) == {1}, pt
+    assert max(pc["FULLY_CONNECTED"]) > 1                    # int8 is per channel
+    assert pt.get("CONV_2D") == pc.get("CONV_2D")            # convolutions untouched
+    assert per_tensor.size < per_channel.size
 
 
 @pytest.mark.parametrize("precision", PRECISIONS)
@@ -174,13 +199,14 @@ def test_float_file_is_a_static_graph_unlike_the_dynamic_batch_route(variants, t
     np.testing.assert_allclose(predict(convert(model), x), np.asarray(model(x)), atol=1e-4)
 
 
-def test_int8_io_file_has_integer_ends_and_predict_quantizes(variants, base):
-    data = convert(variants["svd"], quantize="int8", representative=base[1], int8_io=True)
+@pytest.mark.parametrize("mode", INTEGER)
+def test_int8_io_file_has_integer_ends_and_predict_quantizes(variants, base, mode):
+    data = convert(variants["svd"], quantize=mode, representative=base[1], int8_io=True)
     f = read_tflite(data)
     assert f.tensors[f.inputs[0]].type == "INT8" and f.tensors[f.outputs[0]].type == "INT8"
     assert "QUANTIZE" not in f.op_report() and f.float_ops() == []
     x = base[1][:6]
-    float_out = predict(_file({"svd": variants["svd"]}, base, "svd", "int8"), x)
+    float_out = predict(_file({"svd": variants["svd"]}, base, "svd", mode), x)
     np.testing.assert_allclose(predict(data, x), float_out, atol=0.1 * np.abs(float_out).max())
 
 

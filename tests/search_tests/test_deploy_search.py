@@ -40,7 +40,7 @@ def setup(tmp_path_factory):
     return model, x, cache
 
 
-@pytest.mark.parametrize("quantize", ["int8", "float16", "none"])
+@pytest.mark.parametrize("quantize", ["int8", "int8_fc_per_tensor", "float16", "none"])
 def test_bytes_objective_is_the_built_models_deployed_bytes(setup, quantize) -> None:
     model, x, cache = setup
     objective = LRFObjective(model, x, cache=cache, memory="bytes", quantize=quantize)
