@@ -23,7 +23,7 @@ from lrf_optuna.search.strategies import SimilarityThreshold
 logger = logging.getLogger("benchmarks.user_nets")
 
 MAX_DROP = 1.0  # the issue's budget, in percentage points of validation accuracy
-BASELINES = ("narrow", "uniform", "tau")
+BASELINES = ("narrow", "narrow_kd", "uniform", "tau")
 
 
 def _channels(n: int, width: float) -> int:
@@ -255,29 +255,40 @@ def _digest(*parts: Any) -> str:
 
 
 def train_net(net: str, width: float, splits: Any, *, epochs: int, seed: int,
-              cache_dir: Path, batch_size: int = 128) -> Trained:
+              cache_dir: Path, batch_size: int = 128, teacher: Any = None) -> Trained:
     """Train ``net`` at ``width`` from scratch on ``splits.x_train`` (validated on
     ``splits.x_val``), or load the same run from ``cache_dir/models``.
 
     What a user writes: Adam, learning rate 1e-3 cosine-decayed to 1e-5 over all steps,
     sparse categorical cross-entropy, ``epochs`` fixed, batch 128, seeded; then the
     BatchNorm statistics re-estimated on the training images (the validation accuracy
-    as trained is recorded, ``val_acc_as_trained``). The cache key
-    holds the net, width, training images, epochs, seed and a digest of the training and
-    validation arrays and the architecture.
+    as trained is recorded, ``val_acc_as_trained``). With ``teacher`` (the original's
+    :class:`lrf_optuna.finetune.recipe.TeacherOutputs`), the loss is the library's
+    distillation loss at the default recipe's weight and temperature
+    (:func:`lrf_optuna.finetune.recipe.distillation_loss`): the narrow net learns from
+    the original's outputs, as a user who knows distillation would train it. The cache
+    key holds the net, width, training images, epochs, seed, the teacher and a digest of
+    the training and validation arrays and the architecture.
     """
     import keras
 
     from lrf_optuna.costs import model_costs
     from lrf_optuna.data import fingerprint_arrays
+    from lrf_optuna.finetune import FinetuneConfig
     from lrf_optuna.finetune.batchnorm import reestimate_batchnorm
+    from lrf_optuna.finetune.recipe import distillation_loss
     from lrf_optuna.models.training import evaluate
 
     model = build_net(net, splits.input_shape, splits.num_classes, width, seed=seed)
     data_fp = fingerprint_arrays(splits.x_train, splits.y_train, splits.x_val, splits.y_val)
     test_fp = fingerprint_arrays(splits.x_test, splits.y_test)
+    recipe = FinetuneConfig()
+    kd = (None if teacher is None else
+          {"teacher": teacher.key, "weight": recipe.distill, "temperature": recipe.temperature})
     key = (f"{net}_w{width:g}_n{len(splits.x_train) + len(splits.x_val)}_e{epochs}_s{seed}_"
-           + _digest(data_fp, model.get_config(), batch_size, 1e-3, "bn-reestimated"))
+           + ("kd_" if kd else "")
+           + _digest(data_fp, model.get_config(), batch_size, 1e-3, "bn-reestimated",
+                     *([kd] if kd else [])))
     path = cache_dir / "models" / f"{key}.keras"
     record_path = path.with_suffix(".json")
     record: dict[str, Any] = {}
@@ -287,13 +298,24 @@ def train_net(net: str, width: float, splits: Any, *, epochs: int, seed: int,
         record = json.loads(record_path.read_text())
     else:
         steps = epochs * math.ceil(len(splits.x_train) / batch_size)
+        y_train, y_val = splits.y_train, splits.y_val
+        loss: Any = "sparse_categorical_crossentropy"
+        metrics: list[Any] = ["accuracy"]
+        if kd is not None:  # targets [label, teacher logits...]; the nets end in softmax
+            y_train = np.concatenate([np.asarray(y_train, np.float32)[:, None],
+                                      teacher.train], axis=1)
+            y_val = np.concatenate([np.asarray(y_val, np.float32)[:, None], teacher.val],
+                                   axis=1)
+            loss = distillation_loss(weight=recipe.distill, temperature=recipe.temperature,
+                                     from_logits=False)
+            metrics = []
         model.compile(optimizer=keras.optimizers.Adam(
                           keras.optimizers.schedules.CosineDecay(1e-3, steps, alpha=0.01)),
-                      loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+                      loss=loss, metrics=metrics)
         keras.utils.set_random_seed(seed)
         start = time.perf_counter()
-        hist = model.fit(splits.x_train, splits.y_train, batch_size=batch_size, epochs=epochs,
-                         validation_data=(splits.x_val, splits.y_val), shuffle=True, verbose=0)
+        hist = model.fit(splits.x_train, y_train, batch_size=batch_size, epochs=epochs,
+                         validation_data=(splits.x_val, y_val), shuffle=True, verbose=0)
         # Keras' moving BatchNorm statistics can lag far behind a net trained for a few
         # hundred steps (the MobileNet-style net: val 10 % in inference mode every epoch,
         # 81 % with batch statistics); a user who sees that recomputes them, and a
@@ -305,6 +327,7 @@ def train_net(net: str, width: float, splits: Any, *, epochs: int, seed: int,
                   "history": {k: [round(float(v), 5) for v in vs]
                               for k, vs in hist.history.items()}}
         path.parent.mkdir(parents=True, exist_ok=True)
+        model.compile(loss="sparse_categorical_crossentropy")  # the file needs no KD loss
         model.save(path)
         # the saved model, as every later run loads it: a Sequential's weight paths change
         # when it is reloaded, and with them the digests keying the library's caches

@@ -6,6 +6,7 @@ import argparse
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ def run_one(net: str, size: int, mode_name: str, mode: Mode, args: argparse.Name
     from lrf_optuna.costs import model_costs
     from lrf_optuna.data import prepare_splits
     from lrf_optuna.finetune import FinetuneConfig
+    from lrf_optuna.finetune.recipe import teacher_outputs
     from lrf_optuna.problem import Problem
     from lrf_optuna.search import LRFObjective
     from lrf_optuna.search.strategies import SimilarityThreshold
@@ -96,13 +98,17 @@ def run_one(net: str, size: int, mode_name: str, mode: Mode, args: argparse.Name
     ft_epochs = compress.get("max_probe_epochs_run") or FinetuneConfig().epochs
     narrow_epochs = epochs + int(ft_epochs)
 
-    def judge_narrow(c: BenchCandidate) -> Verdict:
-        assert c.width is not None
-        t = train_net(net, c.width, splits, epochs=narrow_epochs, seed=args.seed,
-                      cache_dir=cache)
-        return Verdict(t.val_acc, t.test_acc, passes(t.val_correct, original.val_correct,
-                                                     args.max_drop), t.seconds,
-                       {"epochs": t.epochs})
+    teacher = teacher_outputs(original.model, splits, cache_dir=cache / "teacher")
+
+    def narrow_judge(distilled: bool) -> Callable[[BenchCandidate], Verdict]:
+        def judge(c: BenchCandidate) -> Verdict:
+            assert c.width is not None
+            t = train_net(net, c.width, splits, epochs=narrow_epochs, seed=args.seed,
+                          cache_dir=cache, teacher=teacher if distilled else None)
+            return Verdict(t.val_acc, t.test_acc, passes(t.val_correct, original.val_correct,
+                                                         args.max_drop), t.seconds,
+                           {"epochs": t.epochs})
+        return judge
 
     common = {"original_params": original.params, "original_flops": int(costs.flops),
               "original_test": original.test_acc}
@@ -110,10 +116,12 @@ def run_one(net: str, size: int, mode_name: str, mode: Mode, args: argparse.Name
                 "reference_test": reference["test_after"]}
     baselines: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
-    baselines["narrow"] = best_passing(
-        narrow_family(net, args.widths, mode.width, splits), judge_narrow, **common,
-        reference_val=original.val_acc, reference_test=original.test_acc)
-    baselines["narrow"].update(reference="untouched original", epochs=narrow_epochs)
+    for name in ("narrow", "narrow_kd"):  # from scratch, then distilled from the original
+        baselines[name] = best_passing(
+            narrow_family(net, args.widths, mode.width, splits),
+            narrow_judge(name == "narrow_kd"), **common,
+            reference_val=original.val_acc, reference_test=original.test_acc)
+        baselines[name].update(reference="untouched original", epochs=narrow_epochs)
     families = {
         "uniform": _from_plans(src, uniform_svd_plans(src, args.ratios)),
         "tau": _from_plans(src, [(p.label, dict(p.plan)) for p in SimilarityThreshold(

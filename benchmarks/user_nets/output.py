@@ -46,7 +46,9 @@ def markdown(results: dict[str, Any]) -> str:
         "validation, reported on **test**. compress: `compress_detailed` with its "
         "defaults against its fair reference; narrow: the net at smaller widths trained "
         "from scratch for the original's epochs plus the longest fine-tuning a compress "
-        "probe got, against the untouched original; uniform SVD (`channel_svd` on k x k "
+        "probe got, against the untouched original; narrow + KD: the same, trained with "
+        "the library's distillation loss from the original's outputs (weight and "
+        "temperature of the default recipe); uniform SVD (`channel_svd` on k x k "
         "convs, `svd` on 1x1 convs and dense, first conv and classifier kept) and tau "
         "(similarity threshold): fine-tuned with `FinetuneConfig()`, against the fair "
         "reference (the original fine-tuned the same way). Every decision: `passes()`, the "
@@ -80,7 +82,8 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [markdown_table(
         ["net", "train / val images", "budget in val images", "params", "test acc (%)",
          "compress: params / FLOPs saved", "val / test drop vs ref (pp)",
-         "test drop vs orig (pp)", "compress s", "best narrow", "best uniform SVD", "tau",
+         "test drop vs orig (pp)", "compress s", "best narrow", "best narrow + KD",
+         "best uniform SVD", "tau",
          "beats every baseline", "<= half the params of the best"], rows), "",
         "Every baseline's pick (narrow: against the untouched original; plans: against "
         "the fair reference):", "",

@@ -54,6 +54,31 @@ def test_val_fraction_and_seed_default_to_compress_s() -> None:
             U.parse_args(bad)
 
 
+def test_narrow_net_distilled_from_the_original_is_its_own_cached_run(tmp_path) -> None:
+    """narrow + KD: the distillation loss on [label, teacher logits] targets; a different
+    cache entry from the plain narrow run, and a different model."""
+    from conftest import quadrant_images
+
+    from lrf_optuna.data import from_arrays, prepare_splits
+    from lrf_optuna.finetune.recipe import teacher_outputs
+
+    x, y = quadrant_images(240, 12)
+    splits = prepare_splits(from_arrays(x[:200], y[:200], x[200:], y[200:]), seed=0)
+    original = U.train_net("plain", 0.25, splits, epochs=2, seed=0, cache_dir=tmp_path)
+    teacher = teacher_outputs(original.model, splits)
+    plain = U.train_net("plain", 0.125, splits, epochs=2, seed=0, cache_dir=tmp_path)
+    kd = U.train_net("plain", 0.125, splits, epochs=2, seed=0, cache_dir=tmp_path,
+                     teacher=teacher)
+    assert "_kd_" in kd.key and kd.key != plain.key and not kd.cached
+    assert kd.history["loss"] and "accuracy" not in kd.history  # the KD loss, not CE
+    assert not all(np.array_equal(a, b) for a, b in zip(plain.model.get_weights(),
+                                                        kd.model.get_weights()))
+    assert 0 <= kd.val_acc <= 1 and len(kd.val_correct) == len(splits.x_val)
+    again = U.train_net("plain", 0.125, splits, epochs=2, seed=0, cache_dir=tmp_path,
+                        teacher=teacher)
+    assert again.cached and again.val_acc == kd.val_acc
+
+
 @pytest.mark.slow
 def test_tiny_mode_runs_every_net_end_to_end(tmp_path) -> None:
     results_md = tmp_path / "RESULTS.md"
@@ -76,7 +101,8 @@ def test_tiny_mode_runs_every_net_end_to_end(tmp_path) -> None:
         else:
             assert c["param_reduction"] is None
         assert r["baselines"]["narrow"]["epochs"] == o["epochs"] + c["max_probe_epochs_run"]
-        assert set(r["baselines"]) == {"narrow", "uniform", "tau"}
+        assert set(r["baselines"]) == {"narrow", "narrow_kd", "uniform", "tau"}
+        assert r["baselines"]["narrow_kd"]["epochs"] == r["baselines"]["narrow"]["epochs"]
         for name, b in r["baselines"].items():
             assert 0 <= b["param_reduction"] < 1, name
             assert b["probes"] == len(b["evaluated"]) <= b["candidates"]
@@ -86,6 +112,7 @@ def test_tiny_mode_runs_every_net_end_to_end(tmp_path) -> None:
             best = max(x["param_reduction"] for x in r["baselines"].values())
             assert r["targets"]["best_baseline_reduction"] == best
         assert r["baselines"]["narrow"]["reference"] == "untouched original"
+        assert r["baselines"]["narrow_kd"]["reference"] == "untouched original"
     md = results_md.read_text()
     assert "## User nets benchmark (tiny mode)" in md and "| residual " in md
     # a rerun reads everything back: the same answers
