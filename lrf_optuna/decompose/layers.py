@@ -211,8 +211,8 @@ def _depthwise_2d(x: Any, kernel: Any, strides: Sequence[int], padding: str,
        every ``gcd(s, d)``-th position (all its taps land there) and divides both by it;
     3. equal strides, not both strided and dilated: the native op;
     4. one axis with a kernel longer than 1 and a stride: the other axis is folded into
-       the batch (or the channels), which leaves a size-1 axis that accepts any stride,
-       so the native op runs with equal strides;
+       the batch (rows and columns transposed first when the rows move), which leaves a
+       size-1 axis that accepts any stride, so the native op runs with equal strides;
     5. anything else (both axes strided unequally, or coprime stride and dilation): the
        sum over taps of strided slices times the tap's weights.
     """
@@ -249,11 +249,14 @@ def _depthwise_2d(x: Any, kernel: Any, strides: Sequence[int], padding: str,
             y = ops.depthwise_conv(ops.reshape(x, (-1, 1, w, c)), kernel, strides=(s, s),
                                    padding="valid", data_format="channels_last")
             return ops.reshape(y, (-1, h, _dim(y, 2), c * mult))
-        # (kh, 1): columns into the channels, (B, H, 1, W C), the kernel tiled W times
-        tiled = ops.tile(kernel, (1, 1, w, 1))
-        y = ops.depthwise_conv(ops.reshape(x, (-1, h, 1, w * c)), tiled, strides=(s, s),
+        # (kh, 1): rows and columns swapped, then as (1, kh): columns into the batch,
+        # (B W, 1, H, C). (Folding the columns into the channels instead needs the kernel
+        # tiled W times at run time: a TILE op, outside TFLite Micro, that the converter
+        # leaves unfolded once the tiled kernel is large.)
+        xt = ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (-1, 1, h, c))
+        y = ops.depthwise_conv(xt, ops.transpose(kernel, (1, 0, 2, 3)), strides=(s, s),
                                padding="valid", data_format="channels_last")
-        return ops.reshape(y, (-1, _dim(y, 1), w, c * mult))
+        return ops.transpose(ops.reshape(y, (-1, w, _dim(y, 2), c * mult)), (0, 2, 1, 3))
     out = [(n - (k - 1) * d - 1) // s + 1
            for n, k, s, d in zip((h, w), taps, strides, dilation)]
     y = None

@@ -273,7 +273,7 @@ def within_budget_text(answer: WithinBudget) -> str:
         test = job.deployed.drop_against(ref.deployed, "test")
         unsupported = info.get("micro_unsupported") or []
         lines.append(
-            f"deployed as a {job.quantize} LiteRT file (decided on it): "
+            f"deployed as a LiteRT file ({job.quantize}, decided on it): "
             f"{fmt(job.deployed.tflite_bytes, ',')} bytes against "
             f"{fmt(ref.deployed.tflite_bytes, ',')} for the fair reference's "
             f"({_ratio(ref.deployed.tflite_bytes, job.deployed.tflite_bytes)}), arena "

@@ -39,11 +39,13 @@ L = keras.layers
 #: Which layer of :func:`_net` each method replaces, at which rank.
 PLANS = {
     "tucker2": {"c1": ("tucker2", 6), "c2": ("tucker2", 6)},
-    "cp": {"c1": ("cp", 6), "c2": ("cp", 6)},
+    # c3 is strided: cp and spatial_svd carry its stride on one axis of a (k, 1) stage
+    "cp": {"c1": ("cp", 6), "c2": ("cp", 6), "c3": ("cp", 6)},
     "channel_svd": {"c1": ("channel_svd", 6), "c2": ("channel_svd", 6),
                     "c3": ("channel_svd", 6)},
     "channel_svd_aware": {"c1": ("channel_svd_aware", 6), "c2": ("channel_svd_aware", 6)},
-    "spatial_svd": {"c1": ("spatial_svd", 6), "c2": ("spatial_svd", 6)},
+    "spatial_svd": {"c1": ("spatial_svd", 6), "c2": ("spatial_svd", 6),
+                    "c3": ("spatial_svd", 6)},
     "svd": {"c4": ("svd", 6), "d1": ("svd", 12), "d2": ("svd", 4)},
     "svd_aware": {"c4": ("svd_aware", 6), "d1": ("svd_aware", 12)},
     "qr": {"c4": ("qr", 6), "d1": ("qr", 12)},
@@ -141,6 +143,26 @@ def test_every_method_and_a_pruned_plan_convert_to_integer_builtins(variants, ba
     want = np.asarray(variants[name](x, training=False))
     got = predict(_file(variants, base, name, mode), x)
     assert np.corrcoef(want.ravel(), got.ravel())[0, 1] > 0.98, name
+
+
+@pytest.mark.parametrize("method", ["cp", "spatial_svd"])
+def test_strided_one_axis_stages_of_a_wide_map_stay_inside_the_micro_set(method):
+    """A (k, 1) depthwise stage with a stride on a wide map (ResNet-20's stage2_block1_conv1
+    under cp r=35: 28 columns x 35 channels): its kernel must not be tiled at run time
+    (the converter folds a TILE of a constant only while it is small, and TILE is outside
+    TFLite Micro), and the file still computes the layer."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((28, 28, 16)),
+                              L.Conv2D(32, 3, strides=2, padding="same", name="s")])
+    randomize_weights(model, np.random.default_rng(0), scale=0.3)
+    small = rewrite_model(model, {"s": (method, 32)})
+    x = np.random.default_rng(1).random((16, 28, 28, 16)).astype("float32")
+    for mode in ("none", "int8"):
+        f = read_tflite(convert(small, quantize=mode, representative=x))
+        assert "TILE" not in f.op_report() and micro_unsupported(f) == [], (mode,
+                                                                         f.op_report())
+    np.testing.assert_allclose(predict(convert(small), x[:4]), np.asarray(small(x[:4])),
+                               atol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["svd", "channel_svd", "tt"])

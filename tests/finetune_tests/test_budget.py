@@ -365,7 +365,7 @@ def test_max_drop_search_decides_on_the_quantized_file(tiny_study, tmp_path) -> 
         assert drop is not None and drop == job.deployed.drop_against(ref.deployed, "val")
         assert probe.passed == drop.within(5.0, answer.confidence)
     if answer.job is not None:
-        assert "deployed as a int8 LiteRT file" in within_budget_text(answer)
+        assert "deployed as a LiteRT file (int8, decided on it)" in within_budget_text(answer)
     jobs = find_finetune_study(study).get_trials(deepcopy=False)
     from optuna_dashboard._note import get_note_from_system_attrs
 
